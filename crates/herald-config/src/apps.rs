@@ -1,0 +1,185 @@
+//! Apps, their credentials and their per-app limits.
+
+use herald_proto::AppId;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A configuration problem, reported at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is missing or malformed; the message says which.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Per-app limits, each with Pusher's default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct AppLimits {
+    /// Largest event payload (`data`), and largest WebSocket frame, in bytes.
+    pub max_message_bytes: usize,
+    /// Most simultaneous connections for the app on one gateway (0 = no limit).
+    pub max_connections: usize,
+    /// Most channels one connection may subscribe to.
+    pub max_channels_per_connection: usize,
+    /// Longest channel name, in bytes (at most Pusher's 164).
+    pub max_channel_name_len: usize,
+    /// Most channels in one HTTP API publish.
+    pub max_event_channels: usize,
+    /// Most events in one batch publish.
+    pub max_batch_events: usize,
+    /// Whether clients may send `client-*` events.
+    pub enable_client_messages: bool,
+    /// Most client events one connection may send per second.
+    pub client_events_per_second: u32,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 10 * 1024,
+            max_connections: 0,
+            max_channels_per_connection: 100,
+            max_channel_name_len: herald_proto::channel::MAX_CHANNEL_NAME_LEN,
+            max_event_channels: 100,
+            max_batch_events: 10,
+            enable_client_messages: false,
+            client_events_per_second: 10,
+        }
+    }
+}
+
+/// One app: its credentials and limits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AppConfig {
+    /// The app id (a subject token).
+    pub id: AppId,
+    /// The public key clients connect with.
+    pub key: String,
+    /// The shared secret; never logged (see the `Debug` impl).
+    pub secret: String,
+    /// Per-app limits.
+    pub limits: AppLimits,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+impl AppConfig {
+    /// An app with default limits.
+    ///
+    /// # Panics
+    /// If `id` is not a valid app id; use [`AppRegistry::parse_list`] for
+    /// untrusted input.
+    pub fn new(id: &str, key: &str, secret: &str) -> Self {
+        Self {
+            id: AppId::parse(id).expect("valid app id"),
+            key: key.to_owned(),
+            secret: secret.to_owned(),
+            limits: AppLimits::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawApp {
+    id: String,
+    key: String,
+    secret: String,
+    #[serde(flatten)]
+    limits: AppLimits,
+}
+
+/// All configured apps, indexed by id and by key.
+#[derive(Debug, Clone)]
+pub struct AppRegistry {
+    by_id: Arc<HashMap<String, Arc<AppConfig>>>,
+    by_key: Arc<HashMap<String, Arc<AppConfig>>>,
+}
+
+impl AppRegistry {
+    /// Index `apps`, refusing duplicate ids or keys and empty credentials.
+    pub fn new(apps: Vec<AppConfig>) -> Result<Self, ConfigError> {
+        let mut by_id = HashMap::new();
+        let mut by_key = HashMap::new();
+        for app in apps {
+            if app.key.is_empty() || app.secret.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "app {} has an empty key or secret",
+                    app.id
+                )));
+            }
+            if app.limits.max_channel_name_len > herald_proto::channel::MAX_CHANNEL_NAME_LEN {
+                return Err(ConfigError::Invalid(format!(
+                    "app {}: max_channel_name_len cannot exceed {}",
+                    app.id,
+                    herald_proto::channel::MAX_CHANNEL_NAME_LEN
+                )));
+            }
+            let app = Arc::new(app);
+            if by_id.insert(app.id.to_string(), app.clone()).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "app id {} is configured twice",
+                    app.id
+                )));
+            }
+            if by_key.insert(app.key.clone(), app.clone()).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "app key {} is configured twice",
+                    app.key
+                )));
+            }
+        }
+        Ok(Self {
+            by_id: Arc::new(by_id),
+            by_key: Arc::new(by_key),
+        })
+    }
+
+    /// A registry of one app (handy in tests).
+    pub fn single(app: AppConfig) -> Self {
+        Self::new(vec![app]).expect("one app is always a valid registry")
+    }
+
+    /// Parse a JSON list of apps.
+    pub fn parse_list(json: &str) -> Result<Vec<AppConfig>, ConfigError> {
+        let raw: Vec<RawApp> = serde_json::from_str(json)
+            .map_err(|e| ConfigError::Invalid(format!("apps list: {e}")))?;
+        raw.into_iter()
+            .map(|r| {
+                let id = AppId::parse(&r.id)
+                    .map_err(|e| ConfigError::Invalid(format!("app {:?}: {e}", r.id)))?;
+                Ok(AppConfig {
+                    id,
+                    key: r.key,
+                    secret: r.secret,
+                    limits: r.limits,
+                })
+            })
+            .collect()
+    }
+
+    /// Look an app up by id.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<AppConfig>> {
+        self.by_id.get(id)
+    }
+
+    /// Look an app up by key.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<AppConfig>> {
+        self.by_key.get(key)
+    }
+
+    /// Every app.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<AppConfig>> {
+        self.by_id.values()
+    }
+}

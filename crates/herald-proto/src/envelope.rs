@@ -1,0 +1,190 @@
+//! The versioned event envelope: the payload of every message in the channel
+//! stream.
+//!
+//! Writers always produce [`CURRENT_VERSION`]. Readers go through
+//! [`Envelope::decode`], which accepts every version ever written and upcasts
+//! it to today's [`Envelope`], so that replaying an old stream rebuilds
+//! today's read models. When the shape changes, keep the old struct, bump the
+//! version and add an upcast arm; never edit a released version in place.
+
+use crate::error::{Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// The version this build writes.
+pub const CURRENT_VERSION: u32 = 1;
+
+/// Header carrying the event kind, so consumers can filter without decoding.
+pub const HEADER_KIND: &str = "Herald-Kind";
+/// JetStream's de-duplication header.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Set by JetStream on republished messages: the stream sequence.
+pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
+/// Set by JetStream on republished messages: previous sequence on the subject.
+pub const HEADER_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+
+/// What kind of state change an envelope records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// An event triggered by the app server through the Pusher HTTP API.
+    Trigger,
+    /// A message a client published with `herald:publish`.
+    Message,
+    /// A kind written by a newer Herald: carried through, never dropped.
+    #[serde(other)]
+    Unknown,
+}
+
+impl EventKind {
+    /// The wire name, as used in the `Herald-Kind` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Trigger => "trigger",
+            EventKind::Message => "message",
+            EventKind::Unknown => "unknown",
+        }
+    }
+}
+
+/// One durable channel event (version 1 of the envelope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Envelope version; always [`CURRENT_VERSION`] when written by this build.
+    pub v: u32,
+    /// Unique event id (a UUIDv7, time-ordered).
+    pub id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// The app the channel belongs to.
+    pub app: String,
+    /// The channel name as clients know it (not the subject token).
+    pub channel: String,
+    /// The Pusher event name delivered to clients.
+    pub event: String,
+    /// Who caused it: a user id, or `None` for the app server.
+    #[serde(default)]
+    pub author: Option<String>,
+    /// When Herald accepted it, in milliseconds since the Unix epoch.
+    pub at: i64,
+    /// The payload exactly as given: Pusher's `data` is an opaque string.
+    pub data: String,
+    /// The publisher's idempotency key, when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+impl Envelope {
+    /// A new current-version envelope with a fresh id and timestamp.
+    pub fn new(
+        kind: EventKind,
+        app: &str,
+        channel: &str,
+        event: &str,
+        data: String,
+        author: Option<String>,
+    ) -> Self {
+        Self {
+            v: CURRENT_VERSION,
+            id: uuid::Uuid::now_v7().to_string(),
+            kind,
+            app: app.to_owned(),
+            channel: channel.to_owned(),
+            event: event.to_owned(),
+            author,
+            at: crate::now_ms(),
+            data,
+            client_id: None,
+        }
+    }
+
+    /// Serialize for storage.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Decode any stored version and upcast it to the current shape.
+    pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        #[derive(Deserialize)]
+        struct Version {
+            v: u32,
+        }
+        let version: Version = serde_json::from_slice(bytes).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidEnvelope,
+                format!("envelope has no version: {e}"),
+            )
+        })?;
+        match version.v {
+            1 => serde_json::from_slice(bytes).map_err(|e| {
+                Error::new(ErrorKind::InvalidEnvelope, format!("bad v1 envelope: {e}"))
+            }),
+            other => Err(Error::new(
+                ErrorKind::UnsupportedVersion,
+                format!("envelope version {other} is newer than this build understands"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V1_FIXTURE: &str = include_str!("../tests/fixtures/envelope_v1.json");
+
+    #[test]
+    fn a_stored_v1_envelope_decodes() {
+        let env = Envelope::decode(V1_FIXTURE.as_bytes()).unwrap();
+        assert_eq!(env.v, 1);
+        assert_eq!(env.id, "0190f1c2-7a3b-7c4d-8e5f-1a2b3c4d5e6f");
+        assert_eq!(env.kind, EventKind::Trigger);
+        assert_eq!(env.app, "app-id");
+        assert_eq!(env.channel, "my-channel");
+        assert_eq!(env.event, "my-event");
+        assert_eq!(env.author, None);
+        assert_eq!(env.at, 1_721_000_000_000);
+        assert_eq!(env.data, "{\"message\":\"hello world\"}");
+        assert_eq!(env.client_id, None);
+    }
+
+    #[test]
+    fn an_envelope_round_trips() {
+        let mut env = Envelope::new(
+            EventKind::Message,
+            "a",
+            "c",
+            "e",
+            "d".into(),
+            Some("u".into()),
+        );
+        env.client_id = Some("k".into());
+        assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+    }
+
+    #[test]
+    fn unknown_kinds_from_newer_writers_are_kept_as_unknown() {
+        let json = V1_FIXTURE.replace("\"trigger\"", "\"reaction_added\"");
+        assert_eq!(
+            Envelope::decode(json.as_bytes()).unwrap().kind,
+            EventKind::Unknown
+        );
+    }
+
+    #[test]
+    fn future_versions_and_garbage_are_rejected_with_matchable_kinds() {
+        let future = V1_FIXTURE.replace("\"v\": 1", "\"v\": 99");
+        assert_eq!(
+            Envelope::decode(future.as_bytes()).unwrap_err().kind(),
+            ErrorKind::UnsupportedVersion
+        );
+        assert_eq!(
+            Envelope::decode(b"not json").unwrap_err().kind(),
+            ErrorKind::InvalidEnvelope
+        );
+        assert_eq!(
+            Envelope::decode(br#"{"v":1,"id":"x"}"#).unwrap_err().kind(),
+            ErrorKind::InvalidEnvelope
+        );
+    }
+}

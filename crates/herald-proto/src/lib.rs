@@ -1,0 +1,29 @@
+//! Herald's shared contract: the things every service must agree on byte for byte.
+//!
+//! * [`channel`] — Pusher channel names, their kinds and the reversible mapping
+//!   to a NATS subject token.
+//! * [`subject`] — every NATS subject and stream name Herald uses, derived from
+//!   one configurable prefix. No other crate formats a subject by hand.
+//! * [`envelope`] — the versioned event envelope stored in JetStream.
+//! * [`pusher`] — Pusher protocol 7 frames and the HMAC signatures of the
+//!   Pusher HTTP API and channel authorization.
+//! * [`error`] — matchable error kinds shared by all of the above.
+
+pub mod channel;
+pub mod envelope;
+pub mod error;
+pub mod pusher;
+pub mod subject;
+
+pub use channel::{AppId, ChannelKind, ChannelName};
+pub use envelope::{Envelope, EventKind};
+pub use error::{Error, ErrorKind};
+pub use subject::Subjects;
+
+/// Milliseconds since the Unix epoch, the unit of every Herald timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

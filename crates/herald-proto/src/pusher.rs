@@ -1,0 +1,346 @@
+//! Pusher Channels protocol 7: the frames the gateway sends and receives, and
+//! the HMAC-SHA256 signatures of the HTTP API and of channel authorization.
+//!
+//! Server-to-client frames carry `data` as a JSON *string*, as Pusher does;
+//! clients may send `data` as an object or a string and both are accepted.
+
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The Pusher protocol version Herald speaks.
+pub const PROTOCOL_VERSION: u32 = 7;
+/// Oldest protocol version pusher clients in the wild still use that we accept.
+pub const MIN_PROTOCOL_VERSION: u32 = 5;
+
+/// Pusher's error and close codes used by Herald.
+pub mod codes {
+    /// The app key is not known to this cluster.
+    pub const APP_NOT_FOUND: u16 = 4001;
+    /// The app has reached its connection quota.
+    pub const OVER_CONNECTION_QUOTA: u16 = 4004;
+    /// The URL path is not `/app/{key}`.
+    pub const PATH_NOT_FOUND: u16 = 4005;
+    /// The `protocol` query parameter is not a number.
+    pub const INVALID_VERSION_FORMAT: u16 = 4006;
+    /// The protocol version is not supported.
+    pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+    /// No `protocol` query parameter was given.
+    pub const NO_PROTOCOL_VERSION: u16 = 4008;
+    /// Generic "reconnect later" error.
+    pub const GENERIC_RECONNECT: u16 = 4200;
+    /// The client did not answer a ping in time.
+    pub const PONG_NOT_RECEIVED: u16 = 4201;
+    /// The client was closed after inactivity.
+    pub const CLOSED_AFTER_INACTIVITY: u16 = 4202;
+    /// Client event rejected: rate limit exceeded.
+    pub const CLIENT_EVENT_RATE_LIMIT: u16 = 4301;
+}
+
+/// A frame as a client sends it: `{"event": ..., "data": ..., "channel": ...}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientFrame {
+    /// The event name, e.g. `pusher:subscribe`.
+    pub event: String,
+    /// The payload: an object for `pusher:*` events, anything for client events.
+    #[serde(default)]
+    pub data: Value,
+    /// The channel, for client events.
+    #[serde(default)]
+    pub channel: Option<String>,
+}
+
+impl ClientFrame {
+    /// `data` as an object, accepting both an object and a JSON-encoded string
+    /// (some Pusher clients double-encode).
+    pub fn data_object(&self) -> Option<serde_json::Map<String, Value>> {
+        match &self.data {
+            Value::Object(map) => Some(map.clone()),
+            Value::String(s) => serde_json::from_str::<Value>(s).ok().and_then(|v| match v {
+                Value::Object(map) => Some(map),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn frame(event: &str, channel: Option<&str>, data: &Value) -> String {
+    let data = match data {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut obj = json!({ "event": event, "data": data });
+    if let Some(channel) = channel {
+        obj["channel"] = Value::String(channel.to_owned());
+    }
+    obj.to_string()
+}
+
+/// `pusher:connection_established`.
+pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> String {
+    frame(
+        "pusher:connection_established",
+        None,
+        &json!({ "socket_id": socket_id, "activity_timeout": activity_timeout_secs }),
+    )
+}
+
+/// `pusher:error`; `code` is `None` for non-fatal errors that have no code.
+pub fn error(code: Option<u16>, message: &str) -> String {
+    // pusher:error carries an object, not a string, in Pusher's own server.
+    json!({ "event": "pusher:error", "data": { "code": code, "message": message } }).to_string()
+}
+
+/// `pusher:pong`, the answer to a client's `pusher:ping`.
+pub fn pong() -> String {
+    frame("pusher:pong", None, &json!({}))
+}
+
+/// `pusher:ping`, sent by the server to an idle client.
+pub fn ping() -> String {
+    frame("pusher:ping", None, &json!({}))
+}
+
+/// `pusher_internal:subscription_succeeded` for a non-presence channel.
+pub fn subscription_succeeded(channel: &str) -> String {
+    frame(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        &json!({}),
+    )
+}
+
+/// `pusher:subscription_error` with Pusher's `{type, error, status}` payload.
+pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> String {
+    frame(
+        "pusher:subscription_error",
+        Some(channel),
+        &json!({ "type": kind, "error": message, "status": status }),
+    )
+}
+
+/// A durable channel event as delivered to clients: Pusher's three fields
+/// plus Herald's `id`, `seq` and `ts` (ignored by plain Pusher clients).
+pub fn channel_event(
+    event: &str,
+    channel: &str,
+    data: &str,
+    id: &str,
+    seq: u64,
+    ts: i64,
+) -> String {
+    json!({
+        "event": event,
+        "channel": channel,
+        "data": data,
+        "id": id,
+        "seq": seq,
+        "ts": ts,
+    })
+    .to_string()
+}
+
+/// Hex MD5 of an HTTP request body, as in Pusher's `body_md5`.
+pub fn body_md5(body: &[u8]) -> String {
+    hex::encode(Md5::digest(body))
+}
+
+fn hmac_hex(secret: &str, message: &str) -> String {
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).expect("hmac accepts any key length");
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Constant-time equality of two strings (length may leak, content does not).
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.as_bytes().ct_eq(b.as_bytes()).into()
+}
+
+/// The string an HTTP API request signs: method, path and the query
+/// parameters (lower-cased keys, sorted, `auth_signature` left out) joined as
+/// `k=v` with `&`, each line separated by `\n`.
+pub fn api_string_to_sign<'a>(
+    method: &str,
+    path: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut pairs: Vec<(String, &str)> = params
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .filter(|(k, _)| k != "auth_signature")
+        .collect();
+    pairs.sort();
+    let query = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, query)
+}
+
+/// Sign an HTTP API request the way Pusher's server SDKs do.
+pub fn sign_api_request<'a>(
+    secret: &str,
+    method: &str,
+    path: &str,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    hmac_hex(secret, &api_string_to_sign(method, path, params))
+}
+
+/// The signature part of a channel `auth` string.
+pub fn channel_signature(
+    secret: &str,
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
+    let message = match channel_data {
+        Some(data) => format!("{socket_id}:{channel}:{data}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    hmac_hex(secret, &message)
+}
+
+/// A full channel `auth` string, `key:hex(signature)`, as an app server makes it.
+pub fn channel_auth(
+    key: &str,
+    secret: &str,
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
+    format!(
+        "{key}:{}",
+        channel_signature(secret, socket_id, channel, channel_data)
+    )
+}
+
+/// Check a channel `auth` string in constant time.
+pub fn verify_channel_auth(
+    key: &str,
+    secret: &str,
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+    auth: &str,
+) -> bool {
+    let Some((given_key, given_sig)) = auth.split_once(':') else {
+        return false;
+    };
+    let expected = channel_signature(secret, socket_id, channel, channel_data);
+    // Evaluate both comparisons so timing does not reveal which one failed.
+    let key_ok = constant_time_eq(given_key, key);
+    let sig_ok = constant_time_eq(given_sig, &expected);
+    key_ok & sig_ok
+}
+
+/// The signature of a `pusher:signin` `user_data` string.
+pub fn user_signature(secret: &str, socket_id: &str, user_data: &str) -> String {
+    hmac_hex(secret, &format!("{socket_id}::user::{user_data}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_signatures_match_pushers_documented_example() {
+        // The worked example from Pusher's HTTP API reference.
+        let body = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
+        let md5 = body_md5(body.as_bytes());
+        assert_eq!(md5, "ec365a775a4cd0599faeb73354201b6f");
+        let params = [
+            ("auth_key", "278d425bdf160c739803"),
+            ("auth_timestamp", "1353088179"),
+            ("auth_version", "1.0"),
+            ("body_md5", md5.as_str()),
+        ];
+        let sig = sign_api_request("7ad3773142a6692b25b8", "POST", "/apps/3/events", params);
+        assert_eq!(
+            sig,
+            "da454824c97ba181a32ccc17a72625ba02771f50b50e1e7430e47a1f3f457e6c"
+        );
+    }
+
+    #[test]
+    fn the_string_to_sign_sorts_lowercases_and_drops_the_signature() {
+        let s = api_string_to_sign(
+            "get",
+            "/apps/1/channels",
+            [("b", "2"), ("A", "1"), ("auth_signature", "x")],
+        );
+        assert_eq!(s, "GET\n/apps/1/channels\na=1&b=2");
+    }
+
+    #[test]
+    fn channel_auth_matches_pushers_documented_example() {
+        let auth = channel_auth(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "1234.1234",
+            "private-foobar",
+            None,
+        );
+        assert_eq!(
+            auth,
+            "278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+        );
+        assert!(verify_channel_auth(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "1234.1234",
+            "private-foobar",
+            None,
+            &auth
+        ));
+        assert!(!verify_channel_auth(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "1234.1235",
+            "private-foobar",
+            None,
+            &auth
+        ));
+        assert!(!verify_channel_auth(
+            "k",
+            "s",
+            "1.1",
+            "private-x",
+            None,
+            "no-colon"
+        ));
+    }
+
+    #[test]
+    fn server_frames_carry_data_as_a_string() {
+        let v: Value = serde_json::from_str(&connection_established("1.2", 120)).unwrap();
+        assert_eq!(v["event"], "pusher:connection_established");
+        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["socket_id"], "1.2");
+        assert_eq!(data["activity_timeout"], 120);
+        let v: Value =
+            serde_json::from_str(&channel_event("e", "c", "{\"a\":1}", "id", 7, 9)).unwrap();
+        assert_eq!(v["data"], "{\"a\":1}");
+        assert_eq!(v["seq"], 7);
+    }
+
+    #[test]
+    fn client_frames_accept_object_or_string_data() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"event":"pusher:subscribe","data":{"channel":"a"}}"#).unwrap();
+        assert_eq!(f.data_object().unwrap()["channel"], "a");
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"event":"pusher:subscribe","data":"{\"channel\":\"a\"}"}"#)
+                .unwrap();
+        assert_eq!(f.data_object().unwrap()["channel"], "a");
+    }
+}
