@@ -1,1 +1,116 @@
-//! placeholder
+//! The Herald gateway: WebSocket connections speaking Pusher protocol 7 (plus
+//! `herald:` extensions) and the signed Pusher HTTP API.
+//!
+//! Publishing goes into the JetStream channel stream first; clients only ever
+//! receive events that are already stored, through the stream's republished
+//! live subjects, to which the [`hub`] holds one NATS subscription per
+//! channel with local subscribers.
+
+mod api;
+mod config;
+mod error;
+mod hub;
+mod ws;
+
+pub use config::{Cli, Config};
+pub use error::ApiError;
+
+use anyhow::Context;
+use axum::Router;
+use herald_config::AppRegistry;
+use herald_proto::Subjects;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+/// State shared by every handler and connection.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub apps: AppRegistry,
+    pub subjects: Subjects,
+    pub js: async_nats::jetstream::Context,
+    pub hub: hub::Hub,
+    /// Caps connections on this gateway (all apps together).
+    pub connection_permits: Arc<Semaphore>,
+    /// Connections per app, for the per-app `max_connections` limit.
+    pub app_connections: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    pub shutdown: CancellationToken,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// A built gateway, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    router: Router,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    /// Connect to NATS, make sure the channel stream exists, and bind.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let nats = async_nats::ConnectOptions::new()
+            .name("herald-gateway")
+            .connect(&config.nats_url)
+            .await
+            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        let js = async_nats::jetstream::new(nats.clone());
+        herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
+
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+        let port = listener.local_addr()?.port();
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            apps: config.apps.clone(),
+            subjects: config.subjects.clone(),
+            hub: hub::Hub::new(nats.clone(), config.subjects.clone()),
+            connection_permits: Arc::new(Semaphore::new(config.max_connections)),
+            app_connections: Default::default(),
+            js,
+            shutdown: shutdown.clone(),
+            config,
+        });
+        let router = Router::new()
+            .merge(ws::router())
+            .merge(api::router())
+            .with_state(shared)
+            .layer(TraceLayer::new_for_http())
+            .merge(herald_telemetry::ops_router(vec![(
+                "nats",
+                herald_telemetry::nats_ready(nats),
+            )]));
+        tracing::info!(port, "gateway listening");
+        Ok(Self {
+            listener,
+            port,
+            router,
+            shutdown,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cancelling this token stops the gateway: connections are closed with
+    /// Pusher's 4200 (reconnect) and the listener stops.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serve until the shutdown token is cancelled.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let token = self.shutdown.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await?;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+//! The gateway's HTTP error type. Every variant maps to the status code the
+//! Pusher HTTP API uses; internal errors are logged and answered with a bare
+//! 500 so nothing internal reaches a client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error answered by the Pusher HTTP API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request (bad JSON, invalid channel name, too many channels).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong authentication (signature, key, timestamp, body_md5).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The app does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The payload is over the app's message size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Anything else: logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Internal(err) => {
+                tracing::error!(error = %format!("{err:#}"), "internal error");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    herald_telemetry::error_body("internal", "internal server error"),
+                )
+                    .into_response();
+            }
+        };
+        (status, herald_telemetry::error_body(code, &self.to_string())).into_response()
+    }
+}

@@ -1,0 +1,388 @@
+//! One client connection: the Pusher protocol state machine.
+//!
+//! A writer task drains the connection's bounded queue into the socket
+//! (batching whatever is queued into one flush); the reader loop handles
+//! client frames, the activity timer and shutdown, all under one `select!`.
+
+use crate::hub::{ConnHandle, Outbound};
+use crate::AppState;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::{SinkExt, StreamExt};
+use herald_config::AppConfig;
+use herald_proto::pusher::{self, codes, ClientFrame};
+use herald_proto::{ChannelKind, ChannelName};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A Pusher-style socket id: two random integers joined by a dot.
+fn new_socket_id() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    format!("{}.{}", rng.gen_range(1..u32::MAX), rng.gen_range(1..u32::MAX))
+}
+
+/// Check the `protocol` query parameter the way Pusher does.
+fn check_protocol(protocol: Option<&str>) -> Result<(), (u16, &'static str)> {
+    let Some(raw) = protocol else {
+        return Err((codes::NO_PROTOCOL_VERSION, "No protocol version supplied"));
+    };
+    let Ok(version) = raw.parse::<u32>() else {
+        return Err((codes::INVALID_VERSION_FORMAT, "Invalid version string format"));
+    };
+    if !(pusher::MIN_PROTOCOL_VERSION..=pusher::PROTOCOL_VERSION).contains(&version) {
+        return Err((codes::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"));
+    }
+    Ok(())
+}
+
+async fn refuse(mut socket: WebSocket, code: u16, message: &str) {
+    let _ = socket.send(Message::text(pusher::error(Some(code), message))).await;
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(message.to_owned()),
+        })))
+        .await;
+}
+
+/// Counts a connection against its app's limit for as long as it lives.
+struct AppSlot {
+    state: AppState,
+    app: String,
+}
+
+impl AppSlot {
+    fn acquire(state: &AppState, app: &AppConfig) -> Option<Self> {
+        let mut counts = state.app_connections.lock().expect("app count lock");
+        let count = counts.entry(app.id.to_string()).or_default();
+        if app.limits.max_connections > 0 && *count >= app.limits.max_connections {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            state: state.clone(),
+            app: app.id.to_string(),
+        })
+    }
+}
+
+impl Drop for AppSlot {
+    fn drop(&mut self) {
+        let mut counts = self.state.app_connections.lock().expect("app count lock");
+        if let Some(count) = counts.get_mut(&self.app) {
+            *count = count.saturating_sub(1);
+        }
+    }
+}
+
+/// Drive one upgraded socket until it closes.
+pub(super) async fn run(
+    socket: WebSocket,
+    state: AppState,
+    key: String,
+    app: Option<Arc<AppConfig>>,
+    protocol: Option<String>,
+) {
+    if let Err((code, message)) = check_protocol(protocol.as_deref()) {
+        return refuse(socket, code, message).await;
+    }
+    let Some(app) = app else {
+        let message = format!("App key {key} does not exist");
+        return refuse(socket, codes::APP_NOT_FOUND, &message).await;
+    };
+    let Ok(_permit) = state.connection_permits.clone().try_acquire_owned() else {
+        return refuse(socket, 4100, "Over capacity").await;
+    };
+    let Some(_slot) = AppSlot::acquire(&state, &app) else {
+        return refuse(socket, codes::OVER_CONNECTION_QUOTA, "Application is over connection quota").await;
+    };
+
+    let socket_id: Arc<str> = new_socket_id().into();
+    let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+    let span = tracing::info_span!("connection", app = %app.id, socket_id = %socket_id);
+    tracing::Instrument::instrument(serve(socket, state, app, socket_id, tx, rx), span).await;
+}
+
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    app: Arc<AppConfig>,
+    socket_id: Arc<str>,
+    tx: mpsc::Sender<Outbound>,
+    rx: mpsc::Receiver<Outbound>,
+) {
+    let handle = ConnHandle {
+        id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+        socket_id: socket_id.clone(),
+        tx,
+        slow: CancellationToken::new(),
+    };
+    tracing::debug!("connected");
+    metrics::gauge!("herald_gateway_connections").increment(1.0);
+
+    let (sink, stream) = socket.split();
+    let established = pusher::connection_established(&socket_id, state.config.activity_timeout.as_secs());
+    handle.deliver(established.into());
+
+    let mut conn = Connection {
+        state: state.clone(),
+        app,
+        handle,
+        channels: HashSet::new(),
+    };
+    let writer = tokio::spawn(write_loop(sink, rx));
+    let close = conn.read_loop(stream).await;
+    conn.leave_all();
+    let _ = conn.handle.tx.send(Outbound::Close(close.0, close.1)).await;
+    drop(conn);
+    let _ = writer.await;
+    tracing::debug!(code = close.0, "disconnected");
+    metrics::gauge!("herald_gateway_connections").decrement(1.0);
+}
+
+/// Send queued frames, batching everything already queued into one flush.
+async fn write_loop(mut sink: futures::stream::SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>) {
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            let result = match out {
+                Outbound::Frame(frame) => sink.feed(Message::Text(frame)).await,
+                Outbound::Close(code, reason) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from_static(reason),
+                        })))
+                        .await;
+                    return;
+                }
+            };
+            if result.is_err() {
+                return;
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+struct Connection {
+    state: AppState,
+    app: Arc<AppConfig>,
+    handle: ConnHandle,
+    channels: HashSet<ChannelName>,
+}
+
+/// Why the reader stopped: the close code and reason to send.
+type CloseReason = (u16, &'static str);
+
+impl Connection {
+    async fn read_loop(&mut self, mut stream: futures::stream::SplitStream<WebSocket>) -> CloseReason {
+        let activity = self.state.config.activity_timeout;
+        let pong_timeout = self.state.config.pong_timeout;
+        let mut deadline = Instant::now() + activity;
+        let mut awaiting_pong = false;
+        let shutdown = self.state.shutdown.clone();
+        let slow = self.handle.slow.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return (codes::GENERIC_RECONNECT, "Server shutting down"),
+                _ = slow.cancelled() => return (codes::GENERIC_RECONNECT, "Slow consumer: reconnect and resume"),
+                _ = tokio::time::sleep_until(deadline) => {
+                    if awaiting_pong {
+                        return (codes::PONG_NOT_RECEIVED, "Pong reply not received");
+                    }
+                    awaiting_pong = true;
+                    self.send(pusher::ping()).await;
+                    deadline = Instant::now() + pong_timeout;
+                }
+                msg = stream.next() => {
+                    let Some(Ok(msg)) = msg else {
+                        // Closed by the client, or a protocol error such as a
+                        // frame over the hard size limit (tungstenite answers 1009).
+                        return (1000, "");
+                    };
+                    awaiting_pong = false;
+                    deadline = Instant::now() + activity;
+                    match msg {
+                        Message::Text(text) => self.on_text(text.as_str()).await,
+                        Message::Binary(_) => self.send(pusher::error(None, "Binary frames are not supported")).await,
+                        Message::Close(_) => return (1000, ""),
+                        Message::Ping(_) | Message::Pong(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, frame: String) {
+        // Direct replies wait for queue space (backpressure on this client's
+        // own reads) rather than counting as a slow consumer.
+        let _ = self.handle.tx.send(Outbound::Frame(frame.into())).await;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let limit = self.app.limits.max_message_bytes;
+        if text.len() > limit {
+            let message = format!("Message of {} bytes exceeds the limit of {limit} bytes", text.len());
+            return self.send(pusher::error(None, &message)).await;
+        }
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(_) => {
+                return self
+                    .send(pusher::error(None, "Invalid message: expected a JSON object with an \"event\" string"))
+                    .await
+            }
+        };
+        match frame.event.as_str() {
+            "pusher:ping" => self.send(pusher::pong()).await,
+            "pusher:pong" => {}
+            "pusher:subscribe" => self.on_subscribe(&frame).await,
+            "pusher:unsubscribe" => self.on_unsubscribe(&frame),
+            event if event.starts_with("client-") => {
+                let message = if self.app.limits.enable_client_messages {
+                    "Client events are not supported yet"
+                } else {
+                    "Client events are not enabled for this app"
+                };
+                self.send(pusher::error(None, message)).await
+            }
+            other => {
+                let message = format!("Unsupported event {other:?}");
+                self.send(pusher::error(None, &message)).await
+            }
+        }
+    }
+
+    async fn on_subscribe(&mut self, frame: &ClientFrame) {
+        let data = frame.data_object().unwrap_or_default();
+        let Some(name) = data.get("channel").and_then(|c| c.as_str()) else {
+            return self
+                .send(pusher::error(None, "pusher:subscribe needs data.channel, a string"))
+                .await;
+        };
+        let channel = match ChannelName::parse(name) {
+            Ok(c) if c.as_str().len() <= self.app.limits.max_channel_name_len => c,
+            Ok(_) => {
+                let message = format!(
+                    "Channel name is longer than this app's limit of {} bytes",
+                    self.app.limits.max_channel_name_len
+                );
+                return self.send(pusher::subscription_error(name, "InvalidChannel", &message, 400)).await;
+            }
+            Err(err) => {
+                return self
+                    .send(pusher::subscription_error(name, "InvalidChannel", err.message(), 400))
+                    .await
+            }
+        };
+        if self.channels.contains(&channel) {
+            return self.send(pusher::subscription_succeeded(channel.as_str())).await;
+        }
+        if self.channels.len() >= self.app.limits.max_channels_per_connection {
+            let message = format!(
+                "Connection is already subscribed to {} channels, this app's limit",
+                self.app.limits.max_channels_per_connection
+            );
+            return self.send(pusher::subscription_error(name, "LimitReached", &message, 403)).await;
+        }
+        match channel.kind() {
+            ChannelKind::Public => {}
+            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
+                let auth = data.get("auth").and_then(|a| a.as_str()).unwrap_or_default();
+                let ok = pusher::verify_channel_auth(
+                    &self.app.key,
+                    &self.app.secret,
+                    &self.handle.socket_id,
+                    channel.as_str(),
+                    None,
+                    auth,
+                );
+                if !ok {
+                    let message = if auth.is_empty() {
+                        "Missing auth signature for a private channel"
+                    } else {
+                        "Invalid signature: the auth string does not match this socket and channel"
+                    };
+                    return self.send(pusher::subscription_error(name, "AuthError", message, 401)).await;
+                }
+            }
+            ChannelKind::Presence => {
+                return self
+                    .send(pusher::subscription_error(
+                        name,
+                        "UnsupportedChannel",
+                        "Presence channels are not available on this server yet",
+                        501,
+                    ))
+                    .await;
+            }
+        }
+        let first = pusher::subscription_succeeded(channel.as_str()).into();
+        match self
+            .state
+            .hub
+            .subscribe(&self.app.id, &channel, self.handle.clone(), first)
+            .await
+        {
+            Ok(()) => {
+                self.channels.insert(channel);
+            }
+            Err(err) => {
+                tracing::error!(%err, channel = %channel, "live subscription failed");
+                self.send(pusher::subscription_error(name, "ServerError", "Subscription failed; retry", 503))
+                    .await;
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, frame: &ClientFrame) {
+        let data = frame.data_object().unwrap_or_default();
+        let Some(channel) = data
+            .get("channel")
+            .and_then(|c| c.as_str())
+            .and_then(|c| ChannelName::parse(c).ok())
+        else {
+            return;
+        };
+        if self.channels.remove(&channel) {
+            self.state.hub.unsubscribe(&self.app.id, &channel, self.handle.id);
+        }
+    }
+
+    fn leave_all(&mut self) {
+        for channel in self.channels.drain() {
+            self.state.hub.unsubscribe(&self.app.id, &channel, self.handle.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_versions_are_checked_like_pusher() {
+        assert_eq!(check_protocol(None).unwrap_err().0, 4008);
+        assert_eq!(check_protocol(Some("seven")).unwrap_err().0, 4006);
+        assert_eq!(check_protocol(Some("99")).unwrap_err().0, 4007);
+        assert_eq!(check_protocol(Some("4")).unwrap_err().0, 4007);
+        assert!(check_protocol(Some("7")).is_ok());
+    }
+
+    #[test]
+    fn socket_ids_look_like_pushers() {
+        let id = new_socket_id();
+        let (a, b) = id.split_once('.').unwrap();
+        assert!(a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
+    }
+}

@@ -1,0 +1,39 @@
+//! The WebSocket endpoint `GET /app/{key}?protocol=7`.
+
+mod connection;
+
+use crate::AppState;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use std::collections::HashMap;
+
+/// Routes of the WebSocket endpoint.
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/app/{key}", get(upgrade))
+}
+
+/// Frames larger than this many times the app's message limit are refused by
+/// the WebSocket layer itself (close 1009); smaller oversized frames get a
+/// `pusher:error` and the connection stays open.
+const HARD_FRAME_FACTOR: usize = 4;
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    Path(key): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    State(state): State<AppState>,
+) -> Response {
+    let app = state.apps.by_key(&key).cloned();
+    let limit = app.as_ref().map(|a| a.limits.max_message_bytes).unwrap_or(10 * 1024);
+    let hard = limit.saturating_mul(HARD_FRAME_FACTOR).max(16 * 1024);
+    let protocol = params.get("protocol").cloned();
+    ws.max_message_size(hard)
+        .max_frame_size(hard)
+        // Small buffers: most frames are a few hundred bytes, and memory per
+        // idle connection is what caps a gateway's connection count.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| connection::run(socket, state, key, app, protocol))
+}
