@@ -331,7 +331,7 @@ describe('Herald with pusher-js and the pusher Node SDK', () => {
     assert.deepEqual(limited.map((m) => m.seq), [newest.seq], '`limit` is honoured');
   });
 
-  test('(e) history refuses requests without valid credentials', async () => {
+  test('(f) history refuses requests without valid credentials', async () => {
     const anonymous = await history(historyPort, channelName, '', false);
     assert.equal(anonymous.status, 401);
   });
