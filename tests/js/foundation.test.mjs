@@ -176,11 +176,10 @@ async function history(historyPort, channel, query = '', auth = true) {
   return { status: res.status, body };
 }
 
-/** The list of messages in a history response. */
+/** The list of messages in a history page: `{ messages: [...], next_before }`. */
 function messagesOf(body) {
-  const list = Array.isArray(body) ? body : (body?.messages ?? body?.items ?? body?.data);
-  assert.ok(Array.isArray(list), `history response has no message list: ${JSON.stringify(body)}`);
-  return list;
+  assert.ok(Array.isArray(body?.messages), `history page has no messages list: ${JSON.stringify(body)}`);
+  return body.messages;
 }
 
 /** A message's data, parsed when it is a JSON string (Pusher's data is a string). */
@@ -316,19 +315,18 @@ describe('Herald with pusher-js and the pusher Node SDK', () => {
     assert.deepEqual(dataOf(newest), second);
     assert.deepEqual(dataOf(oldest), first);
     for (const m of messages) {
-      if ('event' in m) assert.equal(m.event, 'greeting');
+      assert.equal(m.event, 'greeting');
+      assert.equal(typeof m.id, 'string');
       if ('channel' in m) assert.equal(m.channel, channelName);
     }
 
-    const older = messagesOf((await history(historyPort, channelName, `?limit=10&before=${newest.seq}`)).body);
-    assert.deepEqual(
-      older.map((m) => m.seq),
-      [oldest.seq],
-      '`before` pages to older events',
-    );
-
-    const limited = messagesOf((await history(historyPort, channelName, '?limit=1')).body);
-    assert.deepEqual(limited.map((m) => m.seq), [newest.seq], '`limit` is honoured');
+    // Keyset pagination: `limit` gives the newest page, `next_before` the next.
+    const page1 = (await history(historyPort, channelName, '?limit=1')).body;
+    assert.deepEqual(messagesOf(page1).map((m) => m.seq), [newest.seq], '`limit` is honoured');
+    assert.equal(page1.next_before, newest.seq, 'next_before points at the older page');
+    const page2 = (await history(historyPort, channelName, `?limit=1&before=${page1.next_before}`)).body;
+    assert.deepEqual(messagesOf(page2).map((m) => m.seq), [oldest.seq], '`before` pages to older events');
+    assert.equal(page2.next_before ?? null, null, 'no page after the oldest event');
   });
 
   test('(f) history refuses requests without valid credentials', async () => {
