@@ -1,1 +1,124 @@
-//! placeholder
+//! Harness for Herald's cross-service integration tests: one real
+//! `nats-server` per test, a fresh database per test, and any number of
+//! gateway and history instances started in-process on port 0.
+
+use herald_config::AppRegistry;
+use herald_proto::Subjects;
+use herald_telemetry::Service;
+use herald_testkit::{NatsServer, TestDatabase};
+use tokio_util::sync::CancellationToken;
+
+pub use herald_testkit::{dev_app, eventually, PusherApi, PusherSocket};
+
+/// The dependencies one test shares between its services.
+pub struct Stack {
+    /// The test's own NATS server.
+    pub nats: NatsServer,
+    /// A unique prefix (a second line of defence against collisions).
+    pub subjects: Subjects,
+    /// The apps every service is configured with.
+    pub apps: AppRegistry,
+}
+
+/// A service running in-process; stopped when dropped.
+pub struct Running {
+    /// The port it listens on.
+    pub port: u16,
+    token: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    async fn spawn<S: Service + Send + 'static>(app: S, port: u16) -> Self {
+        let token = app.shutdown_token();
+        let handle = tokio::spawn(app.run_until_stopped());
+        Self {
+            port,
+            token,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop gracefully and wait until it has stopped.
+    pub async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("service task")
+                .expect("service stopped cleanly");
+        }
+    }
+
+    /// Stop abruptly, as a crash would: abort the task without cleanup.
+    pub fn kill(mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+impl Stack {
+    /// A NATS server and the development app.
+    pub fn start() -> Self {
+        Self::with_apps(AppRegistry::single(dev_app()))
+    }
+
+    /// A NATS server and the given apps.
+    pub fn with_apps(apps: AppRegistry) -> Self {
+        Self {
+            nats: NatsServer::start().expect("nats-server starts"),
+            subjects: Subjects::new(&herald_testkit::unique_prefix()).expect("valid prefix"),
+            apps,
+        }
+    }
+
+    /// The gateway configuration tests start from.
+    pub fn gateway_config(&self) -> herald_gateway::Config {
+        herald_gateway::Config::new(&self.nats.url(), self.subjects.clone(), self.apps.clone())
+    }
+
+    /// Start a gateway with the default test configuration.
+    pub async fn gateway(&self) -> Running {
+        self.gateway_with(self.gateway_config()).await
+    }
+
+    /// Start a gateway with a given configuration.
+    pub async fn gateway_with(&self, config: herald_gateway::Config) -> Running {
+        let app = herald_gateway::Application::build(config)
+            .await
+            .expect("gateway builds");
+        let port = app.port();
+        Running::spawn(app, port).await
+    }
+
+    /// The history configuration tests start from.
+    pub fn history_config(&self, db: &TestDatabase) -> herald_history::Config {
+        herald_history::Config::new(
+            &self.nats.url(),
+            self.subjects.clone(),
+            db.url(),
+            self.apps.clone(),
+        )
+    }
+
+    /// Start a history service on `db`.
+    pub async fn history(&self, db: &TestDatabase) -> Running {
+        let app = herald_history::Application::build(self.history_config(db))
+            .await
+            .expect("history builds");
+        let port = app.port();
+        Running::spawn(app, port).await
+    }
+
+    /// A Pusher HTTP API client for the development app on `gateway`.
+    pub fn api(&self, gateway: &Running) -> PusherApi {
+        PusherApi::new(gateway.port, "app-id", "app-key", "app-secret")
+    }
+}

@@ -92,6 +92,12 @@ impl Subjects {
         format!("{}.eph.{}.{}", self.prefix, app, channel.to_token())
     }
 
+    /// A durable consumer (or other JetStream object) name owned by one
+    /// service, e.g. `herald_history`.
+    pub fn durable(&self, service: &str) -> String {
+        format!("{}_{}", self.prefix, service)
+    }
+
     /// Parse a `ch`, `live` or `eph` subject back into its app and channel.
     pub fn parse_channel_subject(&self, subject: &str) -> Result<(AppId, ChannelName), Error> {
         let bad = || {

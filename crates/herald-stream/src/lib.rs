@@ -143,7 +143,9 @@ pub async fn publish_envelope(
         .payload(Bytes::from(envelope.encode()))
         .headers(headers)
         .message_id(msg_id);
-    Ok(js.send_publish(subjects.channel(app, channel), publish).await?)
+    Ok(js
+        .send_publish(subjects.channel(app, channel), publish)
+        .await?)
 }
 
 /// A durable event as it arrives on a live (republished) subject.
@@ -206,13 +208,20 @@ mod tests {
         let js = jetstream::new(client.clone());
         let subjects = Subjects::new("t").unwrap();
         let settings = StreamSettings::default();
-        ensure_channels_stream(&js, &subjects, &settings).await.unwrap();
+        ensure_channels_stream(&js, &subjects, &settings)
+            .await
+            .unwrap();
         // Idempotent: a second service starting up changes nothing.
-        ensure_channels_stream(&js, &subjects, &settings).await.unwrap();
+        ensure_channels_stream(&js, &subjects, &settings)
+            .await
+            .unwrap();
 
         let app = AppId::parse("a").unwrap();
         let channel = ChannelName::parse("room.1").unwrap();
-        let mut live = client.subscribe(subjects.live(&app, &channel)).await.unwrap();
+        let mut live = client
+            .subscribe(subjects.live(&app, &channel))
+            .await
+            .unwrap();
         let env = Envelope::new(EventKind::Trigger, "a", "room.1", "e", "{}".into(), None);
         let first = publish_envelope(&js, &subjects, &app, &channel, &env, "k1", Some("1.2"))
             .await

@@ -147,3 +147,57 @@ pub fn shutdown_on_signals() -> CancellationToken {
 pub fn error_body(code: &str, message: &str) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "error": { "code": code, "message": message } }))
 }
+
+/// Connect to NATS, naming the connection after the service.
+pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    use anyhow::Context;
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+/// Bind a TCP listener, returning it with its actual port (for port 0).
+pub async fn bind(host: &str, port: u16) -> anyhow::Result<(tokio::net::TcpListener, u16)> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("binding {host}:{port}"))?;
+    let port = listener.local_addr()?.port();
+    Ok((listener, port))
+}
+
+/// Serve `router` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+/// What a service's `Application` offers its `main`.
+pub trait Service {
+    /// Cancelling this token stops the service.
+    fn shutdown_token(&self) -> CancellationToken;
+    /// Serve until stopped.
+    fn run_until_stopped(self) -> impl std::future::Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// The whole of a service's `main`: build it, stop it on SIGINT/SIGTERM.
+pub async fn run_main<S: Service>(
+    build: impl std::future::Future<Output = anyhow::Result<S>>,
+) -> anyhow::Result<()> {
+    let app = build.await?;
+    let signals = shutdown_on_signals();
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        signals.cancelled().await;
+        token.cancel();
+    });
+    app.run_until_stopped().await
+}

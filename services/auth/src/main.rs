@@ -1,1 +1,11 @@
-fn main() {}
+//! `herald-auth` binary: parse the configuration and run the application.
+
+use clap::Parser;
+use herald_auth::{Application, Cli, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    herald_telemetry::init_tracing();
+    let config = Config::try_from(Cli::parse())?;
+    herald_telemetry::run_main(Application::build(config)).await
+}

@@ -77,7 +77,9 @@ impl TryFrom<Cli> for Config {
 
     fn try_from(cli: Cli) -> Result<Self, Self::Error> {
         if cli.activity_timeout_secs == 0 || cli.pong_timeout_secs == 0 {
-            return Err(ConfigError::Invalid("activity and pong timeouts must be positive".into()));
+            return Err(ConfigError::Invalid(
+                "activity and pong timeouts must be positive".into(),
+            ));
         }
         Ok(Self {
             host: cli.listen.host,

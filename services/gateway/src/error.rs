@@ -41,6 +41,10 @@ impl IntoResponse for ApiError {
                     .into_response();
             }
         };
-        (status, herald_telemetry::error_body(code, &self.to_string())).into_response()
+        (
+            status,
+            herald_telemetry::error_body(code, &self.to_string()),
+        )
+            .into_response()
     }
 }

@@ -139,7 +139,11 @@ impl Hub {
         self.channels.lock().expect("hub lock").len()
     }
 
-    async fn start_fanout(&self, key: &ChannelKey, entry: &Arc<ChannelEntry>) -> Result<(), async_nats::Error> {
+    async fn start_fanout(
+        &self,
+        key: &ChannelKey,
+        entry: &Arc<ChannelEntry>,
+    ) -> Result<(), async_nats::Error> {
         let subject = self.subjects.live(&key.0, &key.1);
         let mut sub = self.nats.subscribe(subject).await?;
         // Make sure the server has registered the SUB before we report success.
@@ -156,7 +160,9 @@ impl Hub {
                 let Some(entry) = weak.upgrade() else { break };
                 match LiveEvent::from_message(&msg) {
                     Ok(event) => fan_out(&entry, &channel, &event),
-                    Err(err) => tracing::warn!(%err, subject = %msg.subject, "dropping unreadable live event"),
+                    Err(err) => {
+                        tracing::warn!(%err, subject = %msg.subject, "dropping unreadable live event")
+                    }
                 }
             }
             // Dropping `sub` unsubscribes from NATS.

@@ -15,7 +15,6 @@ mod ws;
 pub use config::{Cli, Config};
 pub use error::ApiError;
 
-use anyhow::Context;
 use axum::Router;
 use herald_config::AppRegistry;
 use herald_proto::Subjects;
@@ -52,18 +51,11 @@ pub struct Application {
 impl Application {
     /// Connect to NATS, make sure the channel stream exists, and bind.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = async_nats::ConnectOptions::new()
-            .name("herald-gateway")
-            .connect(&config.nats_url)
-            .await
-            .with_context(|| format!("connecting to NATS at {}", config.nats_url))?;
+        let nats = herald_telemetry::connect_nats(&config.nats_url, "herald-gateway").await?;
         let js = async_nats::jetstream::new(nats.clone());
         herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
 
-        let listener = TcpListener::bind((config.host.as_str(), config.port))
-            .await
-            .with_context(|| format!("binding {}:{}", config.host, config.port))?;
-        let port = listener.local_addr()?.port();
+        let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             apps: config.apps.clone(),
@@ -97,19 +89,19 @@ impl Application {
     pub fn port(&self) -> u16 {
         self.port
     }
+}
 
+impl herald_telemetry::Service for Application {
     /// Cancelling this token stops the gateway: connections are closed with
     /// Pusher's 4200 (reconnect) and the listener stops.
-    pub fn shutdown_token(&self) -> CancellationToken {
+    fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
     /// Serve until the shutdown token is cancelled.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
         let token = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await?;
+        herald_telemetry::serve(self.listener, self.router, token.clone()).await?;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -1,1 +1,150 @@
-//! placeholder
+//! The Herald history service.
+//!
+//! A projector folds the `CHANNELS` stream into Postgres (exactly-once in
+//! effect: the checkpoint is written in the same transaction as the rows), and
+//! a REST API serves each channel's history newest first, keyset-paginated by
+//! stream sequence.
+//!
+//! Any number of instances may run: all serve reads, and one at a time (the
+//! holder of a Postgres advisory lock) runs the projector, so events are
+//! applied in stream order.
+
+mod config;
+mod error;
+mod projector;
+mod routes;
+
+pub use config::{Cli, Config};
+pub use error::ApiError;
+
+use anyhow::Context;
+use axum::Router;
+use herald_config::AppRegistry;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor, PgPool};
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+/// The Postgres schema holding this service's tables (and its migration
+/// bookkeeping), so services sharing a database never collide.
+pub const SCHEMA: &str = "history";
+
+/// State shared by the request handlers.
+pub(crate) struct Shared {
+    pub db: PgPool,
+    pub apps: AppRegistry,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// A built history service, listening but not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    router: Router,
+    projector: projector::Projector,
+    shutdown: CancellationToken,
+}
+
+/// Connect to Postgres with this service's schema first on the search path,
+/// creating the schema and running the migrations.
+pub async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgOptionsAndPool> {
+    let options = PgConnectOptions::from_str(url)
+        .context("parsing DATABASE_URL")?
+        .options([("search_path", SCHEMA)])
+        .log_statements(tracing::log::LevelFilter::Debug);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options.clone())
+        .await
+        .context("connecting to Postgres")?;
+    pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}").as_str())
+        .await?;
+    sqlx::migrate!("../../sql/history")
+        .run(&pool)
+        .await
+        .context("running migrations")?;
+    Ok(PgOptionsAndPool { options, pool })
+}
+
+/// A pool plus the options it was built from (the projector opens a
+/// dedicated connection with them for its advisory lock).
+pub struct PgOptionsAndPool {
+    pub options: PgConnectOptions,
+    pub pool: PgPool,
+}
+
+impl Application {
+    /// Connect to NATS and Postgres, migrate, and bind.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let nats = herald_telemetry::connect_nats(&config.nats_url, "herald-history").await?;
+        let js = async_nats::jetstream::new(nats.clone());
+        herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
+        let db = connect_database(&config.database_url, config.db_max_connections).await?;
+
+        let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
+        let shutdown = CancellationToken::new();
+        let projector = projector::Projector::new(
+            js,
+            config.subjects.clone(),
+            db.pool.clone(),
+            db.options.clone(),
+            config.projection_batch,
+        );
+        let state = Arc::new(Shared {
+            db: db.pool.clone(),
+            apps: config.apps.clone(),
+        });
+        let pool = db.pool.clone();
+        let postgres_ready: herald_telemetry::ReadyCheck = Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                pool.execute("SELECT 1")
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let router = routes::router()
+            .with_state(state)
+            .layer(TraceLayer::new_for_http())
+            .merge(herald_telemetry::ops_router(vec![
+                ("nats", herald_telemetry::nats_ready(nats)),
+                ("postgres", postgres_ready),
+            ]));
+        tracing::info!(port, "history listening");
+        Ok(Self {
+            listener,
+            port,
+            router,
+            projector,
+            shutdown,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl herald_telemetry::Service for Application {
+    /// Cancelling this token stops the projector and the HTTP server.
+    fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Run the projector and serve HTTP until the shutdown token is cancelled.
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let token = self.shutdown.clone();
+        let projector = tokio::spawn(self.projector.run(token.clone()));
+        herald_telemetry::serve(self.listener, self.router, token.clone()).await?;
+        projector.await??;
+        tracing::info!("history stopped");
+        Ok(())
+    }
+}

@@ -60,12 +60,21 @@ struct ValidEvent {
 
 fn is_socket_id(s: &str) -> bool {
     s.split_once('.').is_some_and(|(a, b)| {
-        !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_digit()) && b.bytes().all(|c| c.is_ascii_digit())
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
     })
 }
 
-fn validate(app: &AppConfig, req: EventRequest, max_channels: usize) -> Result<ValidEvent, ApiError> {
-    let name = req.name.ok_or_else(|| ApiError::BadRequest("Missing event name (\"name\")".into()))?;
+fn validate(
+    app: &AppConfig,
+    req: EventRequest,
+    max_channels: usize,
+) -> Result<ValidEvent, ApiError> {
+    let name = req
+        .name
+        .ok_or_else(|| ApiError::BadRequest("Missing event name (\"name\")".into()))?;
     if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
         return Err(ApiError::BadRequest(format!(
             "Event name must be 1-{MAX_EVENT_NAME_LEN} characters"
@@ -75,7 +84,9 @@ fn validate(app: &AppConfig, req: EventRequest, max_channels: usize) -> Result<V
     // JSON value too and store its text, as Pusher does.
     let data = match req.data {
         Some(Value::String(s)) => s,
-        Some(Value::Null) | None => return Err(ApiError::BadRequest("Missing event data (\"data\")".into())),
+        Some(Value::Null) | None => {
+            return Err(ApiError::BadRequest("Missing event data (\"data\")".into()))
+        }
         Some(other) => other.to_string(),
     };
     if data.len() > app.limits.max_message_bytes {
@@ -89,7 +100,9 @@ fn validate(app: &AppConfig, req: EventRequest, max_channels: usize) -> Result<V
         (Some(list), None) => list,
         (None, Some(one)) => vec![one],
         (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest("Give either \"channels\" or \"channel\", not both".into()))
+            return Err(ApiError::BadRequest(
+                "Give either \"channels\" or \"channel\", not both".into(),
+            ))
         }
         (None, None) => return Err(ApiError::BadRequest("Missing \"channels\"".into())),
     };
@@ -101,7 +114,8 @@ fn validate(app: &AppConfig, req: EventRequest, max_channels: usize) -> Result<V
     }
     let mut channels = Vec::with_capacity(names.len());
     for n in &names {
-        let channel = ChannelName::parse(n).map_err(|e| ApiError::BadRequest(format!("Channel {n:?}: {e}")))?;
+        let channel = ChannelName::parse(n)
+            .map_err(|e| ApiError::BadRequest(format!("Channel {n:?}: {e}")))?;
         if channel.as_str().len() > app.limits.max_channel_name_len {
             return Err(ApiError::BadRequest(format!(
                 "Channel {n:?} is longer than {} bytes",
@@ -114,7 +128,9 @@ fn validate(app: &AppConfig, req: EventRequest, max_channels: usize) -> Result<V
     }
     if let Some(socket_id) = &req.socket_id {
         if !is_socket_id(socket_id) {
-            return Err(ApiError::BadRequest(format!("Invalid socket_id {socket_id:?}")));
+            return Err(ApiError::BadRequest(format!(
+                "Invalid socket_id {socket_id:?}"
+            )));
         }
     }
     Ok(ValidEvent {
@@ -126,7 +142,8 @@ fn validate(app: &AppConfig, req: EventRequest, max_channels: usize) -> Result<V
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))
 }
 
 /// Store every event on every channel, pipelining the publishes and then
@@ -135,7 +152,14 @@ async fn store(state: &AppState, app: &AppConfig, events: Vec<ValidEvent>) -> Re
     let mut acks = Vec::new();
     for event in &events {
         for channel in &event.channels {
-            let envelope = Envelope::new(EventKind::Trigger, app.id.as_str(), channel.as_str(), &event.name, event.data.clone(), None);
+            let envelope = Envelope::new(
+                EventKind::Trigger,
+                app.id.as_str(),
+                channel.as_str(),
+                &event.name,
+                event.data.clone(),
+                None,
+            );
             let ack = herald_stream::publish_envelope(
                 &state.js,
                 &state.subjects,
@@ -151,7 +175,9 @@ async fn store(state: &AppState, app: &AppConfig, events: Vec<ValidEvent>) -> Re
         }
     }
     let count = acks.len() as u64;
-    for result in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+    for result in
+        futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await
+    {
         result.map_err(|e| ApiError::Internal(anyhow::anyhow!("publish ack: {e}")))?;
     }
     metrics::counter!("herald_gateway_events_published_total").increment(count);

@@ -28,7 +28,12 @@ pub fn verify(
         .by_id(app_id)
         .cloned()
         .ok_or_else(|| ApiError::NotFound(format!("Unknown app {app_id:?}")))?;
-    let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let (Some(key), Some(timestamp), Some(version), Some(signature)) = (
         get("auth_key"),
         get("auth_timestamp"),
@@ -43,10 +48,14 @@ pub fn verify(
         return Err(ApiError::Unauthorized("Unknown auth_key".into()));
     }
     if version != "1.0" {
-        return Err(ApiError::Unauthorized("Unsupported auth_version; use 1.0".into()));
+        return Err(ApiError::Unauthorized(
+            "Unsupported auth_version; use 1.0".into(),
+        ));
     }
     let Ok(timestamp) = timestamp.parse::<i64>() else {
-        return Err(ApiError::Unauthorized("auth_timestamp is not a number".into()));
+        return Err(ApiError::Unauthorized(
+            "auth_timestamp is not a number".into(),
+        ));
     };
     let now = herald_proto::now_ms() / 1000;
     if (now - timestamp).abs() > MAX_CLOCK_SKEW_SECS {
@@ -58,7 +67,11 @@ pub fn verify(
         let expected = pusher::body_md5(body);
         match get("body_md5") {
             Some(given) if pusher::constant_time_eq(given, &expected) => {}
-            Some(_) => return Err(ApiError::Unauthorized("body_md5 does not match the body".into())),
+            Some(_) => {
+                return Err(ApiError::Unauthorized(
+                    "body_md5 does not match the body".into(),
+                ))
+            }
             None => return Err(ApiError::Unauthorized("Missing body_md5".into())),
         }
     }
@@ -69,7 +82,9 @@ pub fn verify(
         params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     );
     if !pusher::constant_time_eq(signature, &expected) {
-        return Err(ApiError::Unauthorized("Invalid signature: check your app secret".into()));
+        return Err(ApiError::Unauthorized(
+            "Invalid signature: check your app secret".into(),
+        ));
     }
     Ok(app)
 }

@@ -24,7 +24,11 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 fn new_socket_id() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    format!("{}.{}", rng.gen_range(1..u32::MAX), rng.gen_range(1..u32::MAX))
+    format!(
+        "{}.{}",
+        rng.gen_range(1..u32::MAX),
+        rng.gen_range(1..u32::MAX)
+    )
 }
 
 /// Check the `protocol` query parameter the way Pusher does.
@@ -33,7 +37,10 @@ fn check_protocol(protocol: Option<&str>) -> Result<(), (u16, &'static str)> {
         return Err((codes::NO_PROTOCOL_VERSION, "No protocol version supplied"));
     };
     let Ok(version) = raw.parse::<u32>() else {
-        return Err((codes::INVALID_VERSION_FORMAT, "Invalid version string format"));
+        return Err((
+            codes::INVALID_VERSION_FORMAT,
+            "Invalid version string format",
+        ));
     };
     if !(pusher::MIN_PROTOCOL_VERSION..=pusher::PROTOCOL_VERSION).contains(&version) {
         return Err((codes::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"));
@@ -42,7 +49,9 @@ fn check_protocol(protocol: Option<&str>) -> Result<(), (u16, &'static str)> {
 }
 
 async fn refuse(mut socket: WebSocket, code: u16, message: &str) {
-    let _ = socket.send(Message::text(pusher::error(Some(code), message))).await;
+    let _ = socket
+        .send(Message::text(pusher::error(Some(code), message)))
+        .await;
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,
@@ -100,7 +109,12 @@ pub(super) async fn run(
         return refuse(socket, 4100, "Over capacity").await;
     };
     let Some(_slot) = AppSlot::acquire(&state, &app) else {
-        return refuse(socket, codes::OVER_CONNECTION_QUOTA, "Application is over connection quota").await;
+        return refuse(
+            socket,
+            codes::OVER_CONNECTION_QUOTA,
+            "Application is over connection quota",
+        )
+        .await;
     };
 
     let socket_id: Arc<str> = new_socket_id().into();
@@ -127,7 +141,8 @@ async fn serve(
     metrics::gauge!("herald_gateway_connections").increment(1.0);
 
     let (sink, stream) = socket.split();
-    let established = pusher::connection_established(&socket_id, state.config.activity_timeout.as_secs());
+    let established =
+        pusher::connection_established(&socket_id, state.config.activity_timeout.as_secs());
     handle.deliver(established.into());
 
     let mut conn = Connection {
@@ -147,7 +162,10 @@ async fn serve(
 }
 
 /// Send queued frames, batching everything already queued into one flush.
-async fn write_loop(mut sink: futures::stream::SplitSink<WebSocket, Message>, mut rx: mpsc::Receiver<Outbound>) {
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+) {
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(out) = next.take() {
@@ -185,7 +203,10 @@ struct Connection {
 type CloseReason = (u16, &'static str);
 
 impl Connection {
-    async fn read_loop(&mut self, mut stream: futures::stream::SplitStream<WebSocket>) -> CloseReason {
+    async fn read_loop(
+        &mut self,
+        mut stream: futures::stream::SplitStream<WebSocket>,
+    ) -> CloseReason {
         let activity = self.state.config.activity_timeout;
         let pong_timeout = self.state.config.pong_timeout;
         let mut deadline = Instant::now() + activity;
@@ -232,14 +253,20 @@ impl Connection {
     async fn on_text(&mut self, text: &str) {
         let limit = self.app.limits.max_message_bytes;
         if text.len() > limit {
-            let message = format!("Message of {} bytes exceeds the limit of {limit} bytes", text.len());
+            let message = format!(
+                "Message of {} bytes exceeds the limit of {limit} bytes",
+                text.len()
+            );
             return self.send(pusher::error(None, &message)).await;
         }
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(_) => {
                 return self
-                    .send(pusher::error(None, "Invalid message: expected a JSON object with an \"event\" string"))
+                    .send(pusher::error(
+                        None,
+                        "Invalid message: expected a JSON object with an \"event\" string",
+                    ))
                     .await
             }
         };
@@ -267,7 +294,10 @@ impl Connection {
         let data = frame.data_object().unwrap_or_default();
         let Some(name) = data.get("channel").and_then(|c| c.as_str()) else {
             return self
-                .send(pusher::error(None, "pusher:subscribe needs data.channel, a string"))
+                .send(pusher::error(
+                    None,
+                    "pusher:subscribe needs data.channel, a string",
+                ))
                 .await;
         };
         let channel = match ChannelName::parse(name) {
@@ -277,28 +307,52 @@ impl Connection {
                     "Channel name is longer than this app's limit of {} bytes",
                     self.app.limits.max_channel_name_len
                 );
-                return self.send(pusher::subscription_error(name, "InvalidChannel", &message, 400)).await;
+                return self
+                    .send(pusher::subscription_error(
+                        name,
+                        "InvalidChannel",
+                        &message,
+                        400,
+                    ))
+                    .await;
             }
             Err(err) => {
                 return self
-                    .send(pusher::subscription_error(name, "InvalidChannel", err.message(), 400))
+                    .send(pusher::subscription_error(
+                        name,
+                        "InvalidChannel",
+                        err.message(),
+                        400,
+                    ))
                     .await
             }
         };
         if self.channels.contains(&channel) {
-            return self.send(pusher::subscription_succeeded(channel.as_str())).await;
+            return self
+                .send(pusher::subscription_succeeded(channel.as_str()))
+                .await;
         }
         if self.channels.len() >= self.app.limits.max_channels_per_connection {
             let message = format!(
                 "Connection is already subscribed to {} channels, this app's limit",
                 self.app.limits.max_channels_per_connection
             );
-            return self.send(pusher::subscription_error(name, "LimitReached", &message, 403)).await;
+            return self
+                .send(pusher::subscription_error(
+                    name,
+                    "LimitReached",
+                    &message,
+                    403,
+                ))
+                .await;
         }
         match channel.kind() {
             ChannelKind::Public => {}
             ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                let auth = data.get("auth").and_then(|a| a.as_str()).unwrap_or_default();
+                let auth = data
+                    .get("auth")
+                    .and_then(|a| a.as_str())
+                    .unwrap_or_default();
                 let ok = pusher::verify_channel_auth(
                     &self.app.key,
                     &self.app.secret,
@@ -313,7 +367,9 @@ impl Connection {
                     } else {
                         "Invalid signature: the auth string does not match this socket and channel"
                     };
-                    return self.send(pusher::subscription_error(name, "AuthError", message, 401)).await;
+                    return self
+                        .send(pusher::subscription_error(name, "AuthError", message, 401))
+                        .await;
                 }
             }
             ChannelKind::Presence => {
@@ -339,8 +395,13 @@ impl Connection {
             }
             Err(err) => {
                 tracing::error!(%err, channel = %channel, "live subscription failed");
-                self.send(pusher::subscription_error(name, "ServerError", "Subscription failed; retry", 503))
-                    .await;
+                self.send(pusher::subscription_error(
+                    name,
+                    "ServerError",
+                    "Subscription failed; retry",
+                    503,
+                ))
+                .await;
             }
         }
     }
@@ -355,13 +416,17 @@ impl Connection {
             return;
         };
         if self.channels.remove(&channel) {
-            self.state.hub.unsubscribe(&self.app.id, &channel, self.handle.id);
+            self.state
+                .hub
+                .unsubscribe(&self.app.id, &channel, self.handle.id);
         }
     }
 
     fn leave_all(&mut self) {
         for channel in self.channels.drain() {
-            self.state.hub.unsubscribe(&self.app.id, &channel, self.handle.id);
+            self.state
+                .hub
+                .unsubscribe(&self.app.id, &channel, self.handle.id);
         }
     }
 }

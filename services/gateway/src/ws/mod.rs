@@ -26,7 +26,10 @@ async fn upgrade(
     State(state): State<AppState>,
 ) -> Response {
     let app = state.apps.by_key(&key).cloned();
-    let limit = app.as_ref().map(|a| a.limits.max_message_bytes).unwrap_or(10 * 1024);
+    let limit = app
+        .as_ref()
+        .map(|a| a.limits.max_message_bytes)
+        .unwrap_or(10 * 1024);
     let hard = limit.saturating_mul(HARD_FRAME_FACTOR).max(16 * 1024);
     let protocol = params.get("protocol").cloned();
     ws.max_message_size(hard)

@@ -1,0 +1,78 @@
+//! History service configuration.
+
+use clap::Parser;
+use herald_config::{AppRegistry, AppsArgs, ConfigError, DatabaseArgs, ListenArgs, NatsArgs};
+use herald_proto::Subjects;
+use herald_stream::{StreamArgs, StreamSettings};
+
+/// `herald-history`: projects the channel stream into Postgres and serves
+/// paginated history.
+#[derive(Debug, Parser)]
+#[command(name = "herald-history", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// HTTP port.
+    #[arg(long, env = "HERALD_PORT", default_value_t = 6003)]
+    pub port: u16,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub apps: AppsArgs,
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Most events applied in one Postgres transaction.
+    #[arg(long, env = "HERALD_PROJECTION_BATCH", default_value_t = 500)]
+    pub projection_batch: usize,
+}
+
+/// Everything the history service needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: String,
+    pub port: u16,
+    pub nats_url: String,
+    pub subjects: Subjects,
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub apps: AppRegistry,
+    pub stream: StreamSettings,
+    pub projection_batch: usize,
+}
+
+impl Config {
+    /// Defaults for everything but the essentials (used by tests).
+    pub fn new(nats_url: &str, subjects: Subjects, database_url: &str, apps: AppRegistry) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 0,
+            nats_url: nats_url.into(),
+            subjects,
+            database_url: database_url.into(),
+            db_max_connections: 5,
+            apps,
+            stream: StreamSettings::default(),
+            projection_batch: 500,
+        }
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, Self::Error> {
+        Ok(Self {
+            host: cli.listen.host,
+            port: cli.port,
+            subjects: cli.nats.subjects()?,
+            nats_url: cli.nats.nats_url,
+            database_url: cli.database.database_url,
+            db_max_connections: cli.database.db_max_connections.max(2),
+            apps: cli.apps.registry()?,
+            stream: cli.stream.settings(),
+            projection_batch: cli.projection_batch.clamp(1, 10_000),
+        })
+    }
+}

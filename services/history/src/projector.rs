@@ -1,0 +1,259 @@
+//! The projector: folds the `CHANNELS` stream into the `messages` table.
+//!
+//! Exactly-once in effect: each batch is applied in one transaction that
+//! first locks the projection's checkpoint row, skips every event at or below
+//! it, writes the rows and advances the checkpoint; only after the commit is
+//! the batch acknowledged. A redelivery (crash between commit and ack, a
+//! second projector during a lock hand-over) therefore changes nothing.
+//!
+//! One instance projects at a time: the holder of a Postgres advisory lock.
+
+use anyhow::{anyhow, Context};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use herald_proto::{Envelope, EventKind, Subjects};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Name of this projection (checkpoint row and consumer suffix).
+const PROJECTION: &str = "history";
+
+pub(crate) struct Projector {
+    js: jetstream::Context,
+    subjects: Subjects,
+    pool: PgPool,
+    options: PgConnectOptions,
+    batch: usize,
+    name: String,
+}
+
+/// One event ready to write.
+struct Row {
+    seq: i64,
+    env: Envelope,
+}
+
+impl Projector {
+    pub fn new(
+        js: jetstream::Context,
+        subjects: Subjects,
+        pool: PgPool,
+        options: PgConnectOptions,
+        batch: usize,
+    ) -> Self {
+        let name = subjects.durable(PROJECTION);
+        Self {
+            js,
+            subjects,
+            pool,
+            options,
+            batch,
+            name,
+        }
+    }
+
+    /// Project until `shutdown`; transient failures are retried.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            match self.lead(&shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), "projector failed; retrying");
+                    metrics::counter!("herald_history_projector_restarts_total").increment(1);
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Take the projector lock, then apply batches until shutdown or error.
+    async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        // The lock lives as long as this dedicated connection.
+        let mut lock_conn = PgConnection::connect_with(&self.options).await?;
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+                .bind(&self.name)
+                .fetch_one(&mut lock_conn)
+                .await?;
+            if got {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+        tracing::info!(projection = %self.name, "projector leading");
+        let consumer = self.ensure_consumer().await?;
+        let mut batches = consumer.messages().await?.ready_chunks(self.batch);
+        let mut lock_check = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = lock_check.tick() => {
+                    // Losing the lock connection means another instance may
+                    // take over; stop rather than race it needlessly.
+                    lock_conn.ping().await.context("projector lock connection lost")?;
+                }
+                batch = batches.next() => {
+                    let batch = batch.ok_or_else(|| anyhow!("consumer stream ended"))?;
+                    let messages = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
+                    self.apply(messages).await?;
+                }
+            }
+        }
+    }
+
+    async fn checkpoint(&self) -> anyhow::Result<i64> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = $1")
+                .bind(&self.name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Get the durable consumer, re-creating it from the checkpoint when it
+    /// is ahead of the database (for example after the database was reset).
+    async fn ensure_consumer(&self) -> anyhow::Result<consumer::PullConsumer> {
+        let stream = self.js.get_stream(self.subjects.channels_stream()).await?;
+        let checkpoint = self.checkpoint().await? as u64;
+        if let Ok(info) = stream.consumer_info(&self.name).await {
+            if info.ack_floor.stream_sequence > checkpoint {
+                tracing::warn!(
+                    ack_floor = info.ack_floor.stream_sequence,
+                    checkpoint,
+                    "consumer is ahead of the database; replaying from the checkpoint"
+                );
+                stream.delete_consumer(&self.name).await?;
+            } else {
+                return stream
+                    .get_consumer(&self.name)
+                    .await
+                    .map_err(|e| anyhow!("get consumer: {e}"));
+            }
+        }
+        let deliver_policy = if checkpoint == 0 {
+            consumer::DeliverPolicy::All
+        } else {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: checkpoint + 1,
+            }
+        };
+        let config = consumer::pull::Config {
+            durable_name: Some(self.name.clone()),
+            description: Some("Herald history projection".into()),
+            filter_subject: self.subjects.channels_filter(),
+            ack_policy: consumer::AckPolicy::All,
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 20_000,
+            deliver_policy,
+            ..Default::default()
+        };
+        Ok(stream.create_consumer(config).await?)
+    }
+
+    /// Apply one batch in one transaction, then acknowledge it.
+    async fn apply(&self, messages: Vec<jetstream::Message>) -> anyhow::Result<()> {
+        let Some(last) = messages.last() else {
+            return Ok(());
+        };
+        let mut rows = Vec::with_capacity(messages.len());
+        let mut max_seq = 0i64;
+        for msg in &messages {
+            let seq = msg
+                .info()
+                .map_err(|e| anyhow!("message info: {e}"))?
+                .stream_sequence as i64;
+            max_seq = max_seq.max(seq);
+            match Envelope::decode(&msg.payload) {
+                Ok(env) if matches!(env.kind, EventKind::Trigger | EventKind::Message) => {
+                    rows.push(Row { seq, env })
+                }
+                Ok(env) => tracing::debug!(seq, kind = ?env.kind, "not a history event"),
+                Err(err) => {
+                    // Keep going: the event stays in the stream, and a newer
+                    // build can rebuild the model from it.
+                    metrics::counter!("herald_history_undecodable_events_total").increment(1);
+                    tracing::warn!(seq, %err, "skipping undecodable event");
+                }
+            }
+        }
+
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+            .bind(&self.name)
+            .execute(&mut *tx)
+            .await?;
+        let checkpoint: i64 = sqlx::query_scalar(
+            "SELECT last_seq FROM projection_checkpoints WHERE name = $1 FOR UPDATE",
+        )
+        .bind(&self.name)
+        .fetch_one(&mut *tx)
+        .await?;
+        rows.retain(|r| r.seq > checkpoint);
+        let applied = rows.len();
+        if !rows.is_empty() {
+            let mut cols: (
+                Vec<&str>,
+                Vec<&str>,
+                Vec<i64>,
+                Vec<&str>,
+                Vec<&str>,
+                Vec<&str>,
+                Vec<&str>,
+                Vec<Option<&str>>,
+                Vec<Option<&str>>,
+                Vec<i64>,
+            ) = Default::default();
+            for r in &rows {
+                cols.0.push(&r.env.app);
+                cols.1.push(&r.env.channel);
+                cols.2.push(r.seq);
+                cols.3.push(&r.env.id);
+                cols.4.push(r.env.kind.as_str());
+                cols.5.push(&r.env.event);
+                cols.6.push(&r.env.data);
+                cols.7.push(r.env.author.as_deref());
+                cols.8.push(r.env.client_id.as_deref());
+                cols.9.push(r.env.at);
+            }
+            sqlx::query(
+                "INSERT INTO messages (app_id, channel, seq, id, kind, event, data, author, client_id, ts)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
+                                      $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&cols.0)
+            .bind(&cols.1)
+            .bind(&cols.2)
+            .bind(&cols.3)
+            .bind(&cols.4)
+            .bind(&cols.5)
+            .bind(&cols.6)
+            .bind(&cols.7)
+            .bind(&cols.8)
+            .bind(&cols.9)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if max_seq > checkpoint {
+            sqlx::query("UPDATE projection_checkpoints SET last_seq = $2 WHERE name = $1")
+                .bind(&self.name)
+                .bind(max_seq)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        // AckPolicy::All: acknowledging the last message acknowledges the batch.
+        last.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
+        metrics::counter!("herald_history_events_projected_total").increment(applied as u64);
+        tracing::debug!(applied, max_seq, "batch projected");
+        Ok(())
+    }
+}

@@ -1,0 +1,494 @@
+//! The gateway against a real NATS server: the Pusher WebSocket protocol and
+//! the signed HTTP API, good paths and bad.
+
+use futures::SinkExt;
+use herald_config::{AppConfig, AppRegistry};
+use herald_proto::pusher;
+use herald_tests::{PusherSocket, Stack};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+fn data_of(frame: &Value) -> Value {
+    serde_json::from_str(frame["data"].as_str().expect("data is a JSON string"))
+        .expect("data parses")
+}
+
+#[tokio::test]
+async fn a_client_connects_and_gets_a_pusher_socket_id() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let (a, b) = socket.socket_id.split_once('.').unwrap();
+    assert!(a.parse::<u64>().is_ok() && b.parse::<u64>().is_ok());
+}
+
+#[tokio::test]
+async fn a_published_event_reaches_a_subscribed_client_with_herald_fields() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    socket.subscribe("my-channel").await.unwrap();
+    let (status, body) = stack
+        .api(&gw)
+        .trigger(&["my-channel"], "my-event", "{\"hello\":1}")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let frame = socket.next_event_of(&["my-event"]).await.unwrap();
+    assert_eq!(frame["channel"], "my-channel");
+    assert_eq!(frame["data"], "{\"hello\":1}");
+    assert!(frame["seq"].as_u64().unwrap() >= 1);
+    assert!(frame["id"].as_str().unwrap().len() >= 32);
+    assert!(frame["ts"].as_i64().unwrap() > 1_700_000_000_000);
+}
+
+#[tokio::test]
+async fn an_event_goes_only_to_subscribers_of_its_channel_and_not_to_the_excluded_socket() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut a = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let mut b = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let mut other = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    a.subscribe("room").await.unwrap();
+    b.subscribe("room").await.unwrap();
+    other.subscribe("elsewhere").await.unwrap();
+    let api = stack.api(&gw);
+    let (status, _) = api
+        .post(
+            "/events",
+            &json!({"name": "e1", "channels": ["room"], "data": "x", "socket_id": a.socket_id}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    api.trigger(&["room", "elsewhere"], "e2", "y")
+        .await
+        .unwrap();
+    // `a` was excluded from e1, so its first event is e2.
+    assert_eq!(a.next_event_of(&["e1", "e2"]).await.unwrap()["event"], "e2");
+    assert_eq!(b.next_event_of(&["e1", "e2"]).await.unwrap()["event"], "e1");
+    assert_eq!(b.next_event_of(&["e1", "e2"]).await.unwrap()["event"], "e2");
+    assert_eq!(
+        other.next_event_of(&["e1", "e2"]).await.unwrap()["event"],
+        "e2"
+    );
+}
+
+#[tokio::test]
+async fn after_unsubscribing_a_client_receives_nothing_more() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    s.subscribe("a").await.unwrap();
+    s.subscribe("b").await.unwrap();
+    s.send_event("pusher:unsubscribe", json!({"channel": "a"}))
+        .await
+        .unwrap();
+    let api = stack.api(&gw);
+    api.trigger(&["a"], "gone", "1").await.unwrap();
+    api.trigger(&["b"], "kept", "2").await.unwrap();
+    let frame = s.next_event_of(&["gone", "kept"]).await.unwrap();
+    assert_eq!(frame["event"], "kept");
+}
+
+#[tokio::test]
+async fn ping_gets_pong() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    s.send_event("pusher:ping", json!({})).await.unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:pong");
+}
+
+#[tokio::test]
+async fn an_idle_client_is_pinged_and_closed_with_4201_when_it_does_not_answer() {
+    let stack = Stack::start();
+    let mut config = stack.gateway_config();
+    config.activity_timeout = Duration::from_millis(300);
+    config.pong_timeout = Duration::from_millis(300);
+    let gw = stack.gateway_with(config).await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:ping");
+    assert_eq!(
+        s.closed().await.unwrap(),
+        Some(pusher::codes::PONG_NOT_RECEIVED)
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_app_key_gets_error_4001_and_is_closed() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut ws =
+        PusherSocket::connect_raw(&format!("ws://127.0.0.1:{}/app/nope?protocol=7", gw.port))
+            .await
+            .unwrap();
+    use futures::StreamExt;
+    let Some(Ok(Message::Text(text))) = ws.next().await else {
+        panic!("expected an error frame")
+    };
+    let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+    assert_eq!(frame["event"], "pusher:error");
+    assert_eq!(frame["data"]["code"], 4001);
+    let Some(Ok(Message::Close(Some(close)))) = ws.next().await else {
+        panic!("expected a close")
+    };
+    assert_eq!(u16::from(close.code), 4001);
+}
+
+#[tokio::test]
+async fn protocol_versions_are_checked_with_pushers_close_codes() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    for (query, code) in [("", 4008), ("?protocol=abc", 4006), ("?protocol=99", 4007)] {
+        let mut ws =
+            PusherSocket::connect_raw(&format!("ws://127.0.0.1:{}/app/app-key{query}", gw.port))
+                .await
+                .unwrap();
+        use futures::StreamExt;
+        let mut close_code = None;
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(Some(close)) = msg {
+                close_code = Some(u16::from(close.code));
+                break;
+            }
+        }
+        assert_eq!(close_code, Some(code), "query {query:?}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_frames_get_a_pusher_error_and_the_connection_stays_usable() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    for bad in ["not json", "{\"data\":{}}", "[1,2]", "{\"event\":42}"] {
+        s.send_text(bad).await.unwrap();
+        let frame = s.next_frame().await.unwrap();
+        assert_eq!(frame["event"], "pusher:error", "for {bad}");
+        assert!(frame["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid message"));
+    }
+    s.send_text(json!({"event": "pusher:subscribe", "data": {}}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
+    s.send_text(json!({"event": "herald:nonsense", "data": {}}).to_string())
+        .await
+        .unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
+    s.inner()
+        .send(Message::Binary(vec![1u8, 2, 3].into()))
+        .await
+        .unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
+    // Still usable.
+    s.subscribe("still-here").await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused_and_giant_ones_close_the_socket() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let big = json!({"event": "pusher:subscribe", "data": {"channel": "x".repeat(11 * 1024)}})
+        .to_string();
+    s.send_text(big).await.unwrap();
+    let frame = s.next_frame().await.unwrap();
+    assert_eq!(frame["event"], "pusher:error");
+    assert!(frame["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("exceeds the limit"));
+    s.subscribe("ok").await.unwrap();
+    // Beyond the hard cap the WebSocket layer itself refuses the frame.
+    let _ = s.send_text("x".repeat(200 * 1024)).await;
+    assert!(s.closed().await.is_ok());
+}
+
+#[tokio::test]
+async fn invalid_channel_names_get_a_subscription_error() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let long = "a".repeat(165);
+    for bad in ["", "bad channel", "bad*", "emoji-☃", long.as_str()] {
+        s.send_event("pusher:subscribe", json!({"channel": bad}))
+            .await
+            .unwrap();
+        let frame = s.next_frame().await.unwrap();
+        assert_eq!(frame["event"], "pusher:subscription_error", "for {bad:?}");
+        assert_eq!(frame["channel"], bad);
+        let data = data_of(&frame);
+        assert_eq!(data["status"], 400);
+        assert_eq!(data["type"], "InvalidChannel");
+    }
+    s.subscribe("fine.name;with,all=the@chars_-").await.unwrap();
+}
+
+#[tokio::test]
+async fn private_channels_need_a_valid_signature_for_this_socket() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let other_socket = "1.1";
+    let cases = [
+        json!({"channel": "private-x"}),
+        json!({"channel": "private-x", "auth": "app-key:deadbeef"}),
+        json!({"channel": "private-x", "auth": pusher::channel_auth("app-key", "app-secret", other_socket, "private-x", None)}),
+        json!({"channel": "private-x", "auth": pusher::channel_auth("app-key", "wrong", &s.socket_id, "private-x", None)}),
+    ];
+    for case in cases {
+        s.send_event("pusher:subscribe", case.clone())
+            .await
+            .unwrap();
+        let frame = s.next_frame().await.unwrap();
+        assert_eq!(frame["event"], "pusher:subscription_error", "{case}");
+        let data = data_of(&frame);
+        assert_eq!(data["type"], "AuthError");
+        assert_eq!(data["status"], 401);
+    }
+    let auth = pusher::channel_auth("app-key", "app-secret", &s.socket_id, "private-x", None);
+    s.send_event(
+        "pusher:subscribe",
+        json!({"channel": "private-x", "auth": auth}),
+    )
+    .await
+    .unwrap();
+    let frame = s.next_frame().await.unwrap();
+    assert_eq!(frame["event"], "pusher_internal:subscription_succeeded");
+    stack
+        .api(&gw)
+        .trigger(&["private-x"], "secret", "s")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.next_event_of(&["secret"]).await.unwrap()["channel"],
+        "private-x"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_cannot_exceed_its_channel_limit() {
+    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.max_channels_per_connection = 2;
+    let stack = Stack::with_apps(AppRegistry::single(app));
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    s.subscribe("one").await.unwrap();
+    s.subscribe("two").await.unwrap();
+    s.send_event("pusher:subscribe", json!({"channel": "three"}))
+        .await
+        .unwrap();
+    let frame = s.next_frame().await.unwrap();
+    assert_eq!(frame["event"], "pusher:subscription_error");
+    assert_eq!(data_of(&frame)["type"], "LimitReached");
+}
+
+#[tokio::test]
+async fn an_app_over_its_connection_quota_gets_4004() {
+    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.max_connections = 1;
+    let stack = Stack::with_apps(AppRegistry::single(app));
+    let gw = stack.gateway().await;
+    let _first = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let err = PusherSocket::connect(gw.port, "app-key")
+        .await
+        .err()
+        .expect("second connection refused");
+    assert!(err.to_string().contains("4004"), "{err}");
+}
+
+#[tokio::test]
+async fn the_http_api_rejects_bad_signatures_stale_timestamps_and_unknown_apps() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let http = reqwest::Client::new();
+    let good = stack.api(&gw);
+    let body = serde_json::to_vec(&json!({"name": "e", "channels": ["c"], "data": "d"})).unwrap();
+    let now = herald_proto::now_ms() / 1000;
+    let post = |path: String, query: String, body: Vec<u8>| {
+        let http = http.clone();
+        let url = format!("{}{path}?{query}", good.base);
+        async move {
+            http.post(url)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let path = "/apps/app-id/events".to_string();
+
+    // Correct request: 200.
+    let q = good.signed_query("POST", &path, Some(&body), &[], now);
+    assert_eq!(post(path.clone(), q, body.clone()).await, 200);
+    // Wrong secret.
+    let mut wrong = good.clone();
+    wrong.secret = "nope".into();
+    let q = wrong.signed_query("POST", &path, Some(&body), &[], now);
+    assert_eq!(post(path.clone(), q, body.clone()).await, 401);
+    // Stale timestamp (more than 600 s old).
+    let q = good.signed_query("POST", &path, Some(&body), &[], now - 601);
+    assert_eq!(post(path.clone(), q, body.clone()).await, 401);
+    // Body changed after signing: body_md5 mismatch.
+    let q = good.signed_query("POST", &path, Some(&body), &[], now);
+    let mut tampered = body.clone();
+    tampered[2] = b'X';
+    assert_eq!(post(path.clone(), q, tampered).await, 401);
+    // Wrong key.
+    let mut wrong_key = good.clone();
+    wrong_key.key = "other".into();
+    let q = wrong_key.signed_query("POST", &path, Some(&body), &[], now);
+    assert_eq!(post(path.clone(), q, body.clone()).await, 401);
+    // Missing signature parameters.
+    assert_eq!(
+        post(path.clone(), "auth_key=app-key".into(), body.clone()).await,
+        401
+    );
+    // Unknown app.
+    let other = "/apps/nope/events".to_string();
+    let q = good.signed_query("POST", &other, Some(&body), &[], now);
+    assert_eq!(post(other, q, body.clone()).await, 404);
+}
+
+#[tokio::test]
+async fn the_http_api_validates_events() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let api = stack.api(&gw);
+    let too_many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+    let cases = [
+        (json!({"channels": ["c"], "data": "d"}), 400),
+        (json!({"name": "e", "channels": ["c"]}), 400),
+        (json!({"name": "e", "data": "d"}), 400),
+        (json!({"name": "e", "channels": [], "data": "d"}), 400),
+        (json!({"name": "e", "channels": too_many, "data": "d"}), 400),
+        (
+            json!({"name": "e", "channels": ["bad channel"], "data": "d"}),
+            400,
+        ),
+        (
+            json!({"name": "e", "channels": ["c"], "data": "d", "socket_id": "nope"}),
+            400,
+        ),
+        (
+            json!({"name": "e", "channels": ["c"], "data": "x".repeat(10 * 1024 + 1)}),
+            413,
+        ),
+        (
+            json!({"name": "x".repeat(201), "channels": ["c"], "data": "d"}),
+            400,
+        ),
+    ];
+    for (body, status) in cases {
+        let (got, resp) = api.post("/events", &body).await.unwrap();
+        assert_eq!(got, status, "{resp}");
+        assert!(resp["error"]["message"].as_str().is_some(), "{resp}");
+    }
+    // Not JSON at all.
+    let bytes = b"{not json".to_vec();
+    let q = api.signed_query(
+        "POST",
+        "/apps/app-id/events",
+        Some(&bytes),
+        &[],
+        herald_proto::now_ms() / 1000,
+    );
+    let status = reqwest::Client::new()
+        .post(format!("{}/apps/app-id/events?{q}", api.base))
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn batch_events_are_delivered_and_limited_to_ten() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    s.subscribe("b1").await.unwrap();
+    s.subscribe("b2").await.unwrap();
+    let api = stack.api(&gw);
+    let batch = json!({"batch": [
+        {"channel": "b1", "name": "one", "data": "1"},
+        {"channel": "b2", "name": "two", "data": "2"},
+    ]});
+    let (status, _) = api.post("/batch_events", &batch).await.unwrap();
+    assert_eq!(status, 200);
+    let mut got = vec![
+        s.next_event_of(&["one", "two"]).await.unwrap()["event"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        s.next_event_of(&["one", "two"]).await.unwrap()["event"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+    got.sort();
+    assert_eq!(got, ["one", "two"]);
+    let eleven: Vec<Value> = (0..11)
+        .map(|i| json!({"channel": "b1", "name": format!("e{i}"), "data": "d"}))
+        .collect();
+    let (status, _) = api
+        .post("/batch_events", &json!({ "batch": eleven }))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_are_served() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let base = format!("http://127.0.0.1:{}", gw.port);
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http.get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let _s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("herald_gateway_connections"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_closes_its_clients_with_4200_so_they_reconnect() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let stopping = tokio::spawn(gw.stop());
+    assert_eq!(
+        s.closed().await.unwrap(),
+        Some(pusher::codes::GENERIC_RECONNECT)
+    );
+    stopping.await.unwrap();
+}
