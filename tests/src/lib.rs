@@ -122,3 +122,37 @@ impl Stack {
         PusherApi::new(gateway.port, "app-id", "app-key", "app-secret")
     }
 }
+
+impl Stack {
+    /// Start an auth service.
+    pub async fn auth(&self) -> Running {
+        let config = herald_auth::Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            nats_url: self.nats.url(),
+            subjects: self.subjects.clone(),
+            apps: self.apps.clone(),
+        };
+        let app = herald_auth::Application::build(config)
+            .await
+            .expect("auth builds");
+        let port = app.port();
+        Running::spawn(app, port).await
+    }
+
+    /// Start a presence service.
+    pub async fn presence(&self) -> Running {
+        let config = herald_presence::Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            nats_url: self.nats.url(),
+            subjects: self.subjects.clone(),
+            apps: self.apps.clone(),
+        };
+        let app = herald_presence::Application::build(config)
+            .await
+            .expect("presence builds");
+        let port = app.port();
+        Running::spawn(app, port).await
+    }
+}
