@@ -35,6 +35,40 @@ struct Row {
     env: Envelope,
 }
 
+/// A batch of rows as one array per column, for a single `UNNEST` insert.
+#[derive(Default)]
+struct Columns<'a> {
+    app: Vec<&'a str>,
+    channel: Vec<&'a str>,
+    seq: Vec<i64>,
+    id: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    event: Vec<&'a str>,
+    data: Vec<&'a str>,
+    author: Vec<Option<&'a str>>,
+    client_id: Vec<Option<&'a str>>,
+    ts: Vec<i64>,
+}
+
+impl<'a> Columns<'a> {
+    fn from_rows(rows: &'a [Row]) -> Self {
+        let mut c = Self::default();
+        for r in rows {
+            c.app.push(&r.env.app);
+            c.channel.push(&r.env.channel);
+            c.seq.push(r.seq);
+            c.id.push(&r.env.id);
+            c.kind.push(r.env.kind.as_str());
+            c.event.push(&r.env.event);
+            c.data.push(&r.env.data);
+            c.author.push(r.env.author.as_deref());
+            c.client_id.push(r.env.client_id.as_deref());
+            c.ts.push(r.env.at);
+        }
+        c
+    }
+}
+
 impl Projector {
     pub fn new(
         js: jetstream::Context,
@@ -199,46 +233,23 @@ impl Projector {
         rows.retain(|r| r.seq > checkpoint);
         let applied = rows.len();
         if !rows.is_empty() {
-            let mut cols: (
-                Vec<&str>,
-                Vec<&str>,
-                Vec<i64>,
-                Vec<&str>,
-                Vec<&str>,
-                Vec<&str>,
-                Vec<&str>,
-                Vec<Option<&str>>,
-                Vec<Option<&str>>,
-                Vec<i64>,
-            ) = Default::default();
-            for r in &rows {
-                cols.0.push(&r.env.app);
-                cols.1.push(&r.env.channel);
-                cols.2.push(r.seq);
-                cols.3.push(&r.env.id);
-                cols.4.push(r.env.kind.as_str());
-                cols.5.push(&r.env.event);
-                cols.6.push(&r.env.data);
-                cols.7.push(r.env.author.as_deref());
-                cols.8.push(r.env.client_id.as_deref());
-                cols.9.push(r.env.at);
-            }
+            let cols = Columns::from_rows(&rows);
             sqlx::query(
                 "INSERT INTO messages (app_id, channel, seq, id, kind, event, data, author, client_id, ts)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
                                       $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
                  ON CONFLICT DO NOTHING",
             )
-            .bind(&cols.0)
-            .bind(&cols.1)
-            .bind(&cols.2)
-            .bind(&cols.3)
-            .bind(&cols.4)
-            .bind(&cols.5)
-            .bind(&cols.6)
-            .bind(&cols.7)
-            .bind(&cols.8)
-            .bind(&cols.9)
+            .bind(&cols.app)
+            .bind(&cols.channel)
+            .bind(&cols.seq)
+            .bind(&cols.id)
+            .bind(&cols.kind)
+            .bind(&cols.event)
+            .bind(&cols.data)
+            .bind(&cols.author)
+            .bind(&cols.client_id)
+            .bind(&cols.ts)
             .execute(&mut *tx)
             .await?;
         }
