@@ -126,13 +126,8 @@ impl Stack {
 impl Stack {
     /// Start an auth service.
     pub async fn auth(&self) -> Running {
-        let config = herald_auth::Config {
-            host: "127.0.0.1".into(),
-            port: 0,
-            nats_url: self.nats.url(),
-            subjects: self.subjects.clone(),
-            apps: self.apps.clone(),
-        };
+        let config =
+            herald_auth::Config::new(&self.nats.url(), self.subjects.clone(), self.apps.clone());
         let app = herald_auth::Application::build(config)
             .await
             .expect("auth builds");
@@ -142,13 +137,11 @@ impl Stack {
 
     /// Start a presence service.
     pub async fn presence(&self) -> Running {
-        let config = herald_presence::Config {
-            host: "127.0.0.1".into(),
-            port: 0,
-            nats_url: self.nats.url(),
-            subjects: self.subjects.clone(),
-            apps: self.apps.clone(),
-        };
+        let config = herald_presence::Config::new(
+            &self.nats.url(),
+            self.subjects.clone(),
+            self.apps.clone(),
+        );
         let app = herald_presence::Application::build(config)
             .await
             .expect("presence builds");

@@ -29,6 +29,8 @@ pub struct AppLimits {
     pub max_event_channels: usize,
     /// Most events in one batch publish.
     pub max_batch_events: usize,
+    /// Most distinct users in one presence channel.
+    pub max_presence_members: usize,
     /// Whether clients may send `client-*` events.
     pub enable_client_messages: bool,
     /// Most client events one connection may send per second.
@@ -44,6 +46,7 @@ impl Default for AppLimits {
             max_channel_name_len: herald_proto::channel::MAX_CHANNEL_NAME_LEN,
             max_event_channels: 100,
             max_batch_events: 10,
+            max_presence_members: 100,
             enable_client_messages: false,
             client_events_per_second: 10,
         }

@@ -12,6 +12,7 @@
 pub mod channel;
 pub mod envelope;
 pub mod error;
+pub mod presence;
 pub mod pusher;
 pub mod subject;
 

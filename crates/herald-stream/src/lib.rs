@@ -148,6 +148,43 @@ pub async fn publish_envelope(
         .await?)
 }
 
+/// Open the presence KV bucket (see `herald_proto::presence`), creating it
+/// when missing. Gateways and the presence service both call this at start.
+pub async fn ensure_presence_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    replicas: usize,
+) -> Result<jetstream::kv::Store, BucketError> {
+    let bucket = subjects.presence_bucket();
+    if let Ok(store) = js.get_key_value(&bucket).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_key_value(jetstream::kv::Config {
+            bucket: bucket.clone(),
+            description:
+                "Herald presence: subscriptions, signed-in connections, gateway heartbeats".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(store) => Ok(store),
+        // Another service created it in the meantime.
+        Err(_) => js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| BucketError(bucket, e.to_string())),
+    }
+}
+
+/// A KV bucket could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open KV bucket {0}: {1}")]
+pub struct BucketError(pub String, pub String);
+
 /// A durable event as it arrives on a live (republished) subject.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {

@@ -38,6 +38,19 @@ pub struct Config {
     pub apps: AppRegistry,
 }
 
+impl Config {
+    /// Defaults for everything but the essentials (used by tests).
+    pub fn new(nats_url: &str, subjects: Subjects, apps: AppRegistry) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 0,
+            nats_url: nats_url.into(),
+            subjects,
+            apps,
+        }
+    }
+}
+
 impl TryFrom<Cli> for Config {
     type Error = ConfigError;
 

@@ -1,0 +1,336 @@
+//! The presence contract between gateways and the presence service.
+//!
+//! **State lives in a JetStream KV bucket** ([`Subjects::presence_bucket`]),
+//! one key per fact, written by the gateway that owns it:
+//!
+//! | key | value | meaning |
+//! |---|---|---|
+//! | `sub.<app>.<channel-hex>.<gateway>.<socket>` | [`PresenceSubscription`] | a socket is in a presence channel as a user |
+//! | `conn.<app>.<user-hex>.<gateway>.<socket>` | [`UserConnection`] | a signed-in socket of a user |
+//! | `gw.<gateway>` | [`GatewayHeartbeat`] | the gateway is alive (re-put every heartbeat interval) |
+//!
+//! Channel names and user ids are hex-encoded in keys (KV keys allow only
+//! `[-/_=.a-zA-Z0-9]`), socket ids have their `.` replaced by `_`.
+//!
+//! Because the bucket keeps the last value of every key, a restarted
+//! presence service rebuilds the current state by reading it, with no replay
+//! of history. A gateway removes its own keys when a socket leaves or it
+//! shuts down; when a gateway dies, its `gw.` key goes stale and the presence
+//! service deletes its keys after the heartbeat TTL.
+//!
+//! **Events out**: the presence service publishes [`PresenceEvent`]s on core
+//! NATS ([`Subjects::presence_events`]) for gateways to fan out as
+//! `pusher_internal:member_added` / `member_removed`.
+//!
+//! **Queries**: gateways ask for a presence channel's member list with a
+//! [`MembersRequest`] on [`Subjects::presence_members`] (request/reply). The
+//! reply reflects at least KV revision `min_revision` (the gateway's own
+//! `put`), so a joining socket always sees itself.
+
+use crate::channel::{AppId, ChannelName};
+use crate::error::{Error, ErrorKind};
+use crate::subject::Subjects;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Pusher's limit on a presence `user_id`, in bytes.
+pub const MAX_USER_ID_LEN: usize = 128;
+/// Pusher's limit on a presence `user_info`, serialized, in bytes.
+pub const MAX_USER_INFO_BYTES: usize = 1024;
+
+/// Value of a `sub.` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceSubscription {
+    /// The member's user id.
+    pub user_id: String,
+    /// The member's `user_info` from the signed `channel_data` (any JSON).
+    #[serde(default)]
+    pub user_info: Value,
+    /// When the socket joined, ms since the epoch.
+    pub at: i64,
+}
+
+/// Value of a `conn.` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserConnection {
+    /// When the socket signed in, ms since the epoch.
+    pub at: i64,
+}
+
+/// Value of a `gw.` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayHeartbeat {
+    /// When this heartbeat was written, ms since the epoch.
+    pub at: i64,
+    /// How often the gateway re-puts it, in ms.
+    pub interval_ms: u64,
+}
+
+/// What the presence service tells gateways.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum PresenceEvent {
+    /// A user's first connection joined the channel.
+    MemberAdded {
+        user_id: String,
+        #[serde(default)]
+        user_info: Value,
+        /// KV revision that caused it.
+        revision: u64,
+    },
+    /// A user's last connection left the channel.
+    MemberRemoved {
+        user_id: String,
+        /// KV revision that caused it.
+        revision: u64,
+    },
+}
+
+/// A gateway asking for a presence channel's members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembersRequest {
+    /// The presence channel.
+    pub channel: String,
+    /// Answer only once the service has applied this KV revision.
+    pub min_revision: u64,
+    /// The joining subscription's key, so the reply says whether it was
+    /// admitted under the member limit.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// The presence service's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembersReply {
+    /// `user_id` → `user_info` of every member.
+    pub members: BTreeMap<String, Value>,
+    /// The KV revision this list reflects: events with a higher revision
+    /// come after it.
+    pub revision: u64,
+    /// Whether the subscription named in the request counts as a member
+    /// (false when the channel was full when it joined).
+    pub admitted: bool,
+    /// Set when the request could not be answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A parsed presence KV key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PresenceKey {
+    /// `sub.<app>.<channel-hex>.<gateway>.<socket>`
+    Subscription {
+        app: AppId,
+        channel: ChannelName,
+        gateway: String,
+        socket_id: String,
+    },
+    /// `conn.<app>.<user-hex>.<gateway>.<socket>`
+    Connection {
+        app: AppId,
+        user_id: String,
+        gateway: String,
+        socket_id: String,
+    },
+    /// `gw.<gateway>`
+    Gateway { gateway: String },
+}
+
+fn hex_encode(s: &str) -> String {
+    hex::encode(s.as_bytes())
+}
+
+fn hex_decode(s: &str) -> Option<String> {
+    String::from_utf8(hex::decode(s).ok()?).ok()
+}
+
+fn socket_token(socket_id: &str) -> String {
+    socket_id.replace('.', "_")
+}
+
+/// Whether a gateway id can be used in keys and subjects.
+pub fn is_valid_gateway_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+impl PresenceKey {
+    /// Render the key.
+    pub fn render(&self) -> String {
+        match self {
+            PresenceKey::Subscription {
+                app,
+                channel,
+                gateway,
+                socket_id,
+            } => format!(
+                "sub.{app}.{}.{gateway}.{}",
+                hex_encode(channel.as_str()),
+                socket_token(socket_id)
+            ),
+            PresenceKey::Connection {
+                app,
+                user_id,
+                gateway,
+                socket_id,
+            } => format!(
+                "conn.{app}.{}.{gateway}.{}",
+                hex_encode(user_id),
+                socket_token(socket_id)
+            ),
+            PresenceKey::Gateway { gateway } => format!("gw.{gateway}"),
+        }
+    }
+
+    /// Parse a key written by [`PresenceKey::render`].
+    pub fn parse(key: &str) -> Result<Self, Error> {
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidSubject,
+                format!("not a presence key: {key}"),
+            )
+        };
+        let parts: Vec<&str> = key.split('.').collect();
+        let socket = |s: &str| {
+            let (a, b) = s.split_once('_').ok_or_else(bad)?;
+            Ok::<_, Error>(format!("{a}.{b}"))
+        };
+        match parts.as_slice() {
+            ["sub", app, channel, gateway, sock] if is_valid_gateway_id(gateway) => {
+                Ok(PresenceKey::Subscription {
+                    app: AppId::parse(app)?,
+                    channel: ChannelName::parse(&hex_decode(channel).ok_or_else(bad)?)?,
+                    gateway: (*gateway).to_owned(),
+                    socket_id: socket(sock)?,
+                })
+            }
+            ["conn", app, user, gateway, sock] if is_valid_gateway_id(gateway) => {
+                Ok(PresenceKey::Connection {
+                    app: AppId::parse(app)?,
+                    user_id: hex_decode(user).ok_or_else(bad)?,
+                    gateway: (*gateway).to_owned(),
+                    socket_id: socket(sock)?,
+                })
+            }
+            ["gw", gateway] if is_valid_gateway_id(gateway) => Ok(PresenceKey::Gateway {
+                gateway: (*gateway).to_owned(),
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The gateway that owns this key.
+    pub fn gateway_of(&self) -> &str {
+        match self {
+            PresenceKey::Subscription { gateway, .. }
+            | PresenceKey::Connection { gateway, .. }
+            | PresenceKey::Gateway { gateway } => gateway,
+        }
+    }
+}
+
+impl Subjects {
+    /// The presence KV bucket.
+    pub fn presence_bucket(&self) -> String {
+        format!("{}_PRESENCE", self.prefix().to_ascii_uppercase())
+    }
+
+    /// Where the presence service publishes one presence channel's events.
+    pub fn presence_events(&self, app: &AppId, channel: &ChannelName) -> String {
+        format!(
+            "{}.presence.events.{}.{}",
+            self.prefix(),
+            app,
+            channel.to_token()
+        )
+    }
+
+    /// Request/reply subject for member lists of one app.
+    pub fn presence_members(&self, app: &AppId) -> String {
+        format!("{}.presence.members.{}", self.prefix(), app)
+    }
+}
+
+/// Pusher's `presence` object for `pusher_internal:subscription_succeeded`:
+/// `{"presence": {"ids": [...], "hash": {id: info}, "count": n}}`.
+pub fn pusher_presence_data(members: &BTreeMap<String, Value>) -> Value {
+    serde_json::json!({
+        "presence": {
+            "ids": members.keys().collect::<Vec<_>>(),
+            "hash": members,
+            "count": members.len(),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_keys_round_trip() {
+        let keys = [
+            PresenceKey::Subscription {
+                app: AppId::parse("app-id").unwrap(),
+                channel: ChannelName::parse("presence-room.1;x@y,z").unwrap(),
+                gateway: "gw-1".into(),
+                socket_id: "123.456".into(),
+            },
+            PresenceKey::Connection {
+                app: AppId::parse("app-id").unwrap(),
+                user_id: "user@example.com with spaces ☃".into(),
+                gateway: "gw-1".into(),
+                socket_id: "1.2".into(),
+            },
+            PresenceKey::Gateway {
+                gateway: "abc-123".into(),
+            },
+        ];
+        for key in keys {
+            let rendered = key.render();
+            assert!(
+                rendered
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c)),
+                "{rendered} must be a valid KV key"
+            );
+            assert_eq!(PresenceKey::parse(&rendered).unwrap(), key);
+        }
+    }
+
+    #[test]
+    fn foreign_keys_are_rejected() {
+        for bad in [
+            "",
+            "sub.a",
+            "gw.a.b",
+            "sub.a.zz.g.1_2",
+            "conn.a.61.g.12",
+            "x.y",
+        ] {
+            assert!(PresenceKey::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pusher_presence_data_has_ids_hash_and_count() {
+        let mut members = BTreeMap::new();
+        members.insert("1".to_string(), serde_json::json!({"name": "a"}));
+        members.insert("2".to_string(), Value::Null);
+        let data = pusher_presence_data(&members);
+        assert_eq!(data["presence"]["count"], 2);
+        assert_eq!(data["presence"]["ids"], serde_json::json!(["1", "2"]));
+        assert_eq!(data["presence"]["hash"]["1"]["name"], "a");
+    }
+
+    #[test]
+    fn events_serialize_with_a_type_tag() {
+        let e = PresenceEvent::MemberRemoved {
+            user_id: "u".into(),
+            revision: 3,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "member_removed");
+        assert_eq!(serde_json::from_value::<PresenceEvent>(v).unwrap(), e);
+    }
+}
