@@ -10,6 +10,7 @@
 //! * [`error`] — matchable error kinds shared by all of the above.
 
 pub mod channel;
+pub mod control;
 pub mod envelope;
 pub mod error;
 pub mod presence;
@@ -19,7 +20,7 @@ pub mod subject;
 pub use channel::{AppId, ChannelKind, ChannelName};
 pub use envelope::{Envelope, EventKind};
 pub use error::{Error, ErrorKind};
-pub use subject::Subjects;
+pub use subject::{ControlVerb, Subjects};
 
 /// Milliseconds since the Unix epoch, the unit of every Herald timestamp.
 pub fn now_ms() -> i64 {

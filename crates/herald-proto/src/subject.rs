@@ -15,6 +15,29 @@ use crate::error::{Error, ErrorKind};
 /// The default prefix.
 pub const DEFAULT_PREFIX: &str = "herald";
 
+/// Control-plane requests every gateway answers for the users and channels
+/// it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlVerb {
+    /// Close every connection of a user.
+    Terminate,
+    /// Subscribe or unsubscribe a user's connections to channels.
+    Subscriptions,
+    /// Report local channel occupancy.
+    Occupancy,
+}
+
+impl ControlVerb {
+    /// The subject token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlVerb::Terminate => "terminate",
+            ControlVerb::Subscriptions => "subscriptions",
+            ControlVerb::Occupancy => "occupancy",
+        }
+    }
+}
+
 /// Subject and stream names for one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subjects {
@@ -92,6 +115,75 @@ impl Subjects {
         format!("{}.eph.{}.{}", self.prefix, app, channel.to_token())
     }
 
+    /// Core-NATS subject for events sent to one user (Pusher's
+    /// `#server-to-user-<id>`); the user id is hex-encoded.
+    pub fn user_events(&self, app: &AppId, user_id: &str) -> String {
+        format!(
+            "{}.user.{}.{}",
+            self.prefix,
+            app,
+            hex::encode(user_id.as_bytes())
+        )
+    }
+
+    /// Every user-event subject (a gateway's single wildcard subscription).
+    pub fn user_events_filter(&self) -> String {
+        format!("{}.user.*.*", self.prefix)
+    }
+
+    /// Parse a [`Subjects::user_events`] subject into app and user id.
+    pub fn parse_user_subject(&self, subject: &str) -> Result<(AppId, String), Error> {
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidSubject,
+                format!("not a user subject: {subject}"),
+            )
+        };
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".user."))
+            .ok_or_else(bad)?;
+        let (app, user) = rest.split_once('.').ok_or_else(bad)?;
+        let user = hex::decode(user)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(bad)?;
+        Ok((AppId::parse(app)?, user))
+    }
+
+    /// Core-NATS control subject of one app, answered by every gateway:
+    /// `verb` is one of the [`ControlVerb`] names.
+    pub fn control(&self, app: &AppId, verb: ControlVerb) -> String {
+        format!("{}.ctl.{}.{}", self.prefix, app, verb.as_str())
+    }
+
+    /// Every control subject (a gateway's single wildcard subscription).
+    pub fn control_filter(&self) -> String {
+        format!("{}.ctl.*.*", self.prefix)
+    }
+
+    /// Parse a control subject into its app and verb.
+    pub fn parse_control_subject(&self, subject: &str) -> Result<(AppId, ControlVerb), Error> {
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidSubject,
+                format!("not a control subject: {subject}"),
+            )
+        };
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".ctl."))
+            .ok_or_else(bad)?;
+        let (app, verb) = rest.split_once('.').ok_or_else(bad)?;
+        let verb = match verb {
+            "terminate" => ControlVerb::Terminate,
+            "subscriptions" => ControlVerb::Subscriptions,
+            "occupancy" => ControlVerb::Occupancy,
+            _ => return Err(bad()),
+        };
+        Ok((AppId::parse(app)?, verb))
+    }
+
     /// A durable consumer (or other JetStream object) name owned by one
     /// service, e.g. `herald_history`.
     pub fn durable(&self, service: &str) -> String {
@@ -159,6 +251,29 @@ mod tests {
                 (app(), ch.clone())
             );
         }
+    }
+
+    #[test]
+    fn user_and_control_subjects_round_trip() {
+        let s = Subjects::default();
+        let subject = s.user_events(&app(), "a.b c@d");
+        assert!(!subject["herald.user.app-id.".len()..].contains('.'));
+        assert_eq!(
+            s.parse_user_subject(&subject).unwrap(),
+            (app(), "a.b c@d".to_string())
+        );
+        for verb in [
+            ControlVerb::Terminate,
+            ControlVerb::Subscriptions,
+            ControlVerb::Occupancy,
+        ] {
+            assert_eq!(
+                s.parse_control_subject(&s.control(&app(), verb)).unwrap(),
+                (app(), verb)
+            );
+        }
+        assert!(s.parse_control_subject("herald.ctl.app-id.nope").is_err());
+        assert!(s.parse_user_subject("herald.user.app-id.zz").is_err());
     }
 
     #[test]

@@ -10,6 +10,10 @@ use herald_proto::envelope::{HEADER_KIND, HEADER_LAST_SEQUENCE, HEADER_SEQUENCE}
 use herald_proto::{AppId, ChannelName, Envelope, Subjects};
 use std::time::Duration;
 
+/// Header grouping the per-channel copies of one multi-channel publish whose
+/// publisher asked for de-duplicated delivery (Herald extension).
+pub const HEADER_DEDUPE: &str = "Herald-Dedupe";
+
 /// Header naming a socket that must not receive the event (Pusher's
 /// `socket_id` exclusion on publish).
 pub const HEADER_EXCLUDE_SOCKET: &str = "Herald-Exclude-Socket";
@@ -121,6 +125,15 @@ pub async fn ensure_channels_stream(
     Ok(())
 }
 
+/// Delivery options carried as headers next to the envelope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions<'a> {
+    /// A socket that must not receive the event.
+    pub exclude_socket: Option<&'a str>,
+    /// De-duplication group of a multi-channel publish.
+    pub dedupe_group: Option<&'a str>,
+}
+
 /// Publish `envelope` to its channel's subject and return the ack future, so
 /// callers can pipeline many publishes before awaiting their acks.
 ///
@@ -132,12 +145,15 @@ pub async fn publish_envelope(
     channel: &ChannelName,
     envelope: &Envelope,
     msg_id: &str,
-    exclude_socket: Option<&str>,
+    options: &PublishOptions<'_>,
 ) -> Result<jetstream::context::PublishAckFuture, StreamError> {
     let mut headers = HeaderMap::new();
     headers.insert(HEADER_KIND, envelope.kind.as_str());
-    if let Some(socket) = exclude_socket {
+    if let Some(socket) = options.exclude_socket {
         headers.insert(HEADER_EXCLUDE_SOCKET, socket);
+    }
+    if let Some(group) = options.dedupe_group {
+        headers.insert(HEADER_DEDUPE, group);
     }
     let publish = PublishMessage::build()
         .payload(Bytes::from(envelope.encode()))
@@ -194,6 +210,8 @@ pub struct LiveEvent {
     pub last_seq: u64,
     /// Socket to skip, if the publisher asked for one.
     pub exclude_socket: Option<String>,
+    /// De-duplication group, if the publisher asked for one.
+    pub dedupe_group: Option<String>,
     /// The decoded envelope.
     pub envelope: Envelope,
 }
@@ -225,6 +243,9 @@ impl LiveEvent {
             last_seq: header_u64(headers, HEADER_LAST_SEQUENCE).unwrap_or(0),
             exclude_socket: headers
                 .and_then(|h| h.get(HEADER_EXCLUDE_SOCKET))
+                .map(|v| v.as_str().to_owned()),
+            dedupe_group: headers
+                .and_then(|h| h.get(HEADER_DEDUPE))
                 .map(|v| v.as_str().to_owned()),
             envelope: Envelope::decode(&msg.payload)?,
         })
@@ -260,16 +281,35 @@ mod tests {
             .await
             .unwrap();
         let env = Envelope::new(EventKind::Trigger, "a", "room.1", "e", "{}".into(), None);
-        let first = publish_envelope(&js, &subjects, &app, &channel, &env, "k1", Some("1.2"))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        let again = publish_envelope(&js, &subjects, &app, &channel, &env, "k1", None)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let first = publish_envelope(
+            &js,
+            &subjects,
+            &app,
+            &channel,
+            &env,
+            "k1",
+            &PublishOptions {
+                exclude_socket: Some("1.2"),
+                dedupe_group: None,
+            },
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let again = publish_envelope(
+            &js,
+            &subjects,
+            &app,
+            &channel,
+            &env,
+            "k1",
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
         assert!(again.duplicate);
         assert_eq!(again.sequence, first.sequence);
 
@@ -281,11 +321,19 @@ mod tests {
         assert_eq!(event.envelope, env);
 
         let env2 = Envelope::new(EventKind::Trigger, "a", "room.1", "e", "{}".into(), None);
-        let second = publish_envelope(&js, &subjects, &app, &channel, &env2, "k2", None)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let second = publish_envelope(
+            &js,
+            &subjects,
+            &app,
+            &channel,
+            &env2,
+            "k2",
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
         let event = LiveEvent::from_message(&live.next().await.unwrap()).unwrap();
         assert_eq!(event.seq, second.sequence);
         assert_eq!(event.last_seq, first.sequence);

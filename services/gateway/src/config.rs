@@ -37,6 +37,17 @@ pub struct Cli {
     /// and is closed (it reconnects and resumes).
     #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 512)]
     pub outbound_queue: usize,
+    /// This gateway's id in presence keys (random when not given). Letters,
+    /// digits and '-'.
+    #[arg(long, env = "HERALD_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
+    /// Seconds between this gateway's presence heartbeats.
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 5)]
+    pub heartbeat_secs: u64,
+    /// A gateway whose heartbeat is older than this many seconds counts as
+    /// gone (must match the presence service's TTL).
+    #[arg(long, env = "HERALD_GATEWAY_TTL_SECS", default_value_t = 15)]
+    pub gateway_ttl_secs: u64,
 }
 
 /// Everything the gateway needs to start.
@@ -52,6 +63,13 @@ pub struct Config {
     pub pong_timeout: Duration,
     pub max_connections: usize,
     pub outbound_queue: usize,
+    pub gateway_id: String,
+    pub heartbeat_interval: Duration,
+    pub gateway_ttl: Duration,
+}
+
+fn random_gateway_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
 }
 
 impl Config {
@@ -68,6 +86,9 @@ impl Config {
             pong_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             outbound_queue: 512,
+            gateway_id: random_gateway_id(),
+            heartbeat_interval: Duration::from_secs(5),
+            gateway_ttl: Duration::from_secs(15),
         }
     }
 }
@@ -81,6 +102,17 @@ impl TryFrom<Cli> for Config {
                 "activity and pong timeouts must be positive".into(),
             ));
         }
+        let gateway_id = cli.gateway_id.unwrap_or_else(random_gateway_id);
+        if !herald_proto::presence::is_valid_gateway_id(&gateway_id) {
+            return Err(ConfigError::Invalid(
+                "HERALD_GATEWAY_ID must be 1-64 letters, digits or '-'".into(),
+            ));
+        }
+        if cli.heartbeat_secs == 0 || cli.gateway_ttl_secs <= cli.heartbeat_secs {
+            return Err(ConfigError::Invalid(
+                "HERALD_HEARTBEAT_SECS must be positive and below HERALD_GATEWAY_TTL_SECS".into(),
+            ));
+        }
         Ok(Self {
             host: cli.listen.host,
             port: cli.port,
@@ -92,6 +124,9 @@ impl TryFrom<Cli> for Config {
             pong_timeout: Duration::from_secs(cli.pong_timeout_secs),
             max_connections: cli.max_connections,
             outbound_queue: cli.outbound_queue.max(8),
+            gateway_id,
+            heartbeat_interval: Duration::from_secs(cli.heartbeat_secs),
+            gateway_ttl: Duration::from_secs(cli.gateway_ttl_secs),
         })
     }
 }

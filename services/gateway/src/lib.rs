@@ -8,8 +8,10 @@
 
 mod api;
 mod config;
+mod control;
 mod error;
 mod hub;
+mod presence;
 mod ws;
 
 pub use config::{Cli, Config};
@@ -29,7 +31,9 @@ pub(crate) struct Shared {
     pub config: Config,
     pub apps: AppRegistry,
     pub subjects: Subjects,
+    pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
+    pub presence: presence::PresenceClient,
     pub hub: hub::Hub,
     /// Caps connections on this gateway (all apps together).
     pub connection_permits: Arc<Semaphore>,
@@ -45,6 +49,8 @@ pub struct Application {
     listener: TcpListener,
     port: u16,
     router: Router,
+    shared: AppState,
+    control: control::Subscriptions,
     shutdown: CancellationToken,
 }
 
@@ -54,6 +60,16 @@ impl Application {
         let nats = herald_telemetry::connect_nats(&config.nats_url, "herald-gateway").await?;
         let js = async_nats::jetstream::new(nats.clone());
         herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
+        let kv =
+            herald_stream::ensure_presence_bucket(&js, &config.subjects, config.stream.replicas)
+                .await?;
+        let presence = presence::PresenceClient::new(
+            nats.clone(),
+            config.subjects.clone(),
+            kv,
+            config.gateway_id.clone(),
+            config.heartbeat_interval,
+        );
 
         let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
@@ -63,24 +79,29 @@ impl Application {
             hub: hub::Hub::new(nats.clone(), config.subjects.clone()),
             connection_permits: Arc::new(Semaphore::new(config.max_connections)),
             app_connections: Default::default(),
+            nats: nats.clone(),
             js,
+            presence,
             shutdown: shutdown.clone(),
             config,
         });
+        let config_subjects = shared.subjects.clone();
         let router = Router::new()
             .merge(ws::router())
             .merge(api::router())
-            .with_state(shared)
+            .with_state(shared.clone())
             .layer(TraceLayer::new_for_http())
             .merge(herald_telemetry::ops_router(vec![(
                 "nats",
-                herald_telemetry::nats_ready(nats),
+                herald_telemetry::nats_ready(nats.clone()),
             )]));
         tracing::info!(port, "gateway listening");
         Ok(Self {
             listener,
             port,
             router,
+            control: control::subscribe(&nats, &config_subjects).await?,
+            shared,
             shutdown,
         })
     }
@@ -101,7 +122,19 @@ impl herald_telemetry::Service for Application {
     /// Serve until the shutdown token is cancelled.
     async fn run_until_stopped(self) -> anyhow::Result<()> {
         let token = self.shutdown.clone();
+        let shared = self.shared.clone();
+        let subscriptions = self.control;
+        let background = tokio::spawn({
+            let token = token.clone();
+            async move {
+                let heartbeat = shared.presence.run_heartbeat(token.clone());
+                let peers = shared.presence.run_peer_watch(token.clone());
+                let control = control::run(shared.clone(), subscriptions, token.clone());
+                tokio::join!(heartbeat, peers, control);
+            }
+        });
         herald_telemetry::serve(self.listener, self.router, token.clone()).await?;
+        let _ = background.await;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -7,9 +7,61 @@
 
 use crate::error::ApiError;
 use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request};
 use herald_config::AppConfig;
 use herald_proto::pusher;
+use std::collections::HashMap;
 use std::sync::Arc;
+
+/// A request whose Pusher signature checked out: its app, query parameters
+/// and raw body.
+pub(crate) struct Signed {
+    pub app: Arc<AppConfig>,
+    pub params: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Other path parameters (`name`, `user_id`, ...).
+    pub path: HashMap<String, String>,
+}
+
+impl Signed {
+    /// A query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl FromRequest<AppState> for Signed {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = req.into_parts();
+        let Path(path) = Path::<HashMap<String, String>>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let Query(params) = Query::<Vec<(String, String)>>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let method = parts.method.clone();
+        let uri_path = parts.uri.path().to_owned();
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|e| ApiError::PayloadTooLarge(e.body_text()))?;
+        let app_id = path.get("app_id").cloned().unwrap_or_default();
+        let app = verify(state, &app_id, method.as_str(), &uri_path, &params, &body)?;
+        Ok(Self {
+            app,
+            params,
+            body,
+            path,
+        })
+    }
+}
+
+use axum::extract::FromRequestParts;
 
 /// Largest allowed difference between `auth_timestamp` and our clock.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 600;

@@ -2,16 +2,17 @@
 //!
 //! A writer task drains the connection's bounded queue into the socket
 //! (batching whatever is queued into one flush); the reader loop handles
-//! client frames, the activity timer and shutdown, all under one `select!`.
+//! client frames, control-plane requests, the activity timer and shutdown,
+//! all under one `select!`.
 
-use crate::hub::{ConnHandle, Outbound};
+use crate::hub::{ConnHandle, Control, Outbound};
 use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
 use herald_config::AppConfig;
 use herald_proto::pusher::{self, codes, ClientFrame};
-use herald_proto::{ChannelKind, ChannelName};
-use std::collections::HashSet;
+use herald_proto::ChannelName;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -19,6 +20,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Pusher's close code for a connection the server no longer authorizes
+/// (also used for `terminate_connections` and failed sign-ins).
+pub(super) const UNAUTHORIZED: u16 = 4009;
 
 /// A Pusher-style socket id: two random integers joined by a dot.
 fn new_socket_id() -> String {
@@ -116,25 +121,19 @@ pub(super) async fn run(
         )
         .await;
     };
-
     let socket_id: Arc<str> = new_socket_id().into();
-    let (tx, rx) = mpsc::channel(state.config.outbound_queue);
     let span = tracing::info_span!("connection", app = %app.id, socket_id = %socket_id);
-    tracing::Instrument::instrument(serve(socket, state, app, socket_id, tx, rx), span).await;
+    tracing::Instrument::instrument(serve(socket, state, app, socket_id), span).await;
 }
 
-async fn serve(
-    socket: WebSocket,
-    state: AppState,
-    app: Arc<AppConfig>,
-    socket_id: Arc<str>,
-    tx: mpsc::Sender<Outbound>,
-    rx: mpsc::Receiver<Outbound>,
-) {
+async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_id: Arc<str>) {
+    let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+    let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let handle = ConnHandle {
         id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
         socket_id: socket_id.clone(),
         tx,
+        ctl: ctl_tx,
         slow: CancellationToken::new(),
     };
     tracing::debug!("connected");
@@ -149,11 +148,13 @@ async fn serve(
         state: state.clone(),
         app,
         handle,
-        channels: HashSet::new(),
+        channels: HashMap::new(),
+        user: None,
+        limiter: None,
     };
     let writer = tokio::spawn(write_loop(sink, rx));
-    let close = conn.read_loop(stream).await;
-    conn.leave_all();
+    let close = conn.read_loop(stream, ctl_rx).await;
+    conn.leave_all().await;
     let _ = conn.handle.tx.send(Outbound::Close(close.0, close.1)).await;
     drop(conn);
     let _ = writer.await;
@@ -192,20 +193,40 @@ async fn write_loop(
     }
 }
 
-struct Connection {
-    state: AppState,
-    app: Arc<AppConfig>,
-    handle: ConnHandle,
-    channels: HashSet<ChannelName>,
+/// A presence channel membership of this socket.
+pub(super) struct PresenceMembership {
+    pub user_id: Arc<str>,
+    /// The KV key announcing it, deleted when the socket leaves.
+    pub key: String,
+}
+
+/// The signed-in user of this socket (`pusher:signin`).
+pub(super) struct SignedIn {
+    pub id: Arc<str>,
+    pub user_data: serde_json::Value,
+    /// The KV key announcing the connection, deleted on close.
+    pub key: String,
+}
+
+pub(super) struct Connection {
+    pub state: AppState,
+    pub app: Arc<AppConfig>,
+    pub handle: ConnHandle,
+    /// Subscribed channels; `Some` for presence memberships.
+    pub channels: HashMap<ChannelName, Option<PresenceMembership>>,
+    pub user: Option<SignedIn>,
+    /// Client-event rate limiter, created on the first client event.
+    pub limiter: Option<governor::DefaultDirectRateLimiter>,
 }
 
 /// Why the reader stopped: the close code and reason to send.
-type CloseReason = (u16, &'static str);
+pub(super) type CloseReason = (u16, &'static str);
 
 impl Connection {
     async fn read_loop(
         &mut self,
         mut stream: futures::stream::SplitStream<WebSocket>,
+        mut ctl: mpsc::Receiver<Control>,
     ) -> CloseReason {
         let activity = self.state.config.activity_timeout;
         let pong_timeout = self.state.config.pong_timeout;
@@ -225,6 +246,11 @@ impl Connection {
                     self.send(pusher::ping()).await;
                     deadline = Instant::now() + pong_timeout;
                 }
+                Some(request) = ctl.recv() => {
+                    if let Some(close) = self.on_control(request).await {
+                        return close;
+                    }
+                }
                 msg = stream.next() => {
                     let Some(Ok(msg)) = msg else {
                         // Closed by the client, or a protocol error such as a
@@ -233,200 +259,101 @@ impl Connection {
                     };
                     awaiting_pong = false;
                     deadline = Instant::now() + activity;
-                    match msg {
+                    let outcome = match msg {
                         Message::Text(text) => self.on_text(text.as_str()).await,
-                        Message::Binary(_) => self.send(pusher::error(None, "Binary frames are not supported")).await,
+                        Message::Binary(_) => {
+                            self.send(pusher::error(None, "Binary frames are not supported")).await;
+                            None
+                        }
                         Message::Close(_) => return (1000, ""),
-                        Message::Ping(_) | Message::Pong(_) => {}
+                        Message::Ping(_) | Message::Pong(_) => None,
+                    };
+                    if let Some(close) = outcome {
+                        return close;
                     }
                 }
             }
         }
     }
 
-    async fn send(&self, frame: String) {
-        // Direct replies wait for queue space (backpressure on this client's
-        // own reads) rather than counting as a slow consumer.
+    /// Queue a direct reply. Replies wait for queue space (backpressure on
+    /// this client's own reads) rather than counting as a slow consumer.
+    pub(super) async fn send(&self, frame: String) {
         let _ = self.handle.tx.send(Outbound::Frame(frame.into())).await;
     }
 
-    async fn on_text(&mut self, text: &str) {
+    async fn on_control(&mut self, request: Control) -> Option<CloseReason> {
+        match request {
+            Control::Terminate => {
+                self.send(pusher::error(
+                    Some(UNAUTHORIZED),
+                    "Connection terminated by the server",
+                ))
+                .await;
+                return Some((UNAUTHORIZED, "Connection terminated by the server"));
+            }
+            Control::Subscribe(channel) => self.subscribe_on_server_authority(channel).await,
+            Control::Unsubscribe(channel) => {
+                if self.leave(&channel).await {
+                    let frame = serde_json::json!({
+                        "event": "herald:unsubscribed",
+                        "channel": channel.as_str(),
+                        "data": "{}",
+                    });
+                    self.send(frame.to_string()).await;
+                }
+            }
+        }
+        None
+    }
+
+    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
         let limit = self.app.limits.max_message_bytes;
         if text.len() > limit {
             let message = format!(
                 "Message of {} bytes exceeds the limit of {limit} bytes",
                 text.len()
             );
-            return self.send(pusher::error(None, &message)).await;
+            self.send(pusher::error(None, &message)).await;
+            return None;
         }
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(_) => {
-                return self
-                    .send(pusher::error(
-                        None,
-                        "Invalid message: expected a JSON object with an \"event\" string",
-                    ))
-                    .await
+                self.send(pusher::error(
+                    None,
+                    "Invalid message: expected a JSON object with an \"event\" string",
+                ))
+                .await;
+                return None;
             }
         };
         match frame.event.as_str() {
             "pusher:ping" => self.send(pusher::pong()).await,
             "pusher:pong" => {}
             "pusher:subscribe" => self.on_subscribe(&frame).await,
-            "pusher:unsubscribe" => self.on_unsubscribe(&frame),
-            event if event.starts_with("client-") => {
-                let message = if self.app.limits.enable_client_messages {
-                    "Client events are not supported yet"
-                } else {
-                    "Client events are not enabled for this app"
-                };
-                self.send(pusher::error(None, message)).await
-            }
+            "pusher:unsubscribe" => self.on_unsubscribe(&frame).await,
+            "pusher:signin" => return self.on_signin(&frame).await,
+            event if event.starts_with("client-") => self.on_client_event(&frame).await,
             other => {
                 let message = format!("Unsupported event {other:?}");
                 self.send(pusher::error(None, &message)).await
             }
         }
+        None
     }
 
-    async fn on_subscribe(&mut self, frame: &ClientFrame) {
-        let data = frame.data_object().unwrap_or_default();
-        let Some(name) = data.get("channel").and_then(|c| c.as_str()) else {
-            return self
-                .send(pusher::error(
-                    None,
-                    "pusher:subscribe needs data.channel, a string",
-                ))
-                .await;
-        };
-        let channel = match ChannelName::parse(name) {
-            Ok(c) if c.as_str().len() <= self.app.limits.max_channel_name_len => c,
-            Ok(_) => {
-                let message = format!(
-                    "Channel name is longer than this app's limit of {} bytes",
-                    self.app.limits.max_channel_name_len
-                );
-                return self
-                    .send(pusher::subscription_error(
-                        name,
-                        "InvalidChannel",
-                        &message,
-                        400,
-                    ))
-                    .await;
-            }
-            Err(err) => {
-                return self
-                    .send(pusher::subscription_error(
-                        name,
-                        "InvalidChannel",
-                        err.message(),
-                        400,
-                    ))
-                    .await
-            }
-        };
-        if self.channels.contains(&channel) {
-            return self
-                .send(pusher::subscription_succeeded(channel.as_str()))
-                .await;
+    /// Leave every channel and sign out, on close.
+    async fn leave_all(&mut self) {
+        let channels: Vec<ChannelName> = self.channels.keys().cloned().collect();
+        for channel in channels {
+            self.leave(&channel).await;
         }
-        if self.channels.len() >= self.app.limits.max_channels_per_connection {
-            let message = format!(
-                "Connection is already subscribed to {} channels, this app's limit",
-                self.app.limits.max_channels_per_connection
-            );
-            return self
-                .send(pusher::subscription_error(
-                    name,
-                    "LimitReached",
-                    &message,
-                    403,
-                ))
-                .await;
-        }
-        match channel.kind() {
-            ChannelKind::Public => {}
-            ChannelKind::Private | ChannelKind::PrivateEncrypted => {
-                let auth = data
-                    .get("auth")
-                    .and_then(|a| a.as_str())
-                    .unwrap_or_default();
-                let ok = pusher::verify_channel_auth(
-                    &self.app.key,
-                    &self.app.secret,
-                    &self.handle.socket_id,
-                    channel.as_str(),
-                    None,
-                    auth,
-                );
-                if !ok {
-                    let message = if auth.is_empty() {
-                        "Missing auth signature for a private channel"
-                    } else {
-                        "Invalid signature: the auth string does not match this socket and channel"
-                    };
-                    return self
-                        .send(pusher::subscription_error(name, "AuthError", message, 401))
-                        .await;
-                }
-            }
-            ChannelKind::Presence => {
-                return self
-                    .send(pusher::subscription_error(
-                        name,
-                        "UnsupportedChannel",
-                        "Presence channels are not available on this server yet",
-                        501,
-                    ))
-                    .await;
-            }
-        }
-        let first = pusher::subscription_succeeded(channel.as_str()).into();
-        match self
-            .state
-            .hub
-            .subscribe(&self.app.id, &channel, self.handle.clone(), first)
-            .await
-        {
-            Ok(()) => {
-                self.channels.insert(channel);
-            }
-            Err(err) => {
-                tracing::error!(%err, channel = %channel, "live subscription failed");
-                self.send(pusher::subscription_error(
-                    name,
-                    "ServerError",
-                    "Subscription failed; retry",
-                    503,
-                ))
-                .await;
-            }
-        }
-    }
-
-    fn on_unsubscribe(&mut self, frame: &ClientFrame) {
-        let data = frame.data_object().unwrap_or_default();
-        let Some(channel) = data
-            .get("channel")
-            .and_then(|c| c.as_str())
-            .and_then(|c| ChannelName::parse(c).ok())
-        else {
-            return;
-        };
-        if self.channels.remove(&channel) {
+        if let Some(user) = self.user.take() {
             self.state
                 .hub
-                .unsubscribe(&self.app.id, &channel, self.handle.id);
-        }
-    }
-
-    fn leave_all(&mut self) {
-        for channel in self.channels.drain() {
-            self.state
-                .hub
-                .unsubscribe(&self.app.id, &channel, self.handle.id);
+                .remove_user(&self.app.id, &user.id, self.handle.id);
+            self.state.presence.forget(&user.key).await;
         }
     }
 }

@@ -1,6 +1,11 @@
 //! The WebSocket endpoint `GET /app/{key}?protocol=7`.
 
+mod client_events;
 mod connection;
+mod signin;
+mod subscribe;
+
+pub(crate) use subscribe::USER_CHANNEL_PREFIX;
 
 use crate::AppState;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};

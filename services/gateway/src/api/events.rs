@@ -1,0 +1,309 @@
+//! Publishing: `POST /apps/{id}/events` and `POST /apps/{id}/batch_events`.
+//!
+//! Every event is appended to its channel's subject in the `CHANNELS` stream;
+//! the acks of all the channels of a request are awaited together (pipelined,
+//! never one by one), and only then does the API answer, so a 200 means the
+//! event is durably stored. Events to `#server-to-user-<id>` (Pusher's
+//! "send to user") are not stored: they go to the user's connections over
+//! core NATS.
+
+use super::channels::{attributes_for, parse_info, Info};
+use super::signature::Signed;
+use crate::error::ApiError;
+use crate::ws::USER_CHANNEL_PREFIX;
+use crate::AppState;
+use axum::extract::State;
+use axum::Json;
+use herald_config::AppConfig;
+use herald_proto::control::UserEvent;
+use herald_proto::presence::MAX_USER_ID_LEN;
+use herald_proto::{ChannelName, Envelope, EventKind};
+use herald_stream::PublishOptions;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// Longest event name Pusher accepts.
+const MAX_EVENT_NAME_LEN: usize = 200;
+
+/// One event in a publish request.
+#[derive(Debug, Deserialize)]
+struct EventRequest {
+    name: Option<String>,
+    data: Option<Value>,
+    channels: Option<Vec<String>>,
+    channel: Option<String>,
+    socket_id: Option<String>,
+    info: Option<String>,
+    /// Herald extension: deliver the event once to a connection subscribed
+    /// to several of the channels.
+    #[serde(default)]
+    deduplicate: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchRequest {
+    batch: Vec<EventRequest>,
+}
+
+/// Where an event goes.
+enum Target {
+    Channel(ChannelName),
+    User(String),
+}
+
+/// An event that passed validation, ready to store.
+struct ValidEvent {
+    name: String,
+    data: String,
+    targets: Vec<Target>,
+    socket_id: Option<String>,
+    info: Info,
+    deduplicate: bool,
+}
+
+fn is_socket_id(s: &str) -> bool {
+    s.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
+fn parse_target(app: &AppConfig, name: &str) -> Result<Target, ApiError> {
+    if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
+        if user.is_empty() || user.len() > MAX_USER_ID_LEN {
+            return Err(ApiError::BadRequest(format!(
+                "User id in {name:?} must be 1-{MAX_USER_ID_LEN} bytes"
+            )));
+        }
+        return Ok(Target::User(user.to_owned()));
+    }
+    let channel = ChannelName::parse(name)
+        .map_err(|e| ApiError::BadRequest(format!("Channel {name:?}: {e}")))?;
+    if channel.as_str().len() > app.limits.max_channel_name_len {
+        return Err(ApiError::BadRequest(format!(
+            "Channel {name:?} is longer than {} bytes",
+            app.limits.max_channel_name_len
+        )));
+    }
+    Ok(Target::Channel(channel))
+}
+
+fn validate(
+    app: &AppConfig,
+    req: EventRequest,
+    max_channels: usize,
+) -> Result<ValidEvent, ApiError> {
+    let name = req
+        .name
+        .ok_or_else(|| ApiError::BadRequest("Missing event name (\"name\")".into()))?;
+    if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "Event name must be 1-{MAX_EVENT_NAME_LEN} characters"
+        )));
+    }
+    // Pusher's `data` is a string; SDKs encode objects themselves. Accept a
+    // JSON value too and store its text.
+    let data = match req.data {
+        Some(Value::String(s)) => s,
+        Some(Value::Null) | None => {
+            return Err(ApiError::BadRequest("Missing event data (\"data\")".into()))
+        }
+        Some(other) => other.to_string(),
+    };
+    if data.len() > app.limits.max_message_bytes {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "Event data is {} bytes; the limit is {} bytes",
+            data.len(),
+            app.limits.max_message_bytes
+        )));
+    }
+    let names = match (req.channels, req.channel) {
+        (Some(list), None) => list,
+        (None, Some(one)) => vec![one],
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "Give either \"channels\" or \"channel\", not both".into(),
+            ))
+        }
+        (None, None) => return Err(ApiError::BadRequest("Missing \"channels\"".into())),
+    };
+    if names.is_empty() || names.len() > max_channels {
+        return Err(ApiError::BadRequest(format!(
+            "An event goes to 1-{max_channels} channels; got {}",
+            names.len()
+        )));
+    }
+    let mut targets: Vec<Target> = Vec::with_capacity(names.len());
+    let mut seen = std::collections::HashSet::new();
+    for n in &names {
+        if seen.insert(n.as_str()) {
+            targets.push(parse_target(app, n)?);
+        }
+    }
+    if let Some(socket_id) = &req.socket_id {
+        if !is_socket_id(socket_id) {
+            return Err(ApiError::BadRequest(format!(
+                "Invalid socket_id {socket_id:?}"
+            )));
+        }
+    }
+    Ok(ValidEvent {
+        name,
+        data,
+        targets,
+        socket_id: req.socket_id,
+        info: parse_info(req.info.as_deref())?,
+        deduplicate: req.deduplicate,
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))
+}
+
+/// Store every event on every channel, pipelining the publishes and then
+/// awaiting all acks; send user events over core NATS.
+async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Result<(), ApiError> {
+    let mut acks = Vec::new();
+    for event in events {
+        let group = (event.deduplicate && event.targets.len() > 1)
+            .then(|| uuid::Uuid::now_v7().to_string());
+        let options = PublishOptions {
+            exclude_socket: event.socket_id.as_deref(),
+            dedupe_group: group.as_deref(),
+        };
+        for target in &event.targets {
+            match target {
+                Target::Channel(channel) => {
+                    let envelope = Envelope::new(
+                        EventKind::Trigger,
+                        app.id.as_str(),
+                        channel.as_str(),
+                        &event.name,
+                        event.data.clone(),
+                        None,
+                    );
+                    let ack = herald_stream::publish_envelope(
+                        &state.js,
+                        &state.subjects,
+                        &app.id,
+                        channel,
+                        &envelope,
+                        &envelope.id,
+                        &options,
+                    )
+                    .await
+                    .map_err(|e| ApiError::Internal(e.into()))?;
+                    acks.push(ack);
+                }
+                Target::User(user) => {
+                    let payload = serde_json::to_vec(&UserEvent {
+                        event: event.name.clone(),
+                        data: event.data.clone(),
+                    })
+                    .map_err(|e| ApiError::Internal(e.into()))?;
+                    state
+                        .nats
+                        .publish(state.subjects.user_events(&app.id, user), payload.into())
+                        .await
+                        .map_err(|e| ApiError::Internal(e.into()))?;
+                }
+            }
+        }
+    }
+    let count = acks.len() as u64;
+    for result in
+        futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await
+    {
+        result.map_err(|e| ApiError::Internal(anyhow::anyhow!("publish ack: {e}")))?;
+    }
+    metrics::counter!("herald_gateway_events_published_total").increment(count);
+    Ok(())
+}
+
+/// The `channels` attributes an event asked for with `info`.
+async fn event_info(
+    state: &AppState,
+    app: &AppConfig,
+    event: &ValidEvent,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut channels = Map::new();
+    for target in &event.targets {
+        if let Target::Channel(channel) = target {
+            channels.insert(
+                channel.to_string(),
+                attributes_for(state, app, channel, event.info).await?,
+            );
+        }
+    }
+    Ok(channels)
+}
+
+#[tracing::instrument(skip_all, fields(app = %signed.app.id))]
+pub(super) async fn trigger(
+    State(state): State<AppState>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let request: EventRequest = parse_json(&signed.body)?;
+    let event = validate(&signed.app, request, signed.app.limits.max_event_channels)?;
+    store(&state, &signed.app, std::slice::from_ref(&event)).await?;
+    if event.info.any() {
+        let channels = event_info(&state, &signed.app, &event).await?;
+        return Ok(Json(json!({ "channels": channels })));
+    }
+    Ok(Json(json!({})))
+}
+
+#[tracing::instrument(skip_all, fields(app = %signed.app.id))]
+pub(super) async fn trigger_batch(
+    State(state): State<AppState>,
+    signed: Signed,
+) -> Result<Json<Value>, ApiError> {
+    let app = &signed.app;
+    let request: BatchRequest = parse_json(&signed.body)?;
+    if request.batch.is_empty() || request.batch.len() > app.limits.max_batch_events {
+        return Err(ApiError::BadRequest(format!(
+            "A batch holds 1-{} events; got {}",
+            app.limits.max_batch_events,
+            request.batch.len()
+        )));
+    }
+    let events = request
+        .batch
+        .into_iter()
+        .map(|e| validate(app, e, 1))
+        .collect::<Result<Vec<_>, _>>()?;
+    store(&state, app, &events).await?;
+    if events.iter().any(|e| e.info.any()) {
+        let mut batch = Vec::with_capacity(events.len());
+        for event in &events {
+            let channels = event_info(&state, app, event).await?;
+            // One channel per batch event: its attributes, or {}.
+            batch.push(
+                channels
+                    .into_iter()
+                    .next()
+                    .map(|(_, v)| v)
+                    .unwrap_or_else(|| json!({})),
+            );
+        }
+        return Ok(Json(json!({ "batch": batch })));
+    }
+    Ok(Json(json!({ "batch": [] })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids_are_two_integers() {
+        assert!(is_socket_id("123.456"));
+        for bad in ["", "1", "1.", ".1", "a.1", "1.2.3"] {
+            assert!(!is_socket_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The gateway's control plane over core NATS: events sent to users,
+//! `terminate_connections`, server-side subscriptions and occupancy queries.
+//! Every gateway acts on the users and channels it holds and answers; the
+//! HTTP API gathers the answers of every live gateway ([`gather`]).
+
+use crate::hub::Control;
+use crate::ws::USER_CHANNEL_PREFIX;
+use crate::AppState;
+use axum::extract::ws::Utf8Bytes;
+use futures::StreamExt;
+use herald_proto::control::{
+    ControlReply, OccupancyReply, OccupancyRequest, SubscriptionsRequest, TerminateRequest,
+    UserEvent,
+};
+use herald_proto::{AppId, ChannelName, ControlVerb};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long the HTTP API waits for every gateway's answer.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The gateway-wide subscriptions, made before the gateway serves anything.
+pub(crate) struct Subscriptions {
+    users: async_nats::Subscriber,
+    control: async_nats::Subscriber,
+}
+
+/// Subscribe to user events and control requests.
+pub(crate) async fn subscribe(
+    nats: &async_nats::Client,
+    subjects: &herald_proto::Subjects,
+) -> anyhow::Result<Subscriptions> {
+    let users = nats.subscribe(subjects.user_events_filter()).await?;
+    let control = nats.subscribe(subjects.control_filter()).await?;
+    nats.flush().await?;
+    Ok(Subscriptions { users, control })
+}
+
+/// Serve user events and control requests until shutdown.
+pub(crate) async fn run(state: AppState, subs: Subscriptions, shutdown: CancellationToken) {
+    let Subscriptions {
+        mut users,
+        mut control,
+    } = subs;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(msg) = users.next() => deliver_user_event(&state, &msg),
+            Some(msg) = control.next() => {
+                if let Err(err) = handle_control(&state, msg).await {
+                    tracing::warn!(%err, "control request failed");
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+fn deliver_user_event(state: &AppState, msg: &async_nats::Message) {
+    let Ok((app, user)) = state.subjects.parse_user_subject(&msg.subject) else {
+        return;
+    };
+    let Ok(event) = serde_json::from_slice::<UserEvent>(&msg.payload) else {
+        tracing::warn!("dropping unreadable user event");
+        return;
+    };
+    let conns = state.hub.user_connections(&app, &user);
+    if conns.is_empty() {
+        return;
+    }
+    let frame = Utf8Bytes::from(
+        serde_json::json!({
+            "event": event.event,
+            "channel": format!("{USER_CHANNEL_PREFIX}{user}"),
+            "data": event.data,
+        })
+        .to_string(),
+    );
+    for conn in conns {
+        conn.deliver(frame.clone());
+    }
+}
+
+async fn handle_control(state: &AppState, msg: async_nats::Message) -> anyhow::Result<()> {
+    let (app, verb) = state.subjects.parse_control_subject(&msg.subject)?;
+    let gateway = state.presence.gateway_id().to_owned();
+    let reply = match verb {
+        ControlVerb::Terminate => {
+            let req: TerminateRequest = serde_json::from_slice(&msg.payload)?;
+            let conns = state.hub.user_connections(&app, &req.user_id);
+            for conn in &conns {
+                let _ = conn.ctl.try_send(Control::Terminate);
+            }
+            serde_json::to_vec(&ControlReply {
+                gateway,
+                connections: conns.len(),
+            })?
+        }
+        ControlVerb::Subscriptions => {
+            let req: SubscriptionsRequest = serde_json::from_slice(&msg.payload)?;
+            let channels: Vec<ChannelName> = req
+                .channels
+                .iter()
+                .filter_map(|c| ChannelName::parse(c).ok())
+                .collect();
+            let conns = state.hub.user_connections(&app, &req.user_id);
+            for conn in &conns {
+                for channel in &channels {
+                    let request = if req.subscribe {
+                        Control::Subscribe(channel.clone())
+                    } else {
+                        Control::Unsubscribe(channel.clone())
+                    };
+                    // A connection with a full control queue is busy with
+                    // earlier requests; it is counted but may miss this one.
+                    let _ = conn.ctl.send(request).await;
+                }
+            }
+            serde_json::to_vec(&ControlReply {
+                gateway,
+                connections: conns.len(),
+            })?
+        }
+        ControlVerb::Occupancy => {
+            let req: OccupancyRequest = serde_json::from_slice(&msg.payload)?;
+            let channels = state
+                .hub
+                .occupancy(&app, |name| {
+                    req.channel.as_deref().is_none_or(|c| c == name)
+                        && req.prefix.as_deref().is_none_or(|p| name.starts_with(p))
+                })
+                .into_iter()
+                .collect();
+            serde_json::to_vec(&OccupancyReply { gateway, channels })?
+        }
+    };
+    if let Some(inbox) = msg.reply {
+        state.nats.publish(inbox, reply.into()).await?;
+    }
+    Ok(())
+}
+
+/// Ask every live gateway and collect their answers (until all expected
+/// gateways answered, or a timeout).
+pub(crate) async fn gather<Req: Serialize, Rep: DeserializeOwned>(
+    state: &AppState,
+    app: &AppId,
+    verb: ControlVerb,
+    request: &Req,
+) -> anyhow::Result<Vec<Rep>> {
+    let expected = state.presence.live_gateways(state.config.gateway_ttl);
+    let inbox = state.nats.new_inbox();
+    let mut replies = state.nats.subscribe(inbox.clone()).await?;
+    state
+        .nats
+        .publish_with_reply(
+            state.subjects.control(app, verb),
+            inbox,
+            serde_json::to_vec(request)?.into(),
+        )
+        .await?;
+    let mut answers = Vec::new();
+    let deadline = tokio::time::Instant::now() + GATHER_TIMEOUT;
+    while answers.len() < expected {
+        match tokio::time::timeout_at(deadline, replies.next()).await {
+            Ok(Some(msg)) => match serde_json::from_slice(&msg.payload) {
+                Ok(answer) => answers.push(answer),
+                Err(err) => tracing::warn!(%err, "unreadable control reply"),
+            },
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    expected,
+                    got = answers.len(),
+                    ?verb,
+                    "not every gateway answered in time"
+                );
+                break;
+            }
+        }
+    }
+    Ok(answers)
+}

@@ -1,0 +1,222 @@
+//! The gateway's side of the presence contract (`herald_proto::presence`):
+//! it announces presence memberships and signed-in connections as keys in
+//! the presence KV bucket, keeps its heartbeat key fresh, and asks the
+//! presence service for member lists.
+
+use async_nats::jetstream::kv;
+use herald_proto::presence::{
+    GatewayHeartbeat, MembersReply, MembersRequest, PresenceKey, PresenceSubscription,
+    UserConnection,
+};
+use herald_proto::{AppId, ChannelName, Subjects};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long a gateway waits for the presence service's member list.
+const MEMBERS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors of the presence client.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PresenceError {
+    #[error("presence KV: {0}")]
+    Kv(String),
+    #[error("presence service: {0}")]
+    Service(String),
+}
+
+pub(crate) struct PresenceClient {
+    nats: async_nats::Client,
+    subjects: Subjects,
+    kv: kv::Store,
+    gateway_id: String,
+    heartbeat: Duration,
+    /// `gw.<id>` key → last heartbeat time (ms), from the KV watch.
+    peers: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl PresenceClient {
+    pub fn new(
+        nats: async_nats::Client,
+        subjects: Subjects,
+        kv: kv::Store,
+        gateway_id: String,
+        heartbeat: Duration,
+    ) -> Self {
+        Self {
+            nats,
+            subjects,
+            kv,
+            gateway_id,
+            heartbeat,
+            peers: Default::default(),
+        }
+    }
+
+    /// This gateway's id.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
+    /// Announce that a socket joined a presence channel; returns the key and
+    /// the KV revision of the write.
+    pub async fn announce_subscription(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        socket_id: &str,
+        user_id: &str,
+        user_info: serde_json::Value,
+    ) -> Result<(String, u64), PresenceError> {
+        let key = PresenceKey::Subscription {
+            app: app.clone(),
+            channel: channel.clone(),
+            gateway: self.gateway_id.clone(),
+            socket_id: socket_id.to_owned(),
+        }
+        .render();
+        let value = PresenceSubscription {
+            user_id: user_id.to_owned(),
+            user_info,
+            at: herald_proto::now_ms(),
+        };
+        let revision = self
+            .kv
+            .put(&key, serde_json::to_vec(&value).unwrap_or_default().into())
+            .await
+            .map_err(|e| PresenceError::Kv(e.to_string()))?;
+        Ok((key, revision))
+    }
+
+    /// Announce a signed-in connection of a user; returns the key.
+    pub async fn announce_connection(
+        &self,
+        app: &AppId,
+        user_id: &str,
+        socket_id: &str,
+    ) -> Result<String, PresenceError> {
+        let key = PresenceKey::Connection {
+            app: app.clone(),
+            user_id: user_id.to_owned(),
+            gateway: self.gateway_id.clone(),
+            socket_id: socket_id.to_owned(),
+        }
+        .render();
+        let value = UserConnection {
+            at: herald_proto::now_ms(),
+        };
+        self.kv
+            .put(&key, serde_json::to_vec(&value).unwrap_or_default().into())
+            .await
+            .map_err(|e| PresenceError::Kv(e.to_string()))?;
+        Ok(key)
+    }
+
+    /// Remove a key this gateway wrote. Failures are logged: the presence
+    /// service expires the keys of a gateway that stops heartbeating, but a
+    /// live gateway's stray key would linger, so make them visible.
+    pub async fn forget(&self, key: &str) {
+        if let Err(err) = self.kv.delete(key).await {
+            tracing::warn!(%err, key, "could not remove presence key");
+        }
+    }
+
+    /// Ask the presence service for a channel's members, as of at least
+    /// `min_revision`.
+    pub async fn members(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        min_revision: u64,
+        key: Option<&str>,
+    ) -> Result<MembersReply, PresenceError> {
+        let request = MembersRequest {
+            channel: channel.to_string(),
+            min_revision,
+            key: key.map(str::to_owned),
+        };
+        let payload = serde_json::to_vec(&request).unwrap_or_default();
+        let reply = tokio::time::timeout(
+            MEMBERS_TIMEOUT,
+            self.nats
+                .request(self.subjects.presence_members(app), payload.into()),
+        )
+        .await
+        .map_err(|_| PresenceError::Service("no answer in time".into()))?
+        .map_err(|e| PresenceError::Service(e.to_string()))?;
+        let reply: MembersReply = serde_json::from_slice(&reply.payload)
+            .map_err(|e| PresenceError::Service(format!("bad reply: {e}")))?;
+        if let Some(error) = reply.error {
+            return Err(PresenceError::Service(error));
+        }
+        Ok(reply)
+    }
+
+    /// Keep `gw.<id>` fresh until shutdown, then remove it.
+    pub async fn run_heartbeat(&self, shutdown: CancellationToken) {
+        let key = PresenceKey::Gateway {
+            gateway: self.gateway_id.clone(),
+        }
+        .render();
+        let mut tick = tokio::time::interval(self.heartbeat);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let beat = GatewayHeartbeat { at: herald_proto::now_ms(), interval_ms: self.heartbeat.as_millis() as u64 };
+                    if let Err(err) = self.kv.put(&key, serde_json::to_vec(&beat).unwrap_or_default().into()).await {
+                        tracing::warn!(%err, "gateway heartbeat failed");
+                    }
+                }
+            }
+        }
+        self.forget(&key).await;
+    }
+
+    /// Follow every gateway's heartbeat key, so that scatter-gather
+    /// requests know how many answers to expect.
+    pub async fn run_peer_watch(&self, shutdown: CancellationToken) {
+        use futures::StreamExt;
+        loop {
+            let watch = self.kv.watch_with_history("gw.*").await;
+            let mut watch = match watch {
+                Ok(w) => w,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot watch gateway heartbeats; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                let entry = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    entry = watch.next() => entry,
+                };
+                let Some(Ok(entry)) = entry else { break };
+                let mut peers = self.peers.lock().expect("peers lock");
+                match entry.operation {
+                    kv::Operation::Put => {
+                        if let Ok(beat) = serde_json::from_slice::<GatewayHeartbeat>(&entry.value) {
+                            peers.insert(entry.key.clone(), beat.at);
+                        }
+                    }
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        peers.remove(&entry.key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How many gateways (this one included) heartbeated within `ttl`.
+    pub fn live_gateways(&self, ttl: Duration) -> usize {
+        let now = herald_proto::now_ms();
+        let peers = self.peers.lock().expect("peers lock");
+        peers
+            .values()
+            .filter(|at| now - **at <= ttl.as_millis() as i64)
+            .count()
+            .max(1)
+    }
+}

@@ -1,0 +1,399 @@
+//! Subscribing and unsubscribing: public, private, private-encrypted and
+//! presence channels, Pusher's `#server-to-user-<id>` channel, and
+//! subscriptions made on the server's authority (Herald extension).
+
+use super::connection::{Connection, PresenceMembership};
+use crate::hub::Join;
+use herald_proto::presence::{pusher_presence_data, MAX_USER_ID_LEN, MAX_USER_INFO_BYTES};
+use herald_proto::pusher::{self, ClientFrame};
+use herald_proto::{ChannelKind, ChannelName};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Pusher's prefix of the per-user channel `pusher-js` subscribes to after
+/// signing in.
+pub(crate) const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// Who vouches for a subscription.
+enum Authority<'a> {
+    /// The client, with an `auth` signature (and presence `channel_data`).
+    Client {
+        auth: &'a str,
+        channel_data: Option<&'a str>,
+    },
+    /// The app server, through the HTTP API.
+    Server,
+}
+
+/// A subscription refused: Pusher's `{type, error, status}`.
+struct Refusal {
+    kind: &'static str,
+    message: String,
+    status: u16,
+}
+
+impl Refusal {
+    fn new(kind: &'static str, message: impl Into<String>, status: u16) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            status,
+        }
+    }
+}
+
+/// A presence member as described by signed `channel_data`.
+struct Member {
+    user_id: String,
+    user_info: Value,
+}
+
+fn parse_member(channel_data: &str) -> Result<Member, Refusal> {
+    let bad = |m: &str| Refusal::new("InvalidChannelData", m, 400);
+    let value: Value =
+        serde_json::from_str(channel_data).map_err(|_| bad("channel_data is not JSON"))?;
+    let user_id = match value.get("user_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err(bad("channel_data needs a user_id (string)")),
+    };
+    if user_id.is_empty() || user_id.len() > MAX_USER_ID_LEN {
+        return Err(bad(&format!("user_id must be 1-{MAX_USER_ID_LEN} bytes")));
+    }
+    let user_info = value.get("user_info").cloned().unwrap_or(Value::Null);
+    if user_info.to_string().len() > MAX_USER_INFO_BYTES {
+        return Err(Refusal::new(
+            "InvalidChannelData",
+            format!("user_info is larger than {MAX_USER_INFO_BYTES} bytes"),
+            413,
+        ));
+    }
+    Ok(Member { user_id, user_info })
+}
+
+impl Connection {
+    pub(super) async fn on_subscribe(&mut self, frame: &ClientFrame) {
+        let data = frame.data_object().unwrap_or_default();
+        let Some(name) = data.get("channel").and_then(|c| c.as_str()) else {
+            return self
+                .send(pusher::error(
+                    None,
+                    "pusher:subscribe needs data.channel, a string",
+                ))
+                .await;
+        };
+        if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
+            return self.subscribe_user_channel(name, user).await;
+        }
+        let channel = match ChannelName::parse(name) {
+            Ok(c) if c.as_str().len() <= self.app.limits.max_channel_name_len => c,
+            Ok(_) => {
+                let message = format!(
+                    "Channel name is longer than this app's limit of {} bytes",
+                    self.app.limits.max_channel_name_len
+                );
+                return self
+                    .refuse(name, Refusal::new("InvalidChannel", message, 400))
+                    .await;
+            }
+            Err(err) => {
+                return self
+                    .refuse(name, Refusal::new("InvalidChannel", err.message(), 400))
+                    .await
+            }
+        };
+        let authority = Authority::Client {
+            auth: data
+                .get("auth")
+                .and_then(|a| a.as_str())
+                .unwrap_or_default(),
+            channel_data: data.get("channel_data").and_then(|a| a.as_str()),
+        };
+        if let Err(refusal) = self.subscribe(&channel, authority).await {
+            self.refuse(name, refusal).await;
+        }
+    }
+
+    /// Subscribe on the app server's behalf (`POST .../subscriptions`).
+    pub(super) async fn subscribe_on_server_authority(&mut self, channel: ChannelName) {
+        if let Err(refusal) = self.subscribe(&channel, Authority::Server).await {
+            self.refuse(channel.as_str(), refusal).await;
+        }
+    }
+
+    async fn refuse(&self, channel: &str, refusal: Refusal) {
+        self.send(pusher::subscription_error(
+            channel,
+            refusal.kind,
+            &refusal.message,
+            refusal.status,
+        ))
+        .await;
+    }
+
+    /// `pusher-js` subscribes to `#server-to-user-<id>` after signing in;
+    /// user events are routed by the hub's user index, so this only checks
+    /// that the socket is that user.
+    async fn subscribe_user_channel(&mut self, name: &str, user: &str) {
+        match &self.user {
+            Some(signed_in) if &*signed_in.id == user => {
+                self.send(pusher::subscription_succeeded(name)).await;
+            }
+            _ => {
+                let refusal = Refusal::new(
+                    "AuthError",
+                    "Sign in as this user before subscribing to its channel",
+                    403,
+                );
+                self.refuse(name, refusal).await;
+            }
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        channel: &ChannelName,
+        authority: Authority<'_>,
+    ) -> Result<(), Refusal> {
+        if self.channels.contains_key(channel) {
+            // Pusher answers a repeated subscribe with success again.
+            if channel.kind() != ChannelKind::Presence {
+                self.send(pusher::subscription_succeeded(channel.as_str()))
+                    .await;
+            }
+            return Ok(());
+        }
+        if self.channels.len() >= self.app.limits.max_channels_per_connection {
+            return Err(Refusal::new(
+                "LimitReached",
+                format!(
+                    "Connection is already subscribed to {} channels, this app's limit",
+                    self.app.limits.max_channels_per_connection
+                ),
+                403,
+            ));
+        }
+        let kind = channel.kind();
+        let member = match (&authority, kind) {
+            (_, ChannelKind::Public) => None,
+            (Authority::Client { auth, channel_data }, _) => {
+                let channel_data = if kind == ChannelKind::Presence {
+                    *channel_data
+                } else {
+                    None
+                };
+                if kind == ChannelKind::Presence && channel_data.is_none() {
+                    return Err(Refusal::new(
+                        "AuthError",
+                        "Presence channels need channel_data",
+                        401,
+                    ));
+                }
+                let ok = pusher::verify_channel_auth(
+                    &self.app.key,
+                    &self.app.secret,
+                    &self.handle.socket_id,
+                    channel.as_str(),
+                    channel_data,
+                    auth,
+                );
+                if !ok {
+                    let message = if auth.is_empty() {
+                        "Missing auth signature"
+                    } else {
+                        "Invalid signature: the auth string does not match this socket and channel"
+                    };
+                    return Err(Refusal::new("AuthError", message, 401));
+                }
+                channel_data.map(parse_member).transpose()?
+            }
+            (Authority::Server, ChannelKind::Presence) => {
+                let Some(user) = &self.user else {
+                    return Err(Refusal::new(
+                        "AuthError",
+                        "Only signed-in connections join presence channels this way",
+                        403,
+                    ));
+                };
+                Some(Member {
+                    user_id: user.id.to_string(),
+                    user_info: user
+                        .user_data
+                        .get("user_info")
+                        .cloned()
+                        .unwrap_or(Value::Null),
+                })
+            }
+            (Authority::Server, _) => None,
+        };
+        match member {
+            None => self.join_plain(channel).await,
+            Some(member) => self.join_presence(channel, member).await,
+        }
+    }
+
+    async fn join_plain(&mut self, channel: &ChannelName) -> Result<(), Refusal> {
+        let join = Join {
+            conn: self.handle.clone(),
+            presence_user: None,
+            first: Some(pusher::subscription_succeeded(channel.as_str()).into()),
+        };
+        self.state
+            .hub
+            .subscribe(&self.app.id, channel, join)
+            .await
+            .map_err(|err| {
+                tracing::error!(%err, %channel, "live subscription failed");
+                Refusal::new("ServerError", "Subscription failed; retry", 503)
+            })?;
+        self.channels.insert(channel.clone(), None);
+        Ok(())
+    }
+
+    /// Join a presence channel: register as a pending subscriber, announce
+    /// the membership in the presence KV, ask the presence service for the
+    /// member list as of that write, then go live.
+    async fn join_presence(
+        &mut self,
+        channel: &ChannelName,
+        member: Member,
+    ) -> Result<(), Refusal> {
+        let user_id: Arc<str> = Arc::from(member.user_id.as_str());
+        let unavailable = |err: &dyn std::fmt::Display| {
+            tracing::error!(%err, %channel, "presence join failed");
+            Refusal::new(
+                "ServerError",
+                "Presence is temporarily unavailable; retry",
+                503,
+            )
+        };
+        let join = Join {
+            conn: self.handle.clone(),
+            presence_user: Some(user_id.clone()),
+            first: None,
+        };
+        self.state
+            .hub
+            .subscribe(&self.app.id, channel, join)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let presence = &self.state.presence;
+        let announced = presence
+            .announce_subscription(
+                &self.app.id,
+                channel,
+                &self.handle.socket_id,
+                &member.user_id,
+                member.user_info,
+            )
+            .await;
+        let (key, revision) = match announced {
+            Ok(ok) => ok,
+            Err(err) => {
+                self.state
+                    .hub
+                    .unsubscribe(&self.app.id, channel, self.handle.id);
+                return Err(unavailable(&err));
+            }
+        };
+        let reply = match presence
+            .members(&self.app.id, channel, revision, Some(&key))
+            .await
+        {
+            Ok(reply) => reply,
+            Err(err) => {
+                self.state
+                    .hub
+                    .unsubscribe(&self.app.id, channel, self.handle.id);
+                presence.forget(&key).await;
+                return Err(unavailable(&err));
+            }
+        };
+        if !reply.admitted {
+            self.state
+                .hub
+                .unsubscribe(&self.app.id, channel, self.handle.id);
+            presence.forget(&key).await;
+            return Err(Refusal::new(
+                "LimitReached",
+                format!(
+                    "Presence channel is full ({} members, this app's limit)",
+                    self.app.limits.max_presence_members
+                ),
+                403,
+            ));
+        }
+        let first = serde_json::json!({
+            "event": "pusher_internal:subscription_succeeded",
+            "channel": channel.as_str(),
+            "data": pusher_presence_data(&reply.members).to_string(),
+        })
+        .to_string();
+        self.state.hub.presence_ready(
+            &self.app.id,
+            channel,
+            self.handle.id,
+            reply.revision,
+            first.into(),
+        );
+        self.channels
+            .insert(channel.clone(), Some(PresenceMembership { user_id, key }));
+        Ok(())
+    }
+
+    pub(super) async fn on_unsubscribe(&mut self, frame: &ClientFrame) {
+        let data = frame.data_object().unwrap_or_default();
+        if let Some(channel) = data
+            .get("channel")
+            .and_then(|c| c.as_str())
+            .and_then(|c| ChannelName::parse(c).ok())
+        {
+            self.leave(&channel).await;
+        }
+    }
+
+    /// Leave a channel; returns whether the socket was in it.
+    pub(super) async fn leave(&mut self, channel: &ChannelName) -> bool {
+        let Some(membership) = self.channels.remove(channel) else {
+            return false;
+        };
+        self.state
+            .hub
+            .unsubscribe(&self.app.id, channel, self.handle.id);
+        if let Some(presence) = membership {
+            self.state.presence.forget(&presence.key).await;
+        }
+        true
+    }
+
+    /// The user id this socket is a member as, on a presence channel.
+    pub(super) fn member_id(&self, channel: &ChannelName) -> Option<Arc<str>> {
+        self.channels
+            .get(channel)
+            .and_then(|m| m.as_ref())
+            .map(|m| m.user_id.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_data_needs_a_reasonable_user_id_and_small_user_info() {
+        assert_eq!(
+            parse_member(r#"{"user_id":"u1","user_info":{"n":1}}"#)
+                .unwrap()
+                .user_id,
+            "u1"
+        );
+        assert_eq!(parse_member(r#"{"user_id":42}"#).unwrap().user_id, "42");
+        for bad in ["nope", "{}", r#"{"user_id":""}"#, r#"{"user_id":true}"#] {
+            assert_eq!(parse_member(bad).err().unwrap().status, 400, "{bad}");
+        }
+        let long = format!(r#"{{"user_id":"{}"}}"#, "u".repeat(129));
+        assert_eq!(parse_member(&long).err().unwrap().status, 400);
+        let big = format!(r#"{{"user_id":"u","user_info":"{}"}}"#, "x".repeat(1100));
+        assert_eq!(parse_member(&big).err().unwrap().status, 413);
+    }
+}
