@@ -1,0 +1,217 @@
+//! `herald-ceiling-jetstream`: the raw JetStream publish rate of this machine
+//! with async-nats, in two modes:
+//!
+//! * `sync` — each publish's ack awaited before the next one;
+//! * `pipelined` — up to `--window` publishes in flight, acks awaited in order.
+//!
+//! and with two stream configurations: `plain` (file storage, one subject)
+//! and `herald` (what Herald's `CHANNELS` stream does on top: a duplicate
+//! window with a `Nats-Msg-Id` on every publish, and `RePublish` to a live
+//! subject). Each combination runs `--runs` times on a fresh stream; the
+//! median msgs/s is reported. It starts its own `nats-server -js` on a free
+//! loopback port with a temporary store, unless `--nats-url` names a
+//! (loopback) one.
+
+use anyhow::Context;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use herald_ceilings::{loopback_ip, median, NatsServer};
+use serde_json::json;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Sync,
+    Pipelined,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StreamKind {
+    Plain,
+    Herald,
+    Both,
+}
+
+/// Raw JetStream publish ceiling (msgs/s), sync and pipelined.
+#[derive(Debug, Parser)]
+#[command(name = "herald-ceiling-jetstream", version, about)]
+struct Cli {
+    /// Which publish modes to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    mode: Mode,
+    /// Which stream configurations to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    stream: StreamKind,
+    /// Payload bytes per message (the load generator's default `data` size).
+    #[arg(long, default_value_t = 128)]
+    size: usize,
+    /// Most messages per run.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Most seconds per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Publishes in flight in pipelined mode.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    /// Runs per combination (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Use this NATS server (loopback only) instead of starting one.
+    #[arg(long)]
+    nats_url: Option<String>,
+}
+
+fn stream_config(kind: StreamKind, name: &str, prefix: &str) -> stream::Config {
+    let mut config = stream::Config {
+        name: name.into(),
+        subjects: vec![format!("{prefix}.ch.*")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        ..Default::default()
+    };
+    if kind == StreamKind::Herald {
+        config.duplicate_window = Duration::from_secs(120);
+        config.allow_direct = true;
+        config.republish = Some(stream::Republish {
+            source: format!("{prefix}.ch.*"),
+            destination: format!("{prefix}.live.{{{{wildcard(1)}}}}"),
+            headers_only: false,
+        });
+    }
+    config
+}
+
+/// One run: returns (messages acked, seconds).
+async fn one_run(
+    js: &jetstream::Context,
+    kind: StreamKind,
+    mode: Mode,
+    cli: &Cli,
+    run: usize,
+) -> anyhow::Result<(u64, f64)> {
+    let name = format!("CEIL_{run}");
+    let prefix = format!("ceil{run}");
+    let _ = js.delete_stream(&name).await;
+    js.create_stream(stream_config(kind, &name, &prefix))
+        .await
+        .context("create stream")?;
+    let subject = format!("{prefix}.ch.c0");
+    let payload = Bytes::from(vec![b'x'; cli.size]);
+    let limit = cli.messages;
+    let window = if mode == Mode::Sync {
+        1
+    } else {
+        cli.window.max(1)
+    };
+    let end = Instant::now() + Duration::from_secs_f64(cli.duration);
+    let started = Instant::now();
+    let mut pending: VecDeque<PublishAckFuture> = VecDeque::with_capacity(window);
+    let mut acked = 0u64;
+    let mut sent = 0u64;
+    while sent < limit && Instant::now() < end {
+        let mut publish = PublishMessage::build().payload(payload.clone());
+        if kind == StreamKind::Herald {
+            publish = publish.message_id(format!("{run}-{sent}"));
+        }
+        pending.push_back(js.send_publish(subject.clone(), publish).await?);
+        sent += 1;
+        if pending.len() >= window {
+            if let Some(ack) = pending.pop_front() {
+                ack.await?;
+                acked += 1;
+            }
+        }
+    }
+    while let Some(ack) = pending.pop_front() {
+        ack.await?;
+        acked += 1;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    js.delete_stream(&name).await.ok();
+    Ok((acked, secs))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _server;
+    let url = match &cli.nats_url {
+        Some(url) => {
+            let host = url
+                .trim_start_matches("nats://")
+                .rsplit_once(':')
+                .map_or(url.as_str(), |(h, _)| h);
+            loopback_ip(host)?;
+            url.clone()
+        }
+        None => {
+            let server = NatsServer::start()?;
+            let url = server.url();
+            eprintln!(
+                "started nats-server (pid {}) at {url} with a temporary store",
+                server.pid()
+            );
+            _server = server;
+            url
+        }
+    };
+    let client = async_nats::connect(&url).await?;
+    let js = jetstream::new(client);
+    let kinds = match cli.stream {
+        StreamKind::Both => vec![StreamKind::Plain, StreamKind::Herald],
+        k => vec![k],
+    };
+    let modes = match cli.mode {
+        Mode::Both => vec![Mode::Sync, Mode::Pipelined],
+        m => vec![m],
+    };
+    println!(
+        "== JetStream publish ceiling: {} B payload, file storage, window {} when pipelined, {} runs ==",
+        cli.size, cli.window, cli.runs
+    );
+    let mut results = serde_json::Map::new();
+    let mut run_no = 0;
+    for &kind in &kinds {
+        for &mode in &modes {
+            let mut rates = Vec::with_capacity(cli.runs);
+            for _ in 0..cli.runs.max(1) {
+                run_no += 1;
+                let (acked, secs) = one_run(&js, kind, mode, &cli, run_no).await?;
+                rates.push(acked as f64 / secs.max(1e-9));
+            }
+            let med = median(&rates);
+            let label = format!(
+                "{}_{}",
+                match kind {
+                    StreamKind::Plain => "plain",
+                    _ => "herald",
+                },
+                match mode {
+                    Mode::Sync => "sync",
+                    _ => "pipelined",
+                }
+            );
+            println!(
+                "  {label:<18} median {med:>10.0} msg/s   runs: {}",
+                rates
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            results.insert(
+                label,
+                json!({ "median_msgs_per_sec": med.round(), "runs": rates.iter().map(|r| r.round()).collect::<Vec<_>>() }),
+            );
+        }
+    }
+    results.insert("scenario".into(), json!("ceiling-jetstream"));
+    results.insert("size".into(), json!(cli.size));
+    results.insert("window".into(), json!(cli.window));
+    println!("RESULT {}", serde_json::Value::Object(results));
+    Ok(())
+}

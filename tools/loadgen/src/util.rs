@@ -1,0 +1,161 @@
+//! Small helpers: a run clock, the payload format, process memory from
+//! `/proc`, the open-files limit, and a run id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Microseconds since the start of the run, from a monotonic clock. The
+/// publisher and the receivers live in the same process, so timestamps taken
+/// at publish and at receipt are directly comparable.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    /// A clock starting now.
+    pub fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+        }
+    }
+
+    /// Microseconds since the clock started.
+    pub fn now_us(&self) -> u64 {
+        self.origin.elapsed().as_micros() as u64
+    }
+}
+
+/// What a published message carries in its `data`: the run id, the channel
+/// index, a per-run (per-channel) sequence number and the publish timestamp,
+/// padded with `x` to the requested size. Plain ASCII with no quotes or
+/// backslashes, so a receiver parses it without copying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payload {
+    /// Run id: messages of other runs are ignored.
+    pub run: u32,
+    /// Channel index within the run.
+    pub chan: u32,
+    /// Sequence number within the channel, from 0.
+    pub seq: u64,
+    /// Publish time, [`Clock::now_us`].
+    pub t_us: u64,
+}
+
+impl Payload {
+    /// `hl|run|chan|seq|t_us|xxxx…`, at least `size` bytes long.
+    pub fn encode(&self, size: usize) -> String {
+        let mut s = format!(
+            "hl|{:08x}|{}|{}|{}|",
+            self.run, self.chan, self.seq, self.t_us
+        );
+        if s.len() < size {
+            s.extend(std::iter::repeat_n('x', size - s.len()));
+        }
+        s
+    }
+
+    /// Parse what [`Payload::encode`] made.
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.split('|');
+        if parts.next()? != "hl" {
+            return None;
+        }
+        Some(Self {
+            run: u32::from_str_radix(parts.next()?, 16).ok()?,
+            chan: parts.next()?.parse().ok()?,
+            seq: parts.next()?.parse().ok()?,
+            t_us: parts.next()?.parse().ok()?,
+        })
+    }
+}
+
+/// A run id: distinct between runs, so channel names never collide with the
+/// history of earlier runs.
+pub fn run_id() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    (nanos as u32) ^ (std::process::id().rotate_left(16))
+}
+
+/// `VmRSS` of a process in KiB, from `/proc/<pid>/status`.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Raise this process's soft limit on open files to its hard limit.
+/// Returns the new soft limit.
+pub fn raise_nofile_limit() -> Option<u64> {
+    rlimit::increase_nofile_limit(u64::MAX).ok()
+}
+
+/// Seconds (possibly fractional) as a `Duration`; negative or NaN is zero.
+pub fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+/// The first error message seen among many tasks.
+#[derive(Debug, Default, Clone)]
+pub struct FirstError(Arc<std::sync::Mutex<Option<String>>>);
+
+impl FirstError {
+    /// Keep `message` if it is the first.
+    pub fn set(&self, message: impl Into<String>) {
+        let mut slot = self.0.lock().expect("first error lock");
+        if slot.is_none() {
+            *slot = Some(message.into());
+        }
+    }
+
+    /// The first message, if any.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().expect("first error lock").clone()
+    }
+}
+
+/// Wait until `done()` or `timeout`, polling every few milliseconds.
+pub async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips_and_pads() {
+        let p = Payload {
+            run: 0xdead_beef,
+            chan: 3,
+            seq: 12_345,
+            t_us: 987_654_321,
+        };
+        let s = p.encode(128);
+        assert_eq!(s.len(), 128);
+        assert!(!s.contains('"') && !s.contains('\\'));
+        assert_eq!(Payload::decode(&s), Some(p));
+        assert_eq!(Payload::decode(&p.encode(0)), Some(p));
+        assert_eq!(Payload::decode("other|1|2|3|4|"), None);
+    }
+
+    #[test]
+    fn reads_our_own_rss() {
+        let kib = vm_rss_kib(std::process::id()).expect("VmRSS");
+        assert!(kib > 0);
+    }
+}
