@@ -1,0 +1,156 @@
+//! Presence service configuration: the clap [`Cli`] (every flag also an
+//! environment variable) and the plain [`Config`] it turns into, which tests
+//! build directly with [`Config::new`].
+
+use clap::Parser;
+use herald_config::{AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs};
+use herald_proto::Subjects;
+use std::time::Duration;
+
+/// Default heartbeat TTL: three missed 5 s gateway heartbeats.
+pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+/// Default time between two sweeps for dead gateways. TTL + sweep interval is
+/// the bound on how long a dead gateway's members linger (20 s by default).
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Default silence after which a `client-typing` sender counts as stopped.
+pub const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_millis(3000);
+/// Default longest wait for the state to reach a member query's revision.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `herald-presence`: presence channels, join/leave across devices, last-seen.
+#[derive(Debug, Parser)]
+#[command(name = "herald-presence", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub listen: ListenArgs,
+    /// HTTP port.
+    #[arg(long, env = "HERALD_PORT", default_value_t = 6004)]
+    pub port: u16,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub apps: AppsArgs,
+    /// A gateway whose heartbeat is older than this many seconds is dead:
+    /// its members are removed.
+    #[arg(long, env = "HERALD_PRESENCE_HEARTBEAT_TTL_SECS", default_value_t = 15)]
+    pub heartbeat_ttl_secs: u64,
+    /// How often to look for dead gateways, in seconds.
+    #[arg(long, env = "HERALD_PRESENCE_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    pub sweep_interval_secs: u64,
+    /// After a `client-typing`, this many ms without another one from the
+    /// same sender publish `herald:typing_stopped`.
+    #[arg(long, env = "HERALD_TYPING_TIMEOUT_MS", default_value_t = 3000)]
+    pub typing_timeout_ms: u64,
+    /// Longest wait, in ms, for the state to catch up with a gateway's
+    /// member query before answering with an error.
+    #[arg(long, env = "HERALD_PRESENCE_QUERY_TIMEOUT_MS", default_value_t = 5000)]
+    pub query_timeout_ms: u64,
+    /// Replicas of the KV buckets this service creates (3 on a NATS cluster).
+    #[arg(long, env = "HERALD_KV_REPLICAS", default_value_t = 1)]
+    pub kv_replicas: usize,
+}
+
+/// Everything the presence service needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind.
+    pub host: String,
+    /// HTTP port (0 picks a free one).
+    pub port: u16,
+    /// NATS server URL(s).
+    pub nats_url: String,
+    /// Subject and bucket names.
+    pub subjects: Subjects,
+    /// Configured apps (credentials and `max_presence_members`).
+    pub apps: AppRegistry,
+    /// A gateway heartbeat older than this means the gateway is dead.
+    pub heartbeat_ttl: Duration,
+    /// Time between sweeps for dead gateways.
+    pub sweep_interval: Duration,
+    /// Silence after a `client-typing` that ends the typing state.
+    pub typing_timeout: Duration,
+    /// Longest wait for a member query's `min_revision`.
+    pub query_timeout: Duration,
+    /// Replicas of the buckets this service creates.
+    pub kv_replicas: usize,
+}
+
+impl Config {
+    /// Defaults for everything but the essentials (used by tests).
+    pub fn new(nats_url: &str, subjects: Subjects, apps: AppRegistry) -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 0,
+            nats_url: nats_url.into(),
+            subjects,
+            apps,
+            heartbeat_ttl: DEFAULT_HEARTBEAT_TTL,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            typing_timeout: DEFAULT_TYPING_TIMEOUT,
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+            kv_replicas: 1,
+        }
+    }
+}
+
+fn positive(name: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        Err(ConfigError::Invalid(format!("{name} must be positive")))
+    } else {
+        Ok(value)
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = ConfigError;
+
+    fn try_from(cli: Cli) -> Result<Self, Self::Error> {
+        Ok(Self {
+            host: cli.listen.host,
+            port: cli.port,
+            subjects: cli.nats.subjects()?,
+            nats_url: cli.nats.nats_url,
+            apps: cli.apps.registry()?,
+            heartbeat_ttl: Duration::from_secs(positive(
+                "HERALD_PRESENCE_HEARTBEAT_TTL_SECS",
+                cli.heartbeat_ttl_secs,
+            )?),
+            sweep_interval: Duration::from_secs(positive(
+                "HERALD_PRESENCE_SWEEP_INTERVAL_SECS",
+                cli.sweep_interval_secs,
+            )?),
+            typing_timeout: Duration::from_millis(positive(
+                "HERALD_TYPING_TIMEOUT_MS",
+                cli.typing_timeout_ms,
+            )?),
+            query_timeout: Duration::from_millis(positive(
+                "HERALD_PRESENCE_QUERY_TIMEOUT_MS",
+                cli.query_timeout_ms,
+            )?),
+            kv_replicas: positive("HERALD_KV_REPLICAS", cli.kv_replicas as u64)? as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_have_the_documented_defaults() {
+        let cli = Cli::try_parse_from(["herald-presence", "--dev"]).unwrap();
+        let config = Config::try_from(cli).unwrap();
+        assert_eq!(config.heartbeat_ttl, DEFAULT_HEARTBEAT_TTL);
+        assert_eq!(config.sweep_interval, DEFAULT_SWEEP_INTERVAL);
+        assert_eq!(config.typing_timeout, DEFAULT_TYPING_TIMEOUT);
+        assert_eq!(config.query_timeout, DEFAULT_QUERY_TIMEOUT);
+        assert!(config.heartbeat_ttl + config.sweep_interval <= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_zero_ttl_is_refused() {
+        let cli =
+            Cli::try_parse_from(["herald-presence", "--dev", "--heartbeat-ttl-secs", "0"]).unwrap();
+        assert!(Config::try_from(cli).is_err());
+    }
+}

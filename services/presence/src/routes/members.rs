@@ -1,0 +1,65 @@
+//! `GET /v1/apps/{app}/channels/{channel}/members`: the members of a
+//! presence channel, `{"members": [{"user_id", "user_info"}], "count"}`,
+//! sorted by user id.
+
+use super::ask;
+use super::auth::authorize_app;
+use crate::engine::Command;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_proto::{ChannelKind, ChannelName};
+use serde::Serialize;
+use serde_json::Value;
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/v1/apps/{app}/channels/{channel}/members", get(members))
+}
+
+/// One member.
+#[derive(Debug, Serialize)]
+struct Member {
+    user_id: String,
+    user_info: Value,
+}
+
+/// A presence channel's member list.
+#[derive(Debug, Serialize)]
+struct Members {
+    members: Vec<Member>,
+    count: usize,
+}
+
+#[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
+async fn members(
+    State(state): State<AppState>,
+    Path((app_id, channel)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<Members>, ApiError> {
+    let app = authorize_app(&state, &headers, &app_id)?;
+    let channel =
+        ChannelName::parse(&channel).map_err(|e| ApiError::BadRequest(format!("Channel: {e}")))?;
+    if channel.kind() != ChannelKind::Presence {
+        return Err(ApiError::BadRequest(
+            "only presence channels (presence-*) have members".into(),
+        ));
+    }
+    let app = app.id.clone();
+    let members = ask(&state, |reply| Command::Members {
+        app,
+        channel,
+        reply,
+    })
+    .await?;
+    let members: Vec<Member> = members
+        .into_iter()
+        .map(|(user_id, user_info)| Member { user_id, user_info })
+        .collect();
+    Ok(Json(Members {
+        count: members.len(),
+        members,
+    }))
+}

@@ -1,0 +1,851 @@
+//! The presence state: the presence KV bucket folded, entry by entry in
+//! revision order, into who is in which channel.
+//!
+//! This module is pure (no I/O): [`PresenceState::apply`] takes one KV entry
+//! and returns the [`Change`]s it caused, which the engine turns into
+//! events, view updates and last-seen records. Everything here is decided by
+//! the order of the entries alone, so replaying the bucket rebuilds the same
+//! state.
+//!
+//! * A **member** of a presence channel is a user with at least one admitted
+//!   subscription (`sub.` key) in it, on any gateway and socket.
+//! * **Admission**: a subscription of a user who is already a member is
+//!   always admitted (another device); a new user is admitted only while the
+//!   channel has fewer distinct members than the app's
+//!   `max_presence_members` (0 = no limit). A subscription refused when its
+//!   `put` is applied stays refused (the gateway is told so and deletes it);
+//!   it is never promoted later, so the decision depends only on KV order.
+//! * A user is **online** while any `sub.` or `conn.` key of theirs exists.
+//! * Gateways are tracked with their last heartbeat and the keys they own,
+//!   for the dead-gateway sweep ([`PresenceState::stale_keys`]).
+//!
+//! Times are milliseconds on the engine's monotonic clock ([`crate::engine`]),
+//! so a wall-clock jump never expires a gateway.
+
+use herald_config::AppRegistry;
+use herald_proto::presence::{
+    GatewayHeartbeat, PresenceKey, PresenceSubscription, MAX_USER_ID_LEN,
+};
+use herald_proto::{AppId, ChannelKind, ChannelName};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// What applying one KV entry changed, in the order it happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A user's first admitted subscription joined a channel.
+    MemberAdded {
+        app: AppId,
+        channel: ChannelName,
+        user_id: String,
+        user_info: Value,
+    },
+    /// A user's last subscription left a channel.
+    MemberRemoved {
+        app: AppId,
+        channel: ChannelName,
+        user_id: String,
+    },
+    /// A presence channel got its first member.
+    ChannelOccupied { app: AppId, channel: ChannelName },
+    /// A presence channel lost its last member.
+    ChannelVacated { app: AppId, channel: ChannelName },
+    /// A user's first connection (of any kind) appeared.
+    UserOnline { app: AppId, user_id: String },
+    /// A user's last connection went.
+    UserOffline { app: AppId, user_id: String },
+}
+
+/// A key the dead-gateway sweep should delete, at the revision judged stale.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StaleKey {
+    /// The presence KV key.
+    pub key: String,
+    /// Its revision when judged: the delete is conditional on it, so a key
+    /// re-put meanwhile by a revived gateway survives.
+    pub revision: u64,
+    /// The gateway owning it.
+    pub gateway: String,
+}
+
+/// One `sub.` key.
+#[derive(Debug)]
+struct Sub {
+    app: AppId,
+    channel: ChannelName,
+    user_id: String,
+    user_info: Value,
+    /// Revision of the first put: orders a member's devices.
+    joined: u64,
+    admitted: bool,
+}
+
+/// A member of one channel: their admitted subscriptions, oldest first. The
+/// oldest one's `user_info` is the member's.
+#[derive(Debug, Default)]
+struct Member {
+    subs: BTreeSet<(u64, String)>,
+}
+
+#[derive(Debug, Default)]
+struct Channel {
+    members: BTreeMap<String, Member>,
+}
+
+#[derive(Debug, Default)]
+struct User {
+    /// `sub.` and `conn.` keys of this user.
+    connections: usize,
+    /// Presence channels the user is a member of.
+    channels: BTreeSet<ChannelName>,
+}
+
+/// When a key was last written, for the sweep.
+#[derive(Debug, Clone, Copy)]
+struct KeyTrack {
+    revision: u64,
+    seen: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Heartbeat {
+    revision: u64,
+    seen: i64,
+}
+
+#[derive(Debug, Default)]
+struct Gateway {
+    heartbeat: Option<Heartbeat>,
+    keys: HashMap<String, KeyTrack>,
+}
+
+type ChannelKey = (AppId, ChannelName);
+type UserKey = (AppId, String);
+
+/// A user's presence as the REST API reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UserPresence {
+    /// Any connection of the user exists.
+    pub online: bool,
+    /// Presence channels the user is a member of, sorted.
+    pub channels: Vec<String>,
+}
+
+/// The whole presence state of every configured app.
+#[derive(Debug)]
+pub struct PresenceState {
+    apps: AppRegistry,
+    subs: HashMap<String, Sub>,
+    conns: HashMap<String, UserKey>,
+    channels: HashMap<ChannelKey, Channel>,
+    users: HashMap<UserKey, User>,
+    gateways: HashMap<String, Gateway>,
+    revision: u64,
+    members: usize,
+}
+
+impl PresenceState {
+    /// An empty state for `apps`.
+    pub fn new(apps: AppRegistry) -> Self {
+        Self {
+            apps,
+            subs: HashMap::new(),
+            conns: HashMap::new(),
+            channels: HashMap::new(),
+            users: HashMap::new(),
+            gateways: HashMap::new(),
+            revision: 0,
+            members: 0,
+        }
+    }
+
+    /// The highest KV revision applied.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Record that every revision up to `revision` has been applied (the
+    /// bucket's last sequence at start-up, when its last messages were
+    /// superseded or removed and so never delivered).
+    pub fn note_revision(&mut self, revision: u64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    /// Members of all channels together.
+    pub fn member_total(&self) -> usize {
+        self.members
+    }
+
+    /// Presence channels with at least one member.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Gateways known (by heartbeat or by keys).
+    pub fn gateway_count(&self) -> usize {
+        self.gateways.len()
+    }
+
+    /// Apply one KV entry: `value` is `Some` for a put, `None` for a delete
+    /// or purge. `seen` is when it was written, on the engine's clock.
+    pub fn apply(
+        &mut self,
+        key: &str,
+        value: Option<&[u8]>,
+        revision: u64,
+        seen: i64,
+    ) -> Vec<Change> {
+        self.revision = self.revision.max(revision);
+        let mut changes = Vec::new();
+        let parsed = match PresenceKey::parse(key) {
+            Ok(parsed) => parsed,
+            Err(_) => {
+                tracing::debug!(key, "ignoring a foreign key in the presence bucket");
+                return changes;
+            }
+        };
+        match &parsed {
+            PresenceKey::Gateway { gateway } => {
+                self.apply_heartbeat(gateway, value, revision, seen);
+                return changes;
+            }
+            PresenceKey::Subscription { app, .. } | PresenceKey::Connection { app, .. } => {
+                if self.apps.by_id(app.as_str()).is_none() {
+                    tracing::debug!(key, "ignoring a key of an unconfigured app");
+                    return changes;
+                }
+            }
+        }
+        // Track the key for the sweep (a put refreshes it).
+        let gateway = parsed.gateway_of().to_owned();
+        match value {
+            Some(_) => {
+                self.gateways
+                    .entry(gateway)
+                    .or_default()
+                    .keys
+                    .insert(key.to_owned(), KeyTrack { revision, seen });
+            }
+            None => self.forget_key(&gateway, key),
+        }
+        match parsed {
+            PresenceKey::Subscription { app, channel, .. } => {
+                self.apply_subscription(key, app, channel, value, revision, &mut changes)
+            }
+            PresenceKey::Connection { app, user_id, .. } => {
+                self.apply_connection(key, app, user_id, value.is_some(), &mut changes)
+            }
+            PresenceKey::Gateway { .. } => {}
+        }
+        changes
+    }
+
+    fn forget_key(&mut self, gateway: &str, key: &str) {
+        if let Some(gw) = self.gateways.get_mut(gateway) {
+            gw.keys.remove(key);
+            if gw.keys.is_empty() && gw.heartbeat.is_none() {
+                self.gateways.remove(gateway);
+            }
+        }
+    }
+
+    fn apply_heartbeat(&mut self, gateway: &str, value: Option<&[u8]>, revision: u64, seen: i64) {
+        match value {
+            Some(bytes) => {
+                if let Err(err) = serde_json::from_slice::<GatewayHeartbeat>(bytes) {
+                    // Still a sign of life: the gateway wrote it.
+                    tracing::warn!(gateway, %err, "malformed gateway heartbeat");
+                }
+                self.gateways
+                    .entry(gateway.to_owned())
+                    .or_default()
+                    .heartbeat = Some(Heartbeat { revision, seen });
+            }
+            None => {
+                // A gateway shutting down deletes its heartbeat last; any key
+                // it left behind is now judged by its own age.
+                if let Some(gw) = self.gateways.get_mut(gateway) {
+                    gw.heartbeat = None;
+                    if gw.keys.is_empty() {
+                        self.gateways.remove(gateway);
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_subscription(
+        &mut self,
+        key: &str,
+        app: AppId,
+        channel: ChannelName,
+        value: Option<&[u8]>,
+        revision: u64,
+        changes: &mut Vec<Change>,
+    ) {
+        let parsed =
+            value.and_then(
+                |bytes| match serde_json::from_slice::<PresenceSubscription>(bytes) {
+                    Ok(sub) if valid_user_id(&sub.user_id) => Some(sub),
+                    Ok(_) => {
+                        tracing::warn!(key, "subscription with an invalid user_id ignored");
+                        None
+                    }
+                    Err(err) => {
+                        tracing::warn!(key, %err, "malformed subscription ignored");
+                        None
+                    }
+                },
+            );
+        if channel.kind() != ChannelKind::Presence {
+            tracing::warn!(key, "subscription to a non-presence channel ignored");
+            return;
+        }
+        // A re-put by the same user only refreshes the info: admission and
+        // device order stay as they were.
+        if let (Some(new), Some(existing)) = (&parsed, self.subs.get_mut(key)) {
+            if existing.user_id == new.user_id {
+                existing.user_info = new.user_info.clone();
+                return;
+            }
+        }
+        if let Some(old) = self.subs.remove(key) {
+            self.remove_subscription(key, old, changes);
+        }
+        if let Some(new) = parsed {
+            self.add_subscription(key, app, channel, new, revision, changes);
+        }
+    }
+
+    fn limit(&self, app: &AppId) -> usize {
+        self.apps
+            .by_id(app.as_str())
+            .map(|a| a.limits.max_presence_members)
+            .unwrap_or(0)
+    }
+
+    fn add_subscription(
+        &mut self,
+        key: &str,
+        app: AppId,
+        channel: ChannelName,
+        sub: PresenceSubscription,
+        revision: u64,
+        changes: &mut Vec<Change>,
+    ) {
+        let limit = self.limit(&app);
+        let user_key = (app.clone(), sub.user_id.clone());
+        self.connect(&user_key, changes);
+        let channel_key = (app.clone(), channel.clone());
+        let state = self.channels.entry(channel_key.clone()).or_default();
+        let admitted = if let Some(member) = state.members.get_mut(&sub.user_id) {
+            member.subs.insert((revision, key.to_owned()));
+            true
+        } else if limit == 0 || state.members.len() < limit {
+            let was_empty = state.members.is_empty();
+            let mut member = Member::default();
+            member.subs.insert((revision, key.to_owned()));
+            state.members.insert(sub.user_id.clone(), member);
+            self.members += 1;
+            if was_empty {
+                changes.push(Change::ChannelOccupied {
+                    app: app.clone(),
+                    channel: channel.clone(),
+                });
+            }
+            changes.push(Change::MemberAdded {
+                app: app.clone(),
+                channel: channel.clone(),
+                user_id: sub.user_id.clone(),
+                user_info: sub.user_info.clone(),
+            });
+            if let Some(user) = self.users.get_mut(&user_key) {
+                user.channels.insert(channel.clone());
+            }
+            true
+        } else {
+            tracing::debug!(
+                key,
+                limit,
+                "presence channel full: subscription not admitted"
+            );
+            if state.members.is_empty() {
+                self.channels.remove(&channel_key);
+            }
+            false
+        };
+        self.subs.insert(
+            key.to_owned(),
+            Sub {
+                app,
+                channel,
+                user_id: sub.user_id,
+                user_info: sub.user_info,
+                joined: revision,
+                admitted,
+            },
+        );
+    }
+
+    fn remove_subscription(&mut self, key: &str, old: Sub, changes: &mut Vec<Change>) {
+        let user_key = (old.app.clone(), old.user_id.clone());
+        if old.admitted {
+            let channel_key = (old.app.clone(), old.channel.clone());
+            if let Some(state) = self.channels.get_mut(&channel_key) {
+                let left = match state.members.get_mut(&old.user_id) {
+                    Some(member) => {
+                        member.subs.remove(&(old.joined, key.to_owned()));
+                        member.subs.is_empty()
+                    }
+                    None => false,
+                };
+                if left {
+                    state.members.remove(&old.user_id);
+                    self.members -= 1;
+                    changes.push(Change::MemberRemoved {
+                        app: old.app.clone(),
+                        channel: old.channel.clone(),
+                        user_id: old.user_id.clone(),
+                    });
+                    if let Some(user) = self.users.get_mut(&user_key) {
+                        user.channels.remove(&old.channel);
+                    }
+                    if state.members.is_empty() {
+                        self.channels.remove(&channel_key);
+                        changes.push(Change::ChannelVacated {
+                            app: old.app.clone(),
+                            channel: old.channel.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.disconnect(&user_key, changes);
+    }
+
+    fn apply_connection(
+        &mut self,
+        key: &str,
+        app: AppId,
+        user_id: String,
+        put: bool,
+        changes: &mut Vec<Change>,
+    ) {
+        if !valid_user_id(&user_id) {
+            tracing::warn!(key, "connection with an invalid user id ignored");
+            return;
+        }
+        let user_key = (app, user_id);
+        match (put, self.conns.contains_key(key)) {
+            (true, false) => {
+                self.conns.insert(key.to_owned(), user_key.clone());
+                self.connect(&user_key, changes);
+            }
+            (false, true) => {
+                self.conns.remove(key);
+                self.disconnect(&user_key, changes);
+            }
+            // A re-put of a known key, or the delete of an unknown one.
+            _ => {}
+        }
+    }
+
+    fn connect(&mut self, user_key: &UserKey, changes: &mut Vec<Change>) {
+        let user = self.users.entry(user_key.clone()).or_default();
+        user.connections += 1;
+        if user.connections == 1 {
+            changes.push(Change::UserOnline {
+                app: user_key.0.clone(),
+                user_id: user_key.1.clone(),
+            });
+        }
+    }
+
+    fn disconnect(&mut self, user_key: &UserKey, changes: &mut Vec<Change>) {
+        let Some(user) = self.users.get_mut(user_key) else {
+            return;
+        };
+        user.connections = user.connections.saturating_sub(1);
+        if user.connections == 0 {
+            // Every admitted subscription is also a connection, so the user
+            // is in no channel any more.
+            self.users.remove(user_key);
+            changes.push(Change::UserOffline {
+                app: user_key.0.clone(),
+                user_id: user_key.1.clone(),
+            });
+        }
+    }
+
+    /// `user_id` → `user_info` of a channel's members.
+    pub fn members(&self, app: &AppId, channel: &ChannelName) -> BTreeMap<String, Value> {
+        let Some(state) = self.channels.get(&(app.clone(), channel.clone())) else {
+            return BTreeMap::new();
+        };
+        state
+            .members
+            .iter()
+            .map(|(user_id, member)| (user_id.clone(), self.member_info(member)))
+            .collect()
+    }
+
+    fn member_info(&self, member: &Member) -> Value {
+        member
+            .subs
+            .first()
+            .and_then(|(_, key)| self.subs.get(key))
+            .map(|sub| sub.user_info.clone())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Whether `user_id` is a member of the channel.
+    pub fn is_member(&self, app: &AppId, channel: &ChannelName, user_id: &str) -> bool {
+        self.channels
+            .get(&(app.clone(), channel.clone()))
+            .is_some_and(|c| c.members.contains_key(user_id))
+    }
+
+    /// Whether the subscription `key` exists in that channel and was admitted.
+    pub fn admitted(&self, key: &str, app: &AppId, channel: &ChannelName) -> bool {
+        self.subs
+            .get(key)
+            .is_some_and(|s| s.admitted && &s.app == app && &s.channel == channel)
+    }
+
+    /// Every member of every channel with their info.
+    pub fn all_members(&self) -> Vec<(AppId, ChannelName, String, Value)> {
+        let mut out = Vec::with_capacity(self.members);
+        for ((app, channel), state) in &self.channels {
+            for (user_id, member) in &state.members {
+                out.push((
+                    app.clone(),
+                    channel.clone(),
+                    user_id.clone(),
+                    self.member_info(member),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Whether any connection of the user exists.
+    pub fn is_online(&self, app: &AppId, user_id: &str) -> bool {
+        self.users.contains_key(&(app.clone(), user_id.to_owned()))
+    }
+
+    /// Every online user.
+    pub fn online_users(&self) -> impl Iterator<Item = &(AppId, String)> {
+        self.users.keys()
+    }
+
+    /// A user's presence for the REST API.
+    pub fn user(&self, app: &AppId, user_id: &str) -> UserPresence {
+        match self.users.get(&(app.clone(), user_id.to_owned())) {
+            Some(user) => UserPresence {
+                online: true,
+                channels: user.channels.iter().map(|c| c.to_string()).collect(),
+            },
+            None => UserPresence::default(),
+        }
+    }
+
+    /// Keys of dead gateways at `now`: every key of a gateway whose
+    /// heartbeat is older than `ttl` (its `gw.` key last), and, for a gateway
+    /// without a heartbeat, every key of its own older than `ttl`.
+    pub fn stale_keys(&self, now: i64, ttl: Duration) -> Vec<StaleKey> {
+        let ttl = ttl.as_millis() as i64;
+        let mut out = Vec::new();
+        let mut names: Vec<&String> = self.gateways.keys().collect();
+        names.sort();
+        for name in names {
+            let gw = &self.gateways[name];
+            let expired = |seen: i64| now - seen > ttl;
+            let dead = gw.heartbeat.is_some_and(|hb| expired(hb.seen));
+            if gw.heartbeat.is_some() && !dead {
+                continue;
+            }
+            let mut keys: Vec<(&String, &KeyTrack)> = gw
+                .keys
+                .iter()
+                .filter(|(_, track)| dead || expired(track.seen))
+                .collect();
+            keys.sort_by_key(|(_, track)| track.revision);
+            out.extend(keys.into_iter().map(|(key, track)| StaleKey {
+                key: key.clone(),
+                revision: track.revision,
+                gateway: name.clone(),
+            }));
+            if let (true, Some(hb)) = (dead, gw.heartbeat) {
+                out.push(StaleKey {
+                    key: PresenceKey::Gateway {
+                        gateway: name.clone(),
+                    }
+                    .render(),
+                    revision: hb.revision,
+                    gateway: name.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Gateways known.
+    #[cfg(test)]
+    pub fn gateways(&self) -> std::collections::HashSet<&str> {
+        self.gateways.keys().map(String::as_str).collect()
+    }
+}
+
+/// Pusher's rules for a presence `user_id`: non-empty, at most 128 bytes.
+pub fn valid_user_id(user_id: &str) -> bool {
+    !user_id.is_empty() && user_id.len() <= MAX_USER_ID_LEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_config::AppConfig;
+    use serde_json::json;
+
+    fn state(limit: usize) -> PresenceState {
+        let mut app = AppConfig::new("a", "k", "s");
+        app.limits.max_presence_members = limit;
+        PresenceState::new(AppRegistry::single(app))
+    }
+
+    fn app() -> AppId {
+        AppId::parse("a").unwrap()
+    }
+
+    fn chan() -> ChannelName {
+        ChannelName::parse("presence-room").unwrap()
+    }
+
+    fn sub_key(gw: &str, socket: &str) -> String {
+        PresenceKey::Subscription {
+            app: app(),
+            channel: chan(),
+            gateway: gw.into(),
+            socket_id: socket.into(),
+        }
+        .render()
+    }
+
+    fn conn_key(user: &str, gw: &str, socket: &str) -> String {
+        PresenceKey::Connection {
+            app: app(),
+            user_id: user.into(),
+            gateway: gw.into(),
+            socket_id: socket.into(),
+        }
+        .render()
+    }
+
+    fn sub_value(user: &str) -> Vec<u8> {
+        serde_json::to_vec(&PresenceSubscription {
+            user_id: user.into(),
+            user_info: json!({"name": user}),
+            at: 0,
+        })
+        .unwrap()
+    }
+
+    fn heartbeat() -> Vec<u8> {
+        serde_json::to_vec(&GatewayHeartbeat {
+            at: 0,
+            interval_ms: 1000,
+        })
+        .unwrap()
+    }
+
+    fn added(changes: &[Change]) -> Vec<&str> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::MemberAdded { user_id, .. } => Some(user_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn removed(changes: &[Change]) -> Vec<&str> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::MemberRemoved { user_id, .. } => Some(user_id.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_second_device_joins_silently_and_only_the_last_one_leaving_removes_the_member() {
+        let mut s = state(100);
+        let k1 = sub_key("g", "1.1");
+        let k2 = sub_key("g", "1.2");
+        let c = s.apply(&k1, Some(&sub_value("u")), 1, 0);
+        assert_eq!(added(&c), ["u"]);
+        assert!(c.contains(&Change::ChannelOccupied {
+            app: app(),
+            channel: chan()
+        }));
+        assert!(c.contains(&Change::UserOnline {
+            app: app(),
+            user_id: "u".into()
+        }));
+        assert!(s.apply(&k2, Some(&sub_value("u")), 2, 0).is_empty());
+        assert!(s.apply(&k1, None, 3, 0).is_empty());
+        assert_eq!(s.members(&app(), &chan()).len(), 1);
+        let c = s.apply(&k2, None, 4, 0);
+        assert_eq!(removed(&c), ["u"]);
+        assert!(c.contains(&Change::UserOffline {
+            app: app(),
+            user_id: "u".into()
+        }));
+        assert_eq!(s.member_total(), 0);
+        assert_eq!(s.channel_count(), 0);
+        assert_eq!(s.revision(), 4);
+    }
+
+    #[test]
+    fn a_full_channel_refuses_new_users_but_not_new_devices_of_members() {
+        let mut s = state(2);
+        s.apply(&sub_key("g", "1.1"), Some(&sub_value("a")), 1, 0);
+        s.apply(&sub_key("g", "1.2"), Some(&sub_value("b")), 2, 0);
+        let c = s.apply(&sub_key("g", "1.3"), Some(&sub_value("c")), 3, 0);
+        assert!(added(&c).is_empty());
+        assert!(!s.admitted(&sub_key("g", "1.3"), &app(), &chan()));
+        // The refused user is still connected.
+        assert!(s.is_online(&app(), "c"));
+        s.apply(&sub_key("g", "1.4"), Some(&sub_value("a")), 4, 0);
+        assert!(s.admitted(&sub_key("g", "1.4"), &app(), &chan()));
+        // Removing the refused key changes no membership.
+        let c = s.apply(&sub_key("g", "1.3"), None, 5, 0);
+        assert!(removed(&c).is_empty());
+        assert_eq!(
+            s.members(&app(), &chan()).keys().collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        // Once a member leaves there is room again.
+        s.apply(&sub_key("g", "1.2"), None, 6, 0);
+        let c = s.apply(&sub_key("g", "1.5"), Some(&sub_value("d")), 7, 0);
+        assert_eq!(added(&c), ["d"]);
+    }
+
+    #[test]
+    fn the_member_info_is_that_of_the_oldest_device() {
+        let mut s = state(100);
+        s.apply(&sub_key("g", "1.1"), Some(&sub_value("u")), 1, 0);
+        let mut other = PresenceSubscription {
+            user_id: "u".into(),
+            user_info: json!("second"),
+            at: 0,
+        };
+        s.apply(
+            &sub_key("g", "1.2"),
+            Some(&serde_json::to_vec(&other).unwrap()),
+            2,
+            0,
+        );
+        assert_eq!(s.members(&app(), &chan())["u"], json!({"name": "u"}));
+        s.apply(&sub_key("g", "1.1"), None, 3, 0);
+        assert_eq!(s.members(&app(), &chan())["u"], json!("second"));
+        // A re-put updates the info in place.
+        other.user_info = json!("third");
+        s.apply(
+            &sub_key("g", "1.2"),
+            Some(&serde_json::to_vec(&other).unwrap()),
+            4,
+            0,
+        );
+        assert_eq!(s.members(&app(), &chan())["u"], json!("third"));
+    }
+
+    #[test]
+    fn conn_and_sub_keys_both_keep_a_user_online() {
+        let mut s = state(100);
+        s.apply(&conn_key("u", "g", "1.1"), Some(b"{\"at\":0}"), 1, 0);
+        s.apply(&sub_key("g", "1.1"), Some(&sub_value("u")), 2, 0);
+        assert_eq!(
+            s.user(&app(), "u"),
+            UserPresence {
+                online: true,
+                channels: vec!["presence-room".into()]
+            }
+        );
+        let c = s.apply(&sub_key("g", "1.1"), None, 3, 0);
+        assert!(!c.iter().any(|c| matches!(c, Change::UserOffline { .. })));
+        let c = s.apply(&conn_key("u", "g", "1.1"), None, 4, 0);
+        assert!(c.iter().any(|c| matches!(c, Change::UserOffline { .. })));
+        assert_eq!(s.user(&app(), "u"), UserPresence::default());
+    }
+
+    #[test]
+    fn keys_of_unknown_apps_non_presence_channels_and_foreign_keys_are_ignored() {
+        let mut s = state(100);
+        let other = PresenceKey::Subscription {
+            app: AppId::parse("other").unwrap(),
+            channel: chan(),
+            gateway: "g".into(),
+            socket_id: "1.1".into(),
+        }
+        .render();
+        assert!(s.apply(&other, Some(&sub_value("u")), 1, 0).is_empty());
+        let public = PresenceKey::Subscription {
+            app: app(),
+            channel: ChannelName::parse("private-x").unwrap(),
+            gateway: "g".into(),
+            socket_id: "1.1".into(),
+        }
+        .render();
+        assert!(s.apply(&public, Some(&sub_value("u")), 2, 0).is_empty());
+        assert!(s.apply("nonsense", Some(b"x"), 3, 0).is_empty());
+        assert!(s
+            .apply(&sub_key("g", "1.1"), Some(b"not json"), 4, 0)
+            .is_empty());
+        assert_eq!(s.member_total(), 0);
+        assert_eq!(s.revision(), 4);
+    }
+
+    #[test]
+    fn a_gateway_with_a_stale_heartbeat_loses_every_key_and_a_live_one_none() {
+        let mut s = state(100);
+        let ttl = Duration::from_millis(1000);
+        s.apply("gw.dead", Some(&heartbeat()), 1, 0);
+        s.apply(&sub_key("dead", "1.1"), Some(&sub_value("a")), 2, 0);
+        s.apply(&conn_key("a", "dead", "1.1"), Some(b"{\"at\":0}"), 3, 0);
+        s.apply("gw.live", Some(&heartbeat()), 4, 0);
+        s.apply(&sub_key("live", "2.1"), Some(&sub_value("b")), 5, 0);
+        s.apply("gw.live", Some(&heartbeat()), 6, 1500);
+        assert!(s.stale_keys(900, ttl).is_empty());
+        let stale = s.stale_keys(1600, ttl);
+        let keys: Vec<&str> = stale.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                sub_key("dead", "1.1").as_str(),
+                conn_key("a", "dead", "1.1").as_str(),
+                "gw.dead"
+            ]
+        );
+        assert_eq!(
+            stale.iter().map(|k| k.revision).collect::<Vec<_>>(),
+            [2, 3, 1]
+        );
+    }
+
+    #[test]
+    fn keys_of_a_gateway_without_heartbeat_expire_by_their_own_age() {
+        let mut s = state(100);
+        let ttl = Duration::from_millis(1000);
+        s.apply(&sub_key("quiet", "1.1"), Some(&sub_value("a")), 1, 0);
+        s.apply(&sub_key("quiet", "1.2"), Some(&sub_value("b")), 2, 800);
+        let stale = s.stale_keys(1500, ttl);
+        assert_eq!(stale.len(), 1);
+        assert_eq!(stale[0].key, sub_key("quiet", "1.1"));
+        s.apply(&sub_key("quiet", "1.1"), None, 3, 1500);
+        s.apply(&sub_key("quiet", "1.2"), None, 4, 1500);
+        assert!(s.gateways().is_empty());
+    }
+}
