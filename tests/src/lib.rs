@@ -135,17 +135,94 @@ impl Stack {
         Running::spawn(app, port).await
     }
 
+    /// The presence configuration tests start from.
+    pub fn presence_config(&self) -> herald_presence::Config {
+        herald_presence::Config::new(&self.nats.url(), self.subjects.clone(), self.apps.clone())
+    }
+
     /// Start a presence service.
     pub async fn presence(&self) -> Running {
-        let config = herald_presence::Config::new(
-            &self.nats.url(),
-            self.subjects.clone(),
-            self.apps.clone(),
-        );
+        self.presence_with(self.presence_config()).await
+    }
+
+    /// Start a presence service with a given configuration.
+    pub async fn presence_with(&self, config: herald_presence::Config) -> Running {
         let app = herald_presence::Application::build(config)
             .await
             .expect("presence builds");
         let port = app.port();
         Running::spawn(app, port).await
+    }
+}
+
+/// A gateway running as its own process (the built `herald-gateway`
+/// binary), so that a test can kill it with SIGKILL like a crash would.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    /// The port it listens on.
+    pub port: u16,
+}
+
+impl GatewayProcess {
+    /// Start `target/<profile>/herald-gateway` against this stack.
+    pub async fn start(stack: &Stack, heartbeat_secs: u64, ttl_secs: u64) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        // target/<profile>/deps/<test> -> target/<profile>/herald-gateway
+        let bin = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .map(|dir| dir.join("herald-gateway"))
+            .expect("target directory");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build --bins` first",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let apps = stack
+            .apps
+            .iter()
+            .map(|a| serde_json::json!({"id": a.id.as_str(), "key": a.key, "secret": a.secret, "enable_client_messages": a.limits.enable_client_messages}))
+            .collect::<Vec<_>>();
+        let child = std::process::Command::new(bin)
+            .env("NATS_URL", stack.nats.url())
+            .env("HERALD_PREFIX", stack.subjects.prefix())
+            .env("HERALD_PORT", port.to_string())
+            .env("HERALD_APPS", serde_json::Value::Array(apps).to_string())
+            .env("HERALD_HEARTBEAT_SECS", heartbeat_secs.to_string())
+            .env("HERALD_GATEWAY_TTL_SECS", ttl_secs.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("gateway process starts");
+        eventually(
+            std::time::Duration::from_secs(20),
+            "gateway process listening",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Self { child, port }
+    }
+
+    /// SIGKILL: no goodbye, no cleanup.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

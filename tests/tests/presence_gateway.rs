@@ -1,0 +1,456 @@
+//! Presence channels end to end: pusher clients on two gateways, the
+//! presence service, real NATS.
+
+use futures::StreamExt;
+use herald_config::{AppConfig, AppRegistry};
+use herald_proto::pusher;
+use herald_tests::{eventually, GatewayProcess, PusherSocket, Stack};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn data_of(frame: &Value) -> Value {
+    serde_json::from_str(frame["data"].as_str().expect("data string")).expect("data json")
+}
+
+/// Join `channel` as `user`; returns the `presence` object of the success.
+async fn join(socket: &mut PusherSocket, channel: &str, user: &str) -> Value {
+    let channel_data =
+        json!({"user_id": user, "user_info": {"name": format!("User {user}")}}).to_string();
+    let auth = pusher::channel_auth(
+        "app-key",
+        "app-secret",
+        &socket.socket_id,
+        channel,
+        Some(&channel_data),
+    );
+    socket
+        .send_event(
+            "pusher:subscribe",
+            json!({"channel": channel, "auth": auth, "channel_data": channel_data}),
+        )
+        .await
+        .unwrap();
+    let frame = socket
+        .next_event_of(&[
+            "pusher_internal:subscription_succeeded",
+            "pusher:subscription_error",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        frame["event"], "pusher_internal:subscription_succeeded",
+        "{frame}"
+    );
+    data_of(&frame)["presence"].clone()
+}
+
+async fn quiet(socket: &mut PusherSocket) -> bool {
+    socket
+        .next_frame_within(Duration::from_millis(400))
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn members_on_two_gateways_see_each_other_join_and_leave() {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let (gw1, gw2) = (stack.gateway().await, stack.gateway().await);
+    let mut alice = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
+    let presence = join(&mut alice, "presence-room", "alice").await;
+    assert_eq!(presence["count"], 1);
+    assert_eq!(presence["ids"], json!(["alice"]));
+    assert_eq!(presence["hash"]["alice"]["name"], "User alice");
+    assert!(
+        quiet(&mut alice).await,
+        "no member_added for one's own join"
+    );
+
+    let mut bob = PusherSocket::connect(gw2.port, "app-key").await.unwrap();
+    let presence = join(&mut bob, "presence-room", "bob").await;
+    assert_eq!(presence["count"], 2);
+    assert_eq!(presence["ids"], json!(["alice", "bob"]));
+    let added = alice
+        .next_event_of(&["pusher_internal:member_added"])
+        .await
+        .unwrap();
+    assert_eq!(added["channel"], "presence-room");
+    assert_eq!(
+        data_of(&added),
+        json!({"user_id": "bob", "user_info": {"name": "User bob"}})
+    );
+    assert!(quiet(&mut bob).await);
+
+    bob.send_event("pusher:unsubscribe", json!({"channel": "presence-room"}))
+        .await
+        .unwrap();
+    let removed = alice
+        .next_event_of(&["pusher_internal:member_removed"])
+        .await
+        .unwrap();
+    assert_eq!(data_of(&removed), json!({"user_id": "bob"}));
+}
+
+#[tokio::test]
+async fn a_user_on_two_devices_is_one_member() {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let (gw1, gw2) = (stack.gateway().await, stack.gateway().await);
+    let mut watcher = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
+    join(&mut watcher, "presence-team", "watcher").await;
+
+    let mut phone = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
+    join(&mut phone, "presence-team", "carol").await;
+    let added = watcher
+        .next_event_of(&["pusher_internal:member_added"])
+        .await
+        .unwrap();
+    assert_eq!(data_of(&added)["user_id"], "carol");
+
+    let mut laptop = PusherSocket::connect(gw2.port, "app-key").await.unwrap();
+    let presence = join(&mut laptop, "presence-team", "carol").await;
+    assert_eq!(presence["count"], 2, "carol counts once");
+    assert!(quiet(&mut watcher).await, "a second device adds no member");
+
+    drop(phone);
+    assert!(
+        quiet(&mut watcher).await,
+        "closing one device removes no member"
+    );
+    drop(laptop);
+    let removed = watcher
+        .next_event_of(&["pusher_internal:member_removed"])
+        .await
+        .unwrap();
+    assert_eq!(data_of(&removed)["user_id"], "carol");
+}
+
+#[tokio::test]
+async fn forged_or_oversized_channel_data_is_refused() {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let good = json!({"user_id": "u"}).to_string();
+    let forged = json!({"user_id": "admin"}).to_string();
+    let signed_for_good = pusher::channel_auth(
+        "app-key",
+        "app-secret",
+        &s.socket_id,
+        "presence-x",
+        Some(&good),
+    );
+    let sign = |data: &str| {
+        pusher::channel_auth(
+            "app-key",
+            "app-secret",
+            &s.socket_id,
+            "presence-x",
+            Some(data),
+        )
+    };
+    let long_id = json!({"user_id": "u".repeat(129)}).to_string();
+    let big_info = json!({"user_id": "u", "user_info": "x".repeat(1100)}).to_string();
+    let no_id = json!({"user_info": {}}).to_string();
+    let cases = [
+        (
+            json!({"channel": "presence-x", "auth": signed_for_good, "channel_data": forged}),
+            401,
+        ),
+        (
+            json!({"channel": "presence-x", "auth": signed_for_good}),
+            401,
+        ),
+        (
+            json!({"channel": "presence-x", "auth": sign(&long_id), "channel_data": long_id}),
+            400,
+        ),
+        (
+            json!({"channel": "presence-x", "auth": sign(&big_info), "channel_data": big_info}),
+            413,
+        ),
+        (
+            json!({"channel": "presence-x", "auth": sign(&no_id), "channel_data": no_id}),
+            400,
+        ),
+    ];
+    for (data, status) in cases {
+        s.send_event("pusher:subscribe", data.clone())
+            .await
+            .unwrap();
+        let frame = s.next_frame().await.unwrap();
+        assert_eq!(frame["event"], "pusher:subscription_error", "{data}");
+        assert_eq!(data_of(&frame)["status"], status, "{data}");
+    }
+    join(&mut s, "presence-x", "u").await;
+}
+
+#[tokio::test]
+async fn a_full_presence_channel_refuses_new_members() {
+    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.max_presence_members = 2;
+    let stack = Stack::with_apps(AppRegistry::single(app));
+    let _presence = stack.presence().await;
+    let gw = stack.gateway().await;
+    let mut sockets = Vec::new();
+    for user in ["a", "b"] {
+        let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+        join(&mut s, "presence-small", user).await;
+        sockets.push(s);
+    }
+    let mut third = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let channel_data = json!({"user_id": "c"}).to_string();
+    let auth = pusher::channel_auth(
+        "app-key",
+        "app-secret",
+        &third.socket_id,
+        "presence-small",
+        Some(&channel_data),
+    );
+    third
+        .send_event(
+            "pusher:subscribe",
+            json!({"channel": "presence-small", "auth": auth, "channel_data": channel_data}),
+        )
+        .await
+        .unwrap();
+    let frame = third.next_frame().await.unwrap();
+    assert_eq!(frame["event"], "pusher:subscription_error");
+    assert_eq!(data_of(&frame)["type"], "LimitReached");
+    // A second device of an existing member still gets in.
+    let mut again = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    assert_eq!(join(&mut again, "presence-small", "a").await["count"], 2);
+}
+
+#[tokio::test]
+async fn the_http_api_lists_and_counts_presence_users_across_gateways() {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let (gw1, gw2) = (stack.gateway().await, stack.gateway().await);
+    let mut a = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
+    let mut b = PusherSocket::connect(gw2.port, "app-key").await.unwrap();
+    let mut b2 = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
+    join(&mut a, "presence-lobby", "ann").await;
+    join(&mut b, "presence-lobby", "ben").await;
+    join(&mut b2, "presence-lobby", "ben").await;
+    let api = stack.api(&gw1);
+    let (status, body) = api
+        .get("/channels/presence-lobby/users", &[])
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"users": [{"id": "ann"}, {"id": "ben"}]}));
+    let (_, body) = api
+        .get(
+            "/channels/presence-lobby",
+            &[("info", "user_count,subscription_count")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        body,
+        json!({"occupied": true, "user_count": 2, "subscription_count": 3})
+    );
+    let (_, body) = api
+        .get(
+            "/channels",
+            &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(body["channels"]["presence-lobby"]["user_count"], 2);
+}
+
+#[tokio::test]
+async fn a_killed_gateways_members_are_removed_within_the_ttl_and_others_stay() {
+    let stack = Stack::start();
+    let mut config = stack.presence_config();
+    config.heartbeat_ttl = Duration::from_secs(3);
+    config.sweep_interval = Duration::from_millis(500);
+    let _presence = stack.presence_with(config).await;
+    let mut gw_config = stack.gateway_config();
+    gw_config.heartbeat_interval = Duration::from_secs(1);
+    gw_config.gateway_ttl = Duration::from_secs(3);
+    let survivor_gw = stack.gateway_with(gw_config).await;
+    let doomed_gw = GatewayProcess::start(&stack, 1, 3).await;
+
+    let mut survivor = PusherSocket::connect(survivor_gw.port, "app-key")
+        .await
+        .unwrap();
+    join(&mut survivor, "presence-ops", "stays").await;
+    let mut victim = PusherSocket::connect(doomed_gw.port, "app-key")
+        .await
+        .unwrap();
+    join(&mut victim, "presence-ops", "goes").await;
+    survivor
+        .next_event_of(&["pusher_internal:member_added"])
+        .await
+        .unwrap();
+
+    let killed_at = std::time::Instant::now();
+    doomed_gw.kill();
+    let removed = survivor
+        .next_event_of(&["pusher_internal:member_removed"])
+        .await
+        .unwrap();
+    assert_eq!(data_of(&removed)["user_id"], "goes");
+    // Generous upper bound (TTL 3 s + sweep): the default bound is 30 s.
+    assert!(killed_at.elapsed() < Duration::from_secs(20));
+    let (_, body) = stack
+        .api(&survivor_gw)
+        .get("/channels/presence-ops/users", &[])
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"users": [{"id": "stays"}]}));
+}
+
+#[tokio::test]
+async fn a_restarted_presence_service_emits_no_false_leaves_or_joins() {
+    let stack = Stack::start();
+    let presence = stack.presence().await;
+    let gw = stack.gateway().await;
+    let mut a = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let mut b = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    join(&mut a, "presence-calm", "a").await;
+    join(&mut b, "presence-calm", "b").await;
+    a.next_event_of(&["pusher_internal:member_added"])
+        .await
+        .unwrap();
+
+    presence.kill();
+    let _presence = stack.presence().await;
+    assert!(
+        quiet(&mut a).await && quiet(&mut b).await,
+        "no events for members who stayed"
+    );
+    // And it still works.
+    let mut c = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    assert_eq!(join(&mut c, "presence-calm", "c").await["count"], 3);
+    let added = a
+        .next_event_of(&["pusher_internal:member_added"])
+        .await
+        .unwrap();
+    assert_eq!(data_of(&added)["user_id"], "c");
+}
+
+#[tokio::test]
+async fn typing_stops_by_itself_when_the_typist_goes_quiet() {
+    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.enable_client_messages = true;
+    let stack = Stack::with_apps(AppRegistry::single(app));
+    let mut config = stack.presence_config();
+    config.typing_timeout = Duration::from_millis(300);
+    let _presence = stack.presence_with(config).await;
+    let gw = stack.gateway().await;
+    let mut typist = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let mut reader = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    join(&mut typist, "presence-chat", "typist").await;
+    join(&mut reader, "presence-chat", "reader").await;
+    typist
+        .send_text(
+            json!({"event": "client-typing", "channel": "presence-chat", "data": {}}).to_string(),
+        )
+        .await
+        .unwrap();
+    let typing = reader.next_event_of(&["client-typing"]).await.unwrap();
+    assert_eq!(typing["user_id"], "typist");
+    let stopped = reader
+        .next_event_of(&["herald:typing_stopped"])
+        .await
+        .unwrap();
+    assert_eq!(stopped["channel"], "presence-chat");
+    assert_eq!(stopped["data"]["user_id"], "typist");
+}
+
+#[tokio::test]
+async fn a_thousand_members_join_and_leave_with_correct_counts() {
+    const N: usize = 1000;
+    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.max_presence_members = 2 * N;
+    let stack = Stack::with_apps(AppRegistry::single(app));
+    let _presence = stack.presence().await;
+    let (gw1, gw2) = (stack.gateway().await, stack.gateway().await);
+    let api = stack.api(&gw1);
+
+    // One observer counts member events; every member socket is drained by
+    // its own task so no queue fills up.
+    let mut observer = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
+    join(&mut observer, "presence-big", "observer").await;
+    let members = Arc::new(AtomicI64::new(1));
+    let counter = members.clone();
+    let observer_task = tokio::spawn(async move {
+        loop {
+            let Ok(frame) = observer.next_frame_within(Duration::from_secs(60)).await else {
+                break;
+            };
+            match frame["event"].as_str() {
+                Some("pusher_internal:member_added") => counter.fetch_add(1, Ordering::SeqCst),
+                Some("pusher_internal:member_removed") => counter.fetch_sub(1, Ordering::SeqCst),
+                _ => 0,
+            };
+        }
+    });
+
+    let user_count = |api: herald_tests::PusherApi| async move {
+        let (_, body) = api
+            .get("/channels/presence-big", &[("info", "user_count")])
+            .await
+            .unwrap();
+        body["user_count"].as_i64().unwrap()
+    };
+    let mut closers = Vec::new();
+    for step in 0..(N / 100) {
+        let joins = (0..100).map(|i| {
+            let port = if i % 2 == 0 { gw1.port } else { gw2.port };
+            let user = format!("user-{}", step * 100 + i);
+            async move {
+                let mut s = PusherSocket::connect(port, "app-key").await.unwrap();
+                join(&mut s, "presence-big", &user).await;
+                s
+            }
+        });
+        for s in futures::future::join_all(joins).await {
+            let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<()>();
+            closers.push(close_tx);
+            tokio::spawn(async move {
+                let mut s = s;
+                loop {
+                    tokio::select! {
+                        _ = &mut close_rx => break,
+                        frame = s.inner().next() => if frame.is_none() { break },
+                    }
+                }
+            });
+        }
+        let expected = 1 + (step as i64 + 1) * 100;
+        eventually(WAIT, "member count after joins", || {
+            let api = api.clone();
+            async move { (user_count(api).await == expected).then_some(()) }
+        })
+        .await;
+        eventually(WAIT, "observer count after joins", || async {
+            (members.load(Ordering::SeqCst) == expected).then_some(())
+        })
+        .await;
+    }
+    for (i, closer) in closers.into_iter().enumerate() {
+        let _ = closer.send(());
+        if (i + 1) % 250 == 0 {
+            let expected = 1 + (N - i - 1) as i64;
+            eventually(WAIT, "member count after leaves", || {
+                let api = api.clone();
+                async move { (user_count(api).await == expected).then_some(()) }
+            })
+            .await;
+            eventually(WAIT, "observer count after leaves", || async {
+                (members.load(Ordering::SeqCst) == expected).then_some(())
+            })
+            .await;
+        }
+    }
+    observer_task.abort();
+}
