@@ -293,6 +293,10 @@ export async function openRaw(wsPort, { path, established = true } = {}) {
     next(match, what, ms = TIMEOUT_MS) {
       const seen = received.find(match);
       if (seen) return Promise.resolve(seen);
+      return socket.upcoming(match, what, ms);
+    },
+    /** The first frame matching `match` received from now on. */
+    upcoming(match, what, ms = TIMEOUT_MS) {
       return withTimeout(new Promise((resolve) => waiters.push({ match, resolve })), what, ms);
     },
     /** The first frame with this event (and channel, when given). */
@@ -319,7 +323,7 @@ export async function openRaw(wsPort, { path, established = true } = {}) {
     /** Subscribe and wait for success (or fail with the error frame). */
     async subscribe(channel, extra = {}) {
       socket.send('pusher:subscribe', { channel, ...extra });
-      const frame = await socket.next(
+      const frame = await socket.upcoming(
         (f) =>
           f.channel === channel &&
           (f.event === 'pusher_internal:subscription_succeeded' || f.event === 'pusher:subscription_error'),
