@@ -90,7 +90,7 @@ impl Clock {
 
     /// When something written at wall-clock `created_ms` happened, on this
     /// clock. An entry stamped in the future (clock skew) counts as now.
-    fn from_wall(&self, created_ms: i64) -> i64 {
+    fn at_wall(&self, created_ms: i64) -> i64 {
         self.now() - (now_ms() - created_ms).max(0)
     }
 }
@@ -155,7 +155,7 @@ impl Engine {
                     anyhow::bail!("the presence bucket watch ended during start-up");
                 };
                 let entry = entry?;
-                let seen = run.clock.from_wall(created_ms(&entry));
+                let seen = run.clock.at_wall(created_ms(&entry));
                 let value = matches!(entry.operation, kv::Operation::Put).then_some(&entry.value);
                 // Changes while loading are not events: the diff with the
                 // view decides what subscribers must hear.
