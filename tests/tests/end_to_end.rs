@@ -383,3 +383,20 @@ async fn every_service_reports_health_and_readiness() {
         }
     }
 }
+
+#[tokio::test]
+async fn history_serves_its_openapi_document() {
+    let stack = Stack::start();
+    let db = TestDatabase::create().await.unwrap();
+    let history = stack.history(&db).await;
+    let doc: Value = reqwest::get(format!("http://127.0.0.1:{}/v1/openapi.json", history.port))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let path = &doc["paths"]["/v1/apps/{app}/channels/{channel}/messages"]["get"];
+    assert!(path["responses"]["200"].is_object(), "{doc}");
+    assert!(doc["components"]["schemas"]["Page"].is_object());
+}

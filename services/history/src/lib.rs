@@ -16,6 +16,7 @@ mod routes;
 
 pub use config::{Cli, Config};
 pub use error::ApiError;
+pub use routes::ApiDoc;
 
 use anyhow::Context;
 use axum::Router;

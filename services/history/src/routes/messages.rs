@@ -21,15 +21,20 @@ pub(crate) fn router() -> Router<AppState> {
 }
 
 /// Raw query parameters, validated by hand for clear messages.
-#[derive(Debug, Deserialize)]
-struct PageQuery {
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct PageQuery {
+    /// Page size, 1-1000 (default 50).
+    #[param(value_type = Option<i64>)]
     limit: Option<String>,
+    /// Return events with a sequence below this (the previous page's `next_before`).
+    #[param(value_type = Option<i64>)]
     before: Option<String>,
 }
 
 /// One stored event.
-#[derive(Debug, Serialize, sqlx::FromRow)]
-struct Item {
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub(crate) struct Item {
     seq: i64,
     id: String,
     event: String,
@@ -39,8 +44,8 @@ struct Item {
 }
 
 /// A page of history.
-#[derive(Debug, Serialize)]
-struct Page {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Page {
     messages: Vec<Item>,
     /// Pass as `before` for the next (older) page; `null` on the last page.
     next_before: Option<i64>,
@@ -55,8 +60,24 @@ fn parse_positive(name: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError
     .transpose()
 }
 
+/// A channel's history, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/channels/{channel}/messages",
+    params(
+        ("app" = String, Path, description = "App id"),
+        ("channel" = String, Path, description = "Channel name"),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of events, newest first", body = Page),
+        (status = 400, description = "Invalid channel name or paging parameter"),
+        (status = 401, description = "Missing or wrong app credentials"),
+    ),
+    security(("app_basic" = []))
+)]
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
-async fn list(
+pub(crate) async fn list(
     State(state): State<AppState>,
     Path((app_id, channel)): Path<(String, String)>,
     Query(query): Query<PageQuery>,
