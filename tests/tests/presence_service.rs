@@ -575,6 +575,38 @@ async fn a_restarted_presence_service_emits_only_what_changed_while_it_was_down(
 }
 
 #[tokio::test]
+async fn after_a_restart_heartbeat_ages_come_from_the_kv_so_only_really_dead_gateways_expire() {
+    let stack = Stack::start();
+    let presence = Presence::start(&stack, quick).await;
+    let live = FakeGateway::new(&stack, "live", "app-id").await;
+    let dead = FakeGateway::new(&stack, "dead", "app-id").await;
+    let _live_beat = live.keep_alive();
+    let dead_beat = dead.keep_alive();
+    let mut listener = Listener::new(&stack, "app-id", "presence-ages").await;
+    live.join("presence-ages", "1.1", "lively").await;
+    dead.join("presence-ages", "2.1", "goner").await;
+    let rev = live.revision().await;
+    assert_eq!(
+        describe(&listener.drain_up_to(rev).await),
+        ["+lively", "+goner"]
+    );
+
+    presence.kill().await;
+    dead_beat.abort();
+    // Down for longer than the TTL (2 s): when the service comes back, the
+    // dead gateway's last heartbeat is already stale, the live one's fresh.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _presence = Presence::start(&stack, quick).await;
+    let event = listener.next().await;
+    assert!(removed("goner")(&event), "{event:?}");
+
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rev = live.revision().await;
+    assert!(listener.drain_up_to(rev).await.is_empty());
+    assert_eq!(user_ids(&listener.members(rev, None).await), ["lively"]);
+}
+
+#[tokio::test]
 async fn a_thousand_members_join_and_leave_one_channel_with_correct_counts() {
     let mut app = dev_app();
     app.limits.max_presence_members = 2000;

@@ -29,7 +29,7 @@ use async_nats::{Client, Message};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use herald_proto::presence::{MembersReply, MembersRequest, PresenceEvent};
+use herald_proto::presence::{GatewayHeartbeat, MembersReply, MembersRequest, PresenceEvent};
 use herald_proto::{now_ms, AppId, ChannelKind, ChannelName, Subjects};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -121,6 +121,8 @@ struct Run {
     /// Stale keys handed to the writer: key → (revision, when), so a slow
     /// writer is not handed the same delete again every sweep.
     sweeping: HashMap<String, (u64, i64)>,
+    /// Gateways already warned about a heartbeat interval too long for the TTL.
+    warned: HashSet<String>,
 }
 
 impl Engine {
@@ -139,6 +141,7 @@ impl Engine {
             pending: BTreeMap::new(),
             next_pending: 0,
             sweeping: HashMap::new(),
+            warned: HashSet::new(),
         };
         let told = buckets::read_all(&self.view).await?;
         let (messages, last_sequence) = buckets::bucket_extent(&self.presence).await?;
@@ -200,6 +203,7 @@ impl Engine {
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) => {
                         let seen = run.clock.now();
+                        self.check_interval(&mut run, &entry);
                         self.apply_live(&entry, seen).await;
                         self.answer_ready(&mut run).await;
                     }
@@ -240,6 +244,32 @@ impl Engine {
                 _ = token.cancelled() => return None,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
+        }
+    }
+
+    /// Warn (once per gateway) when a gateway heartbeats so rarely that the
+    /// TTL would expire it between two heartbeats: a misconfiguration that
+    /// makes its members flap.
+    fn check_interval(&self, run: &mut Run, entry: &kv::Entry) {
+        let Some(gateway) = entry.key.strip_prefix("gw.") else {
+            return;
+        };
+        if entry.operation != kv::Operation::Put || run.warned.contains(gateway) {
+            return;
+        }
+        let Ok(beat) = serde_json::from_slice::<GatewayHeartbeat>(&entry.value) else {
+            return;
+        };
+        let ttl = self.settings.heartbeat_ttl.as_millis() as u64;
+        if beat.interval_ms.saturating_mul(2) > ttl {
+            tracing::warn!(
+                gateway,
+                interval_ms = beat.interval_ms,
+                ttl_ms = ttl,
+                "gateway heartbeat interval is more than half the presence heartbeat TTL: \
+                 its members may be expired while it is alive"
+            );
+            run.warned.insert(gateway.to_owned());
         }
     }
 
