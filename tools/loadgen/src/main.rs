@@ -34,6 +34,14 @@ struct Cli {
     /// with status 3 whatever it is doing.
     #[arg(long, global = true, default_value_t = 300.0)]
     deadline: f64,
+    /// Pid of the server under test (e.g. the gateway): its CPU use is
+    /// reported, and `connections` reads its VmRSS.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    /// Other server processes (e.g. nats-server) whose CPU use is reported;
+    /// repeatable.
+    #[arg(long, global = true)]
+    extra_pid: Vec<u32>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -84,9 +92,14 @@ fn main() -> ExitCode {
         }
     };
     let deadline = util::secs(cli.deadline);
+    let ctx = scenario::Ctx {
+        target,
+        server_pid: cli.server_pid,
+        extra_pids: cli.extra_pid,
+    };
     let outcome = runtime.block_on(async move {
         tokio::select! {
-            r = run(cli.scenario, target) => Some(r),
+            r = run(cli.scenario, ctx) => Some(r),
             _ = tokio::time::sleep(deadline) => None,
         }
     });
@@ -116,12 +129,12 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn run(scenario: Scenario, target: Target) -> anyhow::Result<report::Report> {
+async fn run(scenario: Scenario, ctx: scenario::Ctx) -> anyhow::Result<report::Report> {
     match scenario {
-        Scenario::Fanout(args) => scenario::pubsub::fanout(target, args).await,
-        Scenario::Channels(args) => scenario::pubsub::channels(target, args).await,
-        Scenario::Connections(args) => scenario::connections::run(target, args).await,
-        Scenario::Durable(args) => scenario::durable::run(target, args).await,
-        Scenario::Churn(args) => scenario::churn::run(target, args).await,
+        Scenario::Fanout(args) => scenario::pubsub::fanout(ctx, args).await,
+        Scenario::Channels(args) => scenario::pubsub::channels(ctx, args).await,
+        Scenario::Connections(args) => scenario::connections::run(ctx, args).await,
+        Scenario::Durable(args) => scenario::durable::run(ctx, args).await,
+        Scenario::Churn(args) => scenario::churn::run(ctx, args).await,
     }
 }

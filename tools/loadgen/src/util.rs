@@ -89,6 +89,95 @@ pub fn vm_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Clock ticks per second of `/proc` CPU times (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// User + system CPU ticks of a process, from `/proc/<pid>/stat`.
+pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces: fields start after its ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is the state (field 3 of stat); utime and stime are fields 14, 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Busy and total CPU ticks of the whole machine, from `/proc/stat`.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 5 {
+        return None;
+    }
+    let total: u64 = v.iter().sum();
+    let idle = v[3] + v[4];
+    Some((total - idle, total))
+}
+
+/// CPU use during a phase of a run: this process, the server processes
+/// given with `--server-pid`/`--extra-pid`, and the whole machine (so a run
+/// disturbed by something else on the machine shows it).
+#[derive(Debug)]
+pub struct CpuMeter {
+    started: Instant,
+    machine: Option<(u64, u64)>,
+    own: Option<u64>,
+    servers: Vec<(u32, Option<u64>)>,
+}
+
+impl CpuMeter {
+    /// Start measuring.
+    pub fn start(server_pids: &[u32]) -> Self {
+        Self {
+            started: Instant::now(),
+            machine: machine_cpu_ticks(),
+            own: process_cpu_ticks(std::process::id()),
+            servers: server_pids
+                .iter()
+                .map(|&p| (p, process_cpu_ticks(p)))
+                .collect(),
+        }
+    }
+
+    /// Cores used since the start (CPU seconds per second), as JSON:
+    /// `{"loadgen": …, "servers": {pid: …}, "machine_busy_pct": …}`.
+    pub fn finish(&self) -> serde_json::Value {
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let cores = |before: Option<u64>, after: Option<u64>| match (before, after) {
+            (Some(b), Some(a)) => {
+                serde_json::json!(
+                    ((a.saturating_sub(b)) as f64 / USER_HZ / secs * 100.0).round() / 100.0
+                )
+            }
+            _ => serde_json::Value::Null,
+        };
+        let mut servers = serde_json::Map::new();
+        for &(pid, before) in &self.servers {
+            servers.insert(pid.to_string(), cores(before, process_cpu_ticks(pid)));
+        }
+        let machine = match (self.machine, machine_cpu_ticks()) {
+            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
+                serde_json::json!((((b1 - b0) as f64 / (t1 - t0) as f64) * 1000.0).round() / 10.0)
+            }
+            _ => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "secs": (secs * 100.0).round() / 100.0,
+            "loadgen_cores": cores(self.own, process_cpu_ticks(std::process::id())),
+            "server_cores": servers,
+            "machine_busy_pct": machine,
+        })
+    }
+}
+
 /// Raise this process's soft limit on open files to its hard limit.
 /// Returns the new soft limit.
 pub fn raise_nofile_limit() -> Option<u64> {
@@ -151,6 +240,15 @@ mod tests {
         assert_eq!(Payload::decode(&s), Some(p));
         assert_eq!(Payload::decode(&p.encode(0)), Some(p));
         assert_eq!(Payload::decode("other|1|2|3|4|"), None);
+    }
+
+    #[test]
+    fn reads_cpu_times() {
+        assert!(process_cpu_ticks(std::process::id()).is_some());
+        let (busy, total) = machine_cpu_ticks().expect("/proc/stat");
+        assert!(total >= busy && total > 0);
+        let m = CpuMeter::start(&[std::process::id()]).finish();
+        assert!(m["loadgen_cores"].is_number());
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! given rate: cycles/s achieved, failures by stage, connect and
 //! connect+subscribe latency.
 
-use super::Pacer;
+use super::{cpu_line, Ctx, Pacer};
 use crate::report::Report;
 use crate::stats::{latency_json, latency_line, new_histogram};
-use crate::target::Target;
 use crate::util::{secs, Clock, FirstError};
 use crate::ws;
 use clap::Args;
@@ -52,7 +51,8 @@ struct Hists {
 }
 
 /// Run `churn`.
-pub async fn run(target: Target, args: ChurnArgs) -> anyhow::Result<Report> {
+pub async fn run(ctx: Ctx, args: ChurnArgs) -> anyhow::Result<Report> {
+    let target = ctx.target.clone();
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     anyhow::ensure!(args.channels > 0, "need at least one channel");
     let run_id = crate::util::run_id();
@@ -73,6 +73,7 @@ pub async fn run(target: Target, args: ChurnArgs) -> anyhow::Result<Report> {
         args.rate, args.duration
     );
     let started = Instant::now();
+    let cpu = ctx.cpu_meter();
     let end = started + secs(args.duration);
     let mut pacer = Pacer::new(args.rate, args.concurrency);
     let mut launched = 0u64;
@@ -133,6 +134,7 @@ pub async fn run(target: Target, args: ChurnArgs) -> anyhow::Result<Report> {
     let connect_failures = counts.connect_failures.load(Ordering::SeqCst);
     let subscribe_failures = counts.subscribe_failures.load(Ordering::SeqCst);
     let elapsed = counts.last_done_us.load(Ordering::SeqCst) as f64 / 1e6;
+    let cpu = cpu.finish();
     let hists = hists.lock().expect("histograms");
 
     let mut report = Report::new(
@@ -175,6 +177,7 @@ pub async fn run(target: Target, args: ChurnArgs) -> anyhow::Result<Report> {
         latency_line(&hists.cycle),
         latency_json(&hists.cycle),
     );
+    report.add("cpu", cpu_line(&cpu), cpu);
     if let Some(e) = first_error.get() {
         report.add("first_error", e.clone(), e);
     }

@@ -2,10 +2,9 @@
 //! report the connect rate achieved, failures, and the server's resident
 //! memory per connection (`VmRSS` of `--server-pid` before and after).
 
-use super::Pacer;
+use super::{cpu_line, Ctx, Pacer};
 use crate::report::Report;
 use crate::stats::{latency_json, latency_line, Latencies};
-use crate::target::Target;
 use crate::util::{secs, vm_rss_kib, wait_until, Clock, FirstError};
 use crate::ws;
 use clap::Args;
@@ -34,9 +33,6 @@ pub struct ConnectionsArgs {
     /// Seconds the whole ramp may take.
     #[arg(long, default_value_t = 120.0)]
     pub setup_timeout: f64,
-    /// Pid of the server process, whose VmRSS is read before and after.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
     /// Seconds to wait after the last connection before reading VmRSS.
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
@@ -60,11 +56,12 @@ struct Shared {
 }
 
 /// Run `connections`.
-pub async fn run(target: Target, args: ConnectionsArgs) -> anyhow::Result<Report> {
+pub async fn run(ctx: Ctx, args: ConnectionsArgs) -> anyhow::Result<Report> {
+    let target = ctx.target.clone();
     anyhow::ensure!(args.connections > 0, "need at least one connection");
     let run_id = crate::util::run_id();
-    let rss_before = args.server_pid.and_then(vm_rss_kib);
-    if let Some(pid) = args.server_pid {
+    let rss_before = ctx.server_pid.and_then(vm_rss_kib);
+    if let Some(pid) = ctx.server_pid {
         anyhow::ensure!(rss_before.is_some(), "cannot read /proc/{pid}/status");
     }
     let self_before = vm_rss_kib(std::process::id());
@@ -88,6 +85,7 @@ pub async fn run(target: Target, args: ConnectionsArgs) -> anyhow::Result<Report
         }
     );
     let started = Instant::now();
+    let cpu = ctx.cpu_meter();
     let setup_deadline = started + secs(args.setup_timeout);
     let mut pacer = Pacer::new(args.ramp, args.connect_concurrency);
     let mut handles = Vec::with_capacity(args.connections);
@@ -158,9 +156,10 @@ pub async fn run(target: Target, args: ConnectionsArgs) -> anyhow::Result<Report
     let opened = shared.opened.load(Ordering::SeqCst);
     let failed = shared.failed.load(Ordering::SeqCst);
     let ramp_secs = shared.last_open_us.load(Ordering::SeqCst) as f64 / 1e6;
+    let cpu = cpu.finish();
     eprintln!("connections: {opened} open, {failed} failed, in {ramp_secs:.1} s; settling…");
     tokio::time::sleep(secs(args.settle)).await;
-    let rss_after = args.server_pid.and_then(vm_rss_kib);
+    let rss_after = ctx.server_pid.and_then(vm_rss_kib);
     let self_after = vm_rss_kib(std::process::id());
     let still_open = opened - shared.dropped.load(Ordering::SeqCst);
     if args.hold > 0.0 {
@@ -207,7 +206,8 @@ pub async fn run(target: Target, args: ConnectionsArgs) -> anyhow::Result<Report
         latency_line(&latency),
         latency_json(&latency),
     );
-    match (args.server_pid, rss_before, rss_after) {
+    report.add("cpu_during_ramp", cpu_line(&cpu), cpu);
+    match (ctx.server_pid, rss_before, rss_after) {
         (Some(pid), Some(before), Some(after)) => {
             report.count("server_pid", u64::from(pid));
             report.add("server_rss_before", format!("{before} KiB"), before);

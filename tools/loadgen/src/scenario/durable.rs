@@ -7,6 +7,7 @@
 //! support durable publishes: the run reports "unsupported by this server"
 //! and exits 0.
 
+use super::{cpu_line, Ctx};
 use crate::report::Report;
 use crate::stats::{latency_json, latency_line, Latencies};
 use crate::target::Target;
@@ -177,7 +178,8 @@ struct Shared {
 }
 
 /// Run `durable`.
-pub async fn run(target: Target, args: DurableArgs) -> anyhow::Result<Report> {
+pub async fn run(ctx: Ctx, args: DurableArgs) -> anyhow::Result<Report> {
+    let target = ctx.target.clone();
     anyhow::ensure!(args.clients > 0, "need at least one client");
     let run = crate::util::run_id();
     let mut report = Report::new(
@@ -230,6 +232,7 @@ pub async fn run(target: Target, args: DurableArgs) -> anyhow::Result<Report> {
     );
     let end = Instant::now() + secs(args.duration);
     let started_us = shared.clock.now_us();
+    let cpu = ctx.cpu_meter();
     let handles: Vec<_> = sockets
         .into_iter()
         .map(|(i, channel, socket)| {
@@ -244,6 +247,7 @@ pub async fn run(target: Target, args: DurableArgs) -> anyhow::Result<Report> {
         })
         .collect();
     futures::future::join_all(handles).await;
+    let cpu = cpu.finish();
 
     let acked = shared.acked.load(Ordering::SeqCst);
     let nacked = shared.nacked.load(Ordering::SeqCst);
@@ -276,6 +280,7 @@ pub async fn run(target: Target, args: DurableArgs) -> anyhow::Result<Report> {
         latency_line(&latency),
         latency_json(&latency),
     );
+    report.add("cpu", cpu_line(&cpu), cpu);
     if let Some(e) = shared.first_nack.get() {
         report.add("first_nack", e.clone(), e);
     }

@@ -6,11 +6,60 @@ pub mod connections;
 pub mod durable;
 pub mod pubsub;
 
-use crate::util::secs;
+use crate::target::Target;
+use crate::util::{secs, CpuMeter};
 use clap::Args;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// What every scenario gets: the target and the server processes to watch.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The (loopback) server under test.
+    pub target: Target,
+    /// The server's pid (CPU use; VmRSS in `connections`).
+    pub server_pid: Option<u32>,
+    /// Other server pids (CPU use only).
+    pub extra_pids: Vec<u32>,
+}
+
+impl Ctx {
+    /// Start measuring CPU use of the loadgen, the servers and the machine.
+    pub fn cpu_meter(&self) -> CpuMeter {
+        let pids: Vec<u32> = self
+            .server_pid
+            .iter()
+            .chain(&self.extra_pids)
+            .copied()
+            .collect();
+        CpuMeter::start(&pids)
+    }
+}
+
+/// One-line human form of [`CpuMeter::finish`].
+pub fn cpu_line(v: &serde_json::Value) -> String {
+    let servers = v["server_cores"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(pid, c)| format!("pid {pid} {c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    format!(
+        "loadgen {} cores; servers: {}; machine {}% busy over {} s",
+        v["loadgen_cores"],
+        if servers.is_empty() {
+            "-".into()
+        } else {
+            servers
+        },
+        v["machine_busy_pct"],
+        v["secs"]
+    )
+}
 
 /// How fast connections are opened.
 #[derive(Debug, Clone, Args)]

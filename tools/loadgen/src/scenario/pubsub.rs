@@ -7,7 +7,7 @@
 //! until every subscriber has every acknowledged message or `--drain`
 //! seconds pass, and only then count what is missing.
 
-use super::{ConnectArgs, Pacer};
+use super::{cpu_line, ConnectArgs, Ctx, Pacer};
 use crate::publish::Publisher;
 use crate::report::Report;
 use crate::stats::{latency_json, latency_line, new_histogram, Latencies, SeqSet, SeqTracker};
@@ -95,9 +95,9 @@ pub struct ChannelsArgs {
 }
 
 /// Run `fanout`.
-pub async fn fanout(target: Target, args: FanoutArgs) -> anyhow::Result<Report> {
+pub async fn fanout(ctx: Ctx, args: FanoutArgs) -> anyhow::Result<Report> {
     run(
-        target,
+        ctx,
         "fanout",
         args.subscribers,
         1,
@@ -108,9 +108,9 @@ pub async fn fanout(target: Target, args: FanoutArgs) -> anyhow::Result<Report> 
 }
 
 /// Run `channels`.
-pub async fn channels(target: Target, args: ChannelsArgs) -> anyhow::Result<Report> {
+pub async fn channels(ctx: Ctx, args: ChannelsArgs) -> anyhow::Result<Report> {
     run(
-        target,
+        ctx,
         "channels",
         args.clients,
         args.channels,
@@ -148,13 +148,14 @@ struct SubResult {
 }
 
 async fn run(
-    target: Target,
+    ctx: Ctx,
     scenario: &str,
     clients: usize,
     channels: usize,
     publish: PublishArgs,
     connect: ConnectArgs,
 ) -> anyhow::Result<Report> {
+    let target = ctx.target.clone();
     anyhow::ensure!(clients > 0, "need at least one client");
     anyhow::ensure!(channels > 0, "need at least one channel");
     anyhow::ensure!(publish.duration > 0.0, "--duration must be positive");
@@ -239,6 +240,7 @@ async fn run(
     let publish_started = Instant::now();
     let publish_end = publish_started + secs(publish.duration);
     let first_publish_us = shared.clock.now_us();
+    let cpu = ctx.cpu_meter();
     if ready > 0 {
         while sent < limit && Instant::now() < publish_end {
             if publish.rate > 0.0 {
@@ -321,6 +323,7 @@ async fn run(
     })
     .await;
     let drain_secs = drain_started.elapsed().as_secs_f64();
+    let cpu = cpu.finish();
     stop.cancel();
 
     // --- count -----------------------------------------------------------------
@@ -423,6 +426,7 @@ async fn run(
     report.count("foreign_messages", foreign);
     report.count("disconnected_subscribers", disconnected);
     report.num("drain_secs", drain_secs, 2, "s");
+    report.add("cpu", cpu_line(&cpu), cpu);
     if let Some(e) = shared.first_error.get() {
         report.add("first_connect_error", e.clone(), e);
     }
