@@ -1,0 +1,369 @@
+#!/usr/bin/env python3
+"""Herald with the official Pusher Python server SDK and the pysher client.
+
+Run by `scripts/test py` against the stack it starts (two gateways on one
+NATS server); reads the gateway ports from HERALD_GATEWAY_PORT and
+HERALD_GATEWAY2_PORT. The Python SDK insists on a numeric app id, so the
+stack configures an extra app for this check in HERALD_APPS:
+
+    {"id": "123456", "key": "py-key", "secret": "py-secret",
+     "enable_client_messages": true}
+
+Prints one line per check and a final "N passed, N failed" line; exits
+non-zero when any check failed. Every wait is bounded.
+"""
+
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+import pusher
+import pysher
+
+HOST = "127.0.0.1"
+APP_ID = "123456"
+KEY = "py-key"
+SECRET = "py-secret"
+TIMEOUT = 10.0
+QUIET = 0.5
+
+
+def port(name):
+    value = os.environ.get(name, "")
+    if not value.isdigit():
+        sys.exit(f"{name} must name the port of a running gateway (scripts/test sets it)")
+    return int(value)
+
+
+GATEWAY1 = port("HERALD_GATEWAY_PORT")
+GATEWAY2 = port("HERALD_GATEWAY2_PORT")
+
+
+def unique(prefix):
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def sdk(gateway=GATEWAY1, secret=SECRET):
+    """The Pusher server SDK pointed at a gateway: only host, port, ssl and
+    the credentials differ from a Pusher Channels setup."""
+    return pusher.Pusher(
+        app_id=APP_ID, key=KEY, secret=secret, host=HOST, port=gateway, ssl=False, timeout=TIMEOUT
+    )
+
+
+def eventually(check, what, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Client(pysher.Pusher):
+    """pysher, keeping every channel frame it receives (pysher drops frames for
+    a channel it has not registered yet, and registers a channel only after
+    sending the subscribe, so the reply could otherwise be missed)."""
+
+    def __init__(self, gateway, **kwargs):
+        self.frames = []
+        self.lock = threading.Lock()
+        super().__init__(
+            KEY,
+            custom_host=HOST,
+            port=gateway,
+            secure=False,
+            log_level=logging.WARNING,
+            daemon=True,
+            **kwargs,
+        )
+        self.connection.bind("pusher:connection_established", self._established)
+        self.connection_frames = []
+        for event in ("pusher:error", "pusher:signin_success"):
+            self.connection.bind(event, self._connection_frame, event)
+
+    def _established(self, data):
+        with self.lock:
+            self.connection_frames.append(("pusher:connection_established", data))
+
+    def _connection_frame(self, data, event):
+        with self.lock:
+            self.connection_frames.append((event, data))
+
+    def _connection_handler(self, event_name, data, channel_name):
+        with self.lock:
+            self.frames.append((event_name, channel_name, data))
+        super()._connection_handler(event_name, data, channel_name)
+
+    def wait_connected(self):
+        self.connect()
+        eventually(lambda: self.connection.state == "connected" and self.connection.socket_id, "pysher to connect")
+        return self
+
+    def frame(self, event, channel, what=None):
+        def find():
+            with self.lock:
+                return next((f for f in self.frames if f[0] == event and f[1] == channel), None)
+
+        return eventually(find, what or f"{event} on {channel}")
+
+    def received(self, event, channel=None):
+        with self.lock:
+            return [f for f in self.frames if f[0] == event and (channel is None or f[1] == channel)]
+
+    def connection_event(self, event, what=None):
+        def find():
+            with self.lock:
+                return next((data for e, data in self.connection_frames if e == event), None)
+
+        return eventually(find, what or event)
+
+    def subscribed(self, channel, auth=None):
+        """Subscribe and wait for the server's answer; returns the pysher channel."""
+        handle = self.subscribe(channel, auth=auth)
+
+        def answer():
+            with self.lock:
+                return next(
+                    (
+                        f
+                        for f in self.frames
+                        if f[1] == channel
+                        and f[0] in ("pusher_internal:subscription_succeeded", "pusher:subscription_error")
+                    ),
+                    None,
+                )
+
+        frame = eventually(answer, f"the subscription to {channel}")
+        if frame[0] != "pusher_internal:subscription_succeeded":
+            raise AssertionError(f"subscription to {channel} failed: {frame}")
+        return handle
+
+
+class Events:
+    """Collects what a pysher channel binding receives."""
+
+    def __init__(self, channel, event):
+        self.got = []
+        channel.bind(event, self.got.append)
+
+    def wait(self, count=1, what="the event"):
+        eventually(lambda: len(self.got) >= count, what)
+        return self.got
+
+
+clients = []
+
+
+def client(gateway, **kwargs):
+    c = Client(gateway, **kwargs)
+    clients.append(c)
+    return c.wait_connected()
+
+
+def close_clients():
+    for c in clients:
+        try:
+            c.disconnect(timeout=2)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    clients.clear()
+
+
+# --- checks -------------------------------------------------------------------
+
+checks = []
+
+
+def check(fn):
+    checks.append(fn)
+    return fn
+
+
+@check
+def sdk_trigger_to_a_public_channel_answers_200():
+    assert sdk().trigger(unique("py-public-"), "greeting", {"hello": "world"}) == {}
+
+
+@check
+def pysher_connects_with_protocol_6_and_gets_a_socket_id():
+    c = client(GATEWAY1)
+    assert re.fullmatch(r"\d+\.\d+", c.connection.socket_id), c.connection.socket_id
+
+
+@check
+def pysher_on_gateway_2_receives_an_event_triggered_through_gateway_1():
+    name = unique("py-public-")
+    c = client(GATEWAY2)
+    events = Events(c.subscribed(name), "news")
+    sdk(GATEWAY1).trigger(name, "news", {"text": "héllo ✓", "n": 1})
+    (data,) = events.wait(what="the event on pysher")
+    assert json.loads(data) == {"text": "héllo ✓", "n": 1}, data
+
+
+@check
+def sdk_authenticate_signs_a_private_channel_for_pysher_which_then_receives():
+    name = unique("private-py-")
+    server = sdk()
+    c = client(GATEWAY2)
+    auth = server.authenticate(channel=name, socket_id=c.connection.socket_id)
+    assert set(auth) == {"auth"} and auth["auth"].startswith(f"{KEY}:"), auth
+    events = Events(c.subscribed(name, auth=auth["auth"]), "secret")
+    server.trigger(name, "secret", {"for": "members"})
+    (data,) = events.wait(what="the private event on pysher")
+    assert json.loads(data) == {"for": "members"}, data
+
+
+@check
+def a_private_channel_signed_with_the_wrong_secret_is_refused_with_401():
+    name = unique("private-py-")
+    c = client(GATEWAY1)
+    auth = sdk(secret="not-the-secret").authenticate(channel=name, socket_id=c.connection.socket_id)
+    c.subscribe(name, auth=auth["auth"])
+    _, _, data = c.frame("pusher:subscription_error", name)
+    error = json.loads(data)
+    assert error["status"] == 401 and error["type"] == "AuthError", error
+    # The connection is still usable.
+    c.subscribed(unique("py-after-error-"))
+
+
+@check
+def socket_id_exclusion_skips_that_pysher_connection():
+    name = unique("py-exclude-")
+    excluded, other = client(GATEWAY1), client(GATEWAY2)
+    excluded_events = Events(excluded.subscribed(name), "e")
+    other_events = Events(other.subscribed(name), "e")
+    sdk().trigger(name, "e", {"n": 1}, socket_id=excluded.connection.socket_id)
+    other_events.wait(what="the event on the other connection")
+    time.sleep(QUIET)
+    assert excluded_events.got == [], excluded_events.got
+
+
+@check
+def channel_info_counts_pysher_subscriptions_on_both_gateways():
+    prefix = unique("py-count-")
+    name = f"{prefix}room"
+    client(GATEWAY1).subscribed(name)
+    client(GATEWAY2).subscribed(name)
+    info = sdk(GATEWAY2).channel_info(name, ["subscription_count"])
+    assert info == {"occupied": True, "subscription_count": 2}, info
+    listed = sdk().channels_info(prefix_filter=prefix, attributes=["subscription_count"])
+    assert listed == {"channels": {name: {"subscription_count": 2}}}, listed
+
+
+@check
+def trigger_batch_delivers_every_event():
+    names = [unique("py-batch-") for _ in range(3)]
+    c = client(GATEWAY2)
+    collected = [Events(c.subscribed(n), "b") for n in names]
+    sdk().trigger_batch([{"channel": n, "name": "b", "data": {"i": i}} for i, n in enumerate(names)])
+    for i, events in enumerate(collected):
+        (data,) = events.wait(what=f"batch event {i}")
+        assert json.loads(data) == {"i": i}, data
+
+
+@check
+def client_events_from_pysher_reach_the_other_gateway_not_the_sender():
+    name = unique("private-py-chat-")
+    server = sdk()
+    sender, receiver = client(GATEWAY1), client(GATEWAY2)
+    sender_channel = sender.subscribed(name, auth=server.authenticate(name, sender.connection.socket_id)["auth"])
+    receiver_events = Events(
+        receiver.subscribed(name, auth=server.authenticate(name, receiver.connection.socket_id)["auth"]),
+        "client-typing",
+    )
+    sender_events = Events(sender_channel, "client-typing")
+    sender_channel.trigger("client-typing", {"typing": True})
+    (data,) = receiver_events.wait(what="the client event on the other gateway")
+    assert (json.loads(data) if isinstance(data, str) else data) == {"typing": True}, data
+    time.sleep(QUIET)
+    assert sender_events.got == [], "not echoed to the sender"
+
+
+@check
+def presence_channel_members_and_the_sdk_users_and_user_count():
+    room = unique("presence-py-")
+    alice = client(GATEWAY1, secret=SECRET, user_data={"user_id": "alice", "user_info": {"name": "Alice"}})
+    bob = client(GATEWAY2, secret=SECRET, user_data={"user_id": "bob"})
+    alice.subscribed(room)  # pysher signs presence channels itself with the secret
+    bob_channel = bob.subscribed(room)
+    assert bob_channel is not None
+    _, _, data = bob.frame("pusher_internal:subscription_succeeded", room)
+    presence = json.loads(data)["presence"]
+    assert presence["count"] == 2 and sorted(presence["ids"]) == ["alice", "bob"], presence
+    assert presence["hash"]["alice"] == {"name": "Alice"}, presence
+    alice.frame("pusher_internal:member_added", room, "member_added for bob")
+    users = sdk().users_info(room)
+    assert sorted(u["id"] for u in users["users"]) == ["alice", "bob"], users
+    info = sdk(GATEWAY2).channel_info(room, ["user_count"])
+    assert info == {"occupied": True, "user_count": 2}, info
+    # An SDK-signed presence authorization (custom_data) verifies too.
+    raw_auth = sdk().authenticate(room, bob.connection.socket_id, {"user_id": "bob"})
+    assert set(raw_auth) == {"auth", "channel_data"}, raw_auth
+    bob.disconnect(timeout=2)
+    alice.frame("pusher_internal:member_removed", room, "member_removed for bob")
+
+
+@check
+def sign_in_with_authenticate_user_and_send_to_user():
+    user = unique("py-user-")
+    c = client(GATEWAY2)
+    signed = sdk().authenticate_user(c.connection.socket_id, {"id": user, "user_info": {"lang": "py"}})
+    c.connection.send_event("pusher:signin", {"auth": signed["auth"], "user_data": signed["user_data"]})
+    success = c.connection_event("pusher:signin_success")
+    assert json.loads(success)["user_data"] == signed["user_data"], success
+    events = Events(c.subscribed(f"#server-to-user-{user}"), "note")
+    sdk(GATEWAY1).send_to_user(user, "note", {"for": user})
+    (data,) = events.wait(what="the event sent to the user")
+    assert json.loads(data) == {"for": user}, data
+
+
+@check
+def the_sdk_with_a_wrong_secret_is_refused_with_401():
+    try:
+        sdk(secret="not-the-secret").trigger("py-any", "e", {})
+    except pusher.errors.PusherBadAuth:
+        return
+    raise AssertionError("expected PusherBadAuth (401)")
+
+
+@check
+def the_sdk_gets_400_for_an_invalid_request():
+    try:
+        # 11 events: over Pusher's batch limit of 10.
+        sdk().trigger_batch([{"channel": "py-any", "name": f"e{i}", "data": "{}"} for i in range(11)])
+    except pusher.errors.PusherBadRequest:
+        return
+    raise AssertionError("expected PusherBadRequest (400)")
+
+
+def main():
+    passed = failed = 0
+    for fn in checks:
+        name = fn.__name__.replace("_", " ")
+        started = time.monotonic()
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001 - reported, then the next check runs
+            failed += 1
+            print(f"FAIL  {name}: {type(err).__name__}: {err}", flush=True)
+            traceback.print_exc(limit=3, file=sys.stdout)
+        else:
+            passed += 1
+            print(f"ok    {name} ({time.monotonic() - started:.2f} s)", flush=True)
+        finally:
+            close_clients()
+    print(f"python: {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
