@@ -5,7 +5,7 @@
 //! `{"event", "channel", "data", "socket_id", "user_id"}`. This task listens
 //! to all of them and tracks every sender of `client-typing` — by `user_id`
 //! when the gateway knows it (presence channels), by `socket_id` otherwise —
-//! per channel:
+//! per channel (messages are `herald_proto::control::EphemeralEvent`):
 //!
 //! * each `client-typing` (re)starts the sender's timer;
 //! * a `client-typing` whose data says `{"typing": false}` ends it at once;
@@ -24,8 +24,8 @@
 use async_nats::{Client, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
+use herald_proto::control::EphemeralEvent;
 use herald_proto::{AppId, ChannelName, Subjects};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -36,19 +36,6 @@ use tokio_util::sync::CancellationToken;
 pub const TYPING_EVENT: &str = "client-typing";
 /// The event this service publishes when typing stops.
 pub const TYPING_STOPPED_EVENT: &str = "herald:typing_stopped";
-
-/// An ephemeral event as gateways publish it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EphemeralMessage {
-    pub event: String,
-    pub channel: String,
-    #[serde(default)]
-    pub data: Value,
-    #[serde(default)]
-    pub socket_id: Option<String>,
-    #[serde(default)]
-    pub user_id: Option<String>,
-}
 
 /// The subject filter matching every ephemeral subject: the layout of
 /// [`Subjects::ephemeral`] with its app and channel tokens replaced by
@@ -142,7 +129,7 @@ impl Typing {
     /// The typist a message is about and whether it says "stopped"; `None`
     /// for anything that is not a `client-typing` from an identifiable sender.
     fn typist(&self, subject: &Subject, payload: &Bytes) -> Option<(Typist, bool)> {
-        let message: EphemeralMessage = serde_json::from_slice(payload).ok()?;
+        let message: EphemeralEvent = serde_json::from_slice(payload).ok()?;
         if message.event != TYPING_EVENT {
             return None;
         }
@@ -170,7 +157,7 @@ impl Typing {
         if let Some(socket) = &typist.socket_id {
             data["socket_id"] = Value::String(socket.clone());
         }
-        let message = EphemeralMessage {
+        let message = EphemeralEvent {
             event: TYPING_STOPPED_EVENT.to_owned(),
             channel: typist.channel.clone(),
             data,
