@@ -25,30 +25,48 @@ fn data_of(frame: &Value) -> Value {
 async fn subscribe_private(socket: &mut PusherSocket, channel: &str) {
     let auth = pusher::channel_auth("app-key", "app-secret", &socket.socket_id, channel, None);
     socket
-        .send_event("pusher:subscribe", json!({"channel": channel, "auth": auth}))
+        .send_event(
+            "pusher:subscribe",
+            json!({"channel": channel, "auth": auth}),
+        )
         .await
         .unwrap();
     let frame = socket
-        .next_event_of(&["pusher_internal:subscription_succeeded", "pusher:subscription_error"])
+        .next_event_of(&[
+            "pusher_internal:subscription_succeeded",
+            "pusher:subscription_error",
+        ])
         .await
         .unwrap();
-    assert_eq!(frame["event"], "pusher_internal:subscription_succeeded", "{frame}");
+    assert_eq!(
+        frame["event"], "pusher_internal:subscription_succeeded",
+        "{frame}"
+    );
 }
 
 async fn sign_in(socket: &mut PusherSocket, user_id: &str) {
     let user_data = json!({"id": user_id, "user_info": {"name": user_id}}).to_string();
     let sig = pusher::user_signature("app-secret", &socket.socket_id, &user_data);
     socket
-        .send_event("pusher:signin", json!({"user_data": user_data, "auth": format!("app-key:{sig}")}))
+        .send_event(
+            "pusher:signin",
+            json!({"user_data": user_data, "auth": format!("app-key:{sig}")}),
+        )
         .await
         .unwrap();
-    let frame = socket.next_event_of(&["pusher:signin_success", "pusher:error"]).await.unwrap();
+    let frame = socket
+        .next_event_of(&["pusher:signin_success", "pusher:error"])
+        .await
+        .unwrap();
     assert_eq!(frame["event"], "pusher:signin_success", "{frame}");
     assert_eq!(data_of(&frame)["user_data"], user_data);
 }
 
 async fn quiet(socket: &mut PusherSocket) -> bool {
-    socket.next_frame_within(Duration::from_millis(300)).await.is_err()
+    socket
+        .next_frame_within(Duration::from_millis(300))
+        .await
+        .is_err()
 }
 
 #[tokio::test]
@@ -61,9 +79,12 @@ async fn client_events_reach_other_subscribers_on_both_gateways_but_not_the_send
     for s in [&mut a, &mut b, &mut c] {
         subscribe_private(s, "private-chat").await;
     }
-    a.send_text(json!({"event": "client-hello", "channel": "private-chat", "data": {"from": "a"}}).to_string())
-        .await
-        .unwrap();
+    a.send_text(
+        json!({"event": "client-hello", "channel": "private-chat", "data": {"from": "a"}})
+            .to_string(),
+    )
+    .await
+    .unwrap();
     for s in [&mut b, &mut c] {
         let frame = s.next_event_of(&["client-hello"]).await.unwrap();
         assert_eq!(frame["channel"], "private-chat");
@@ -84,7 +105,9 @@ async fn client_events_are_refused_on_public_or_unsubscribed_channels_and_when_d
             .unwrap();
         assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
     }
-    s.send_text(json!({"event": "client-x", "data": {}}).to_string()).await.unwrap();
+    s.send_text(json!({"event": "client-x", "data": {}}).to_string())
+        .await
+        .unwrap();
     assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
 
     let disabled = Stack::start();
@@ -96,7 +119,10 @@ async fn client_events_are_refused_on_public_or_unsubscribed_channels_and_when_d
         .unwrap();
     let frame = s.next_frame().await.unwrap();
     assert_eq!(frame["event"], "pusher:error");
-    assert!(frame["data"]["message"].as_str().unwrap().contains("not enabled"));
+    assert!(frame["data"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not enabled"));
 }
 
 #[tokio::test]
@@ -129,7 +155,11 @@ async fn events_sent_to_a_user_reach_all_of_its_connections_on_every_gateway() {
     sign_in(&mut other, "bob").await;
     // pusher-js subscribes to its user channel after signing in.
     phone.subscribe("#server-to-user-alice").await.unwrap();
-    let (status, _) = stack.api(&gw1).trigger(&["#server-to-user-alice"], "note", "{\"x\":1}").await.unwrap();
+    let (status, _) = stack
+        .api(&gw1)
+        .trigger(&["#server-to-user-alice"], "note", "{\"x\":1}")
+        .await
+        .unwrap();
     assert_eq!(status, 200);
     for s in [&mut phone, &mut laptop] {
         let frame = s.next_event_of(&["note"]).await.unwrap();
@@ -145,9 +175,12 @@ async fn sign_in_with_a_bad_signature_is_refused_with_4009() {
     let gw = stack.gateway().await;
     let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
     let user_data = json!({"id": "mallory"}).to_string();
-    s.send_event("pusher:signin", json!({"user_data": user_data, "auth": "app-key:bad"}))
-        .await
-        .unwrap();
+    s.send_event(
+        "pusher:signin",
+        json!({"user_data": user_data, "auth": "app-key:bad"}),
+    )
+    .await
+    .unwrap();
     let frame = s.next_frame().await.unwrap();
     assert_eq!(frame["event"], "pusher:error");
     assert_eq!(frame["data"]["code"], 4009);
@@ -155,14 +188,25 @@ async fn sign_in_with_a_bad_signature_is_refused_with_4009() {
 
     // A user channel without signing in is refused.
     let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
-    s.send_event("pusher:subscribe", json!({"channel": "#server-to-user-bob"})).await.unwrap();
-    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:subscription_error");
+    s.send_event(
+        "pusher:subscribe",
+        json!({"channel": "#server-to-user-bob"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.next_frame().await.unwrap()["event"],
+        "pusher:subscription_error"
+    );
     // user_data without an id.
     let user_data = json!({"name": "x"}).to_string();
     let sig = pusher::user_signature("app-secret", &s.socket_id, &user_data);
-    s.send_event("pusher:signin", json!({"user_data": user_data, "auth": format!("app-key:{sig}")}))
-        .await
-        .unwrap();
+    s.send_event(
+        "pusher:signin",
+        json!({"user_data": user_data, "auth": format!("app-key:{sig}")}),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.next_frame().await.unwrap()["data"]["code"], 4009);
 }
 
@@ -176,7 +220,11 @@ async fn terminate_connections_closes_every_connection_of_the_user() {
     sign_in(&mut a1, "alice").await;
     sign_in(&mut a2, "alice").await;
     sign_in(&mut b, "bob").await;
-    let (status, body) = stack.api(&gw1).post("/users/alice/terminate_connections", &json!({})).await.unwrap();
+    let (status, body) = stack
+        .api(&gw1)
+        .post("/users/alice/terminate_connections", &json!({}))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["connections"], 2);
     assert_eq!(a1.closed().await.unwrap(), Some(4009));
@@ -190,27 +238,50 @@ async fn channel_queries_count_subscriptions_across_gateways() {
     let stack = Stack::start();
     let (gw1, gw2) = (stack.gateway().await, stack.gateway().await);
     let mut sockets = Vec::new();
-    for (port, channel) in [(gw1.port, "room-1"), (gw2.port, "room-1"), (gw2.port, "room-2"), (gw1.port, "other")] {
+    for (port, channel) in [
+        (gw1.port, "room-1"),
+        (gw2.port, "room-1"),
+        (gw2.port, "room-2"),
+        (gw1.port, "other"),
+    ] {
         let mut s = PusherSocket::connect(port, "app-key").await.unwrap();
         s.subscribe(channel).await.unwrap();
         sockets.push(s);
     }
     let api = stack.api(&gw1);
-    let (status, body) = api.get("/channels", &[("filter_by_prefix", "room-"), ("info", "subscription_count")]).await.unwrap();
+    let (status, body) = api
+        .get(
+            "/channels",
+            &[
+                ("filter_by_prefix", "room-"),
+                ("info", "subscription_count"),
+            ],
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["channels"]["room-1"]["subscription_count"], 2);
     assert_eq!(body["channels"]["room-2"]["subscription_count"], 1);
     assert!(body["channels"].get("other").is_none());
 
-    let (_, body) = api.get("/channels/room-1", &[("info", "subscription_count")]).await.unwrap();
+    let (_, body) = api
+        .get("/channels/room-1", &[("info", "subscription_count")])
+        .await
+        .unwrap();
     assert_eq!(body, json!({"occupied": true, "subscription_count": 2}));
     let (_, body) = api.get("/channels/empty", &[]).await.unwrap();
     assert_eq!(body, json!({"occupied": false}));
 
     // Bad queries.
-    let (status, _) = api.get("/channels", &[("info", "user_count")]).await.unwrap();
+    let (status, _) = api
+        .get("/channels", &[("info", "user_count")])
+        .await
+        .unwrap();
     assert_eq!(status, 400);
-    let (status, _) = api.get("/channels/room-1", &[("info", "bogus")]).await.unwrap();
+    let (status, _) = api
+        .get("/channels/room-1", &[("info", "bogus")])
+        .await
+        .unwrap();
     assert_eq!(status, 400);
     let (status, _) = api.get("/channels/room-1/users", &[]).await.unwrap();
     assert_eq!(status, 400);
@@ -256,7 +327,10 @@ async fn the_server_can_subscribe_and_unsubscribe_a_users_connections() {
     sign_in(&mut a2, "alice").await;
     let api = stack.api(&gw1);
     let (status, body) = api
-        .post("/users/alice/subscriptions", &json!({"channels": ["news", "private-team"]}))
+        .post(
+            "/users/alice/subscriptions",
+            &json!({"channels": ["news", "private-team"]}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200, "{body}");
@@ -264,7 +338,10 @@ async fn the_server_can_subscribe_and_unsubscribe_a_users_connections() {
     for s in [&mut a1, &mut a2] {
         let mut got = Vec::new();
         for _ in 0..2 {
-            let f = s.next_event_of(&["pusher_internal:subscription_succeeded"]).await.unwrap();
+            let f = s
+                .next_event_of(&["pusher_internal:subscription_succeeded"])
+                .await
+                .unwrap();
             got.push(f["channel"].as_str().unwrap().to_owned());
         }
         got.sort();
@@ -277,7 +354,13 @@ async fn the_server_can_subscribe_and_unsubscribe_a_users_connections() {
     // Unsubscribe (DELETE with a signed body).
     let bytes = serde_json::to_vec(&json!({"channels": ["news"]})).unwrap();
     let path = "/apps/app-id/users/alice/subscriptions";
-    let q = api.signed_query("DELETE", path, Some(&bytes), &[], herald_proto::now_ms() / 1000);
+    let q = api.signed_query(
+        "DELETE",
+        path,
+        Some(&bytes),
+        &[],
+        herald_proto::now_ms() / 1000,
+    );
     let resp = reqwest::Client::new()
         .delete(format!("{}{path}?{q}", api.base))
         .body(bytes)
@@ -288,14 +371,29 @@ async fn the_server_can_subscribe_and_unsubscribe_a_users_connections() {
     a1.next_event_of(&["herald:unsubscribed"]).await.unwrap();
     api.trigger(&["news"], "gone", "g").await.unwrap();
     api.trigger(&["private-team"], "kept", "k").await.unwrap();
-    assert_eq!(a1.next_event_of(&["gone", "kept"]).await.unwrap()["event"], "kept");
+    assert_eq!(
+        a1.next_event_of(&["gone", "kept"]).await.unwrap()["event"],
+        "kept"
+    );
 
     // Bad bodies.
-    let (status, _) = api.post("/users/alice/subscriptions", &json!({"channels": []})).await.unwrap();
+    let (status, _) = api
+        .post("/users/alice/subscriptions", &json!({"channels": []}))
+        .await
+        .unwrap();
     assert_eq!(status, 400);
-    let (status, _) = api.post("/users/alice/subscriptions", &json!({"channels": ["bad name"]})).await.unwrap();
+    let (status, _) = api
+        .post(
+            "/users/alice/subscriptions",
+            &json!({"channels": ["bad name"]}),
+        )
+        .await
+        .unwrap();
     assert_eq!(status, 400);
-    let (status, _) = api.post("/users/alice/subscriptions", &json!({"nope": 1})).await.unwrap();
+    let (status, _) = api
+        .post("/users/alice/subscriptions", &json!({"nope": 1}))
+        .await
+        .unwrap();
     assert_eq!(status, 400);
 }
 
@@ -310,13 +408,19 @@ async fn a_deduplicated_multi_channel_publish_reaches_a_connection_once() {
     one.subscribe("b").await.unwrap();
     let api = stack.api(&gw);
     let (status, _) = api
-        .post("/events", &json!({"name": "once", "channels": ["a", "b"], "data": "1", "deduplicate": true}))
+        .post(
+            "/events",
+            &json!({"name": "once", "channels": ["a", "b"], "data": "1", "deduplicate": true}),
+        )
         .await
         .unwrap();
     assert_eq!(status, 200);
     both.next_event_of(&["once"]).await.unwrap();
     one.next_event_of(&["once"]).await.unwrap();
-    assert!(quiet(&mut both).await, "delivered once, not once per channel");
+    assert!(
+        quiet(&mut both).await,
+        "delivered once, not once per channel"
+    );
     // Without the flag, Pusher semantics: once per channel.
     api.trigger(&["a", "b"], "twice", "2").await.unwrap();
     both.next_event_of(&["twice"]).await.unwrap();
