@@ -897,4 +897,13 @@ async fn the_rest_api_refuses_bad_credentials_and_bad_inputs() {
     assert_eq!(status, 200, "{body}");
     let resp = reqwest::get(presence.url("/metrics")).await.unwrap();
     assert_eq!(resp.status(), 200);
+    let (status, doc) = rest_get(&presence, "/v1/openapi.json", None).await;
+    assert_eq!(status, 200);
+    for path in [
+        "/v1/apps/{app}/channels/{channel}/members",
+        "/v1/apps/{app}/users/{user_id}/presence",
+        "/v1/apps/{app}/users/presence",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
 }

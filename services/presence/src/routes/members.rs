@@ -20,21 +20,39 @@ pub(crate) fn router() -> Router<AppState> {
 }
 
 /// One member.
-#[derive(Debug, Serialize)]
-struct Member {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Member {
     user_id: String,
+    /// The `user_info` of the member's oldest connection in the channel.
     user_info: Value,
 }
 
 /// A presence channel's member list.
-#[derive(Debug, Serialize)]
-struct Members {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Members {
+    /// Sorted by user id.
     members: Vec<Member>,
     count: usize,
 }
 
+/// The members of a presence channel.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/channels/{channel}/members",
+    params(
+        ("app" = String, Path, description = "App id"),
+        ("channel" = String, Path, description = "Presence channel name (presence-*)"),
+    ),
+    responses(
+        (status = 200, description = "The channel's members", body = Members),
+        (status = 400, description = "Invalid or non-presence channel name"),
+        (status = 401, description = "Missing or wrong app credentials"),
+        (status = 503, description = "Presence state not loaded yet"),
+    ),
+    security(("app_basic" = []))
+)]
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
-async fn members(
+pub(crate) async fn members(
     State(state): State<AppState>,
     Path((app_id, channel)): Path<(String, String)>,
     headers: HeaderMap,

@@ -1,5 +1,6 @@
 //! REST routes of the presence service, under `/v1/apps/{app}`, each
-//! authorized with the app's key and secret (HTTP Basic).
+//! authorized with the app's key and secret (HTTP Basic), and their OpenAPI
+//! document at `/v1/openapi.json`.
 
 mod auth;
 mod members;
@@ -8,14 +9,52 @@ mod users;
 use crate::engine::Command;
 use crate::error::ApiError;
 use crate::AppState;
-use axum::Router;
+use axum::routing::get;
+use axum::{Json, Router};
 use tokio::sync::oneshot;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// The presence service's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Herald presence",
+        description = "Presence channel members and user presence (online, last seen, channels)."
+    ),
+    paths(members::members, users::one, users::batch),
+    components(schemas(
+        members::Members,
+        members::Member,
+        users::UserPresence,
+        users::BatchRequest,
+        users::BatchReply
+    )),
+    modifiers(&BasicAuth)
+)]
+pub struct ApiDoc;
+
+struct BasicAuth;
+
+impl Modify for BasicAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "app_basic",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
+        );
+    }
+}
 
 /// Every REST route.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .merge(members::router())
         .merge(users::router())
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(ApiDoc::openapi()) }),
+        )
 }
 
 /// Ask the engine a question and wait (bounded) for its answer. While the

@@ -42,23 +42,29 @@ pub(crate) fn router() -> Router<AppState> {
 }
 
 /// One user's presence.
-#[derive(Debug, Serialize)]
-struct UserPresence {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UserPresence {
     user_id: String,
+    /// Any connection of the user exists (signed in or in a presence channel).
     online: bool,
+    /// Ms since the epoch: now when online, when the last connection went
+    /// when offline, `null` for a user never seen.
     last_seen: Option<i64>,
+    /// Presence channels the user is a member of, sorted.
     channels: Vec<String>,
 }
 
 /// Body of the batch query.
-#[derive(Debug, Deserialize)]
-struct BatchRequest {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct BatchRequest {
+    /// At most 1,000 user ids.
     user_ids: Vec<String>,
 }
 
 /// Answer of the batch query.
-#[derive(Debug, Serialize)]
-struct BatchReply {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BatchReply {
+    /// In the order asked.
     users: Vec<UserPresence>,
 }
 
@@ -72,8 +78,24 @@ fn check_user_id(user_id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// One user's presence.
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app}/users/{user_id}/presence",
+    params(
+        ("app" = String, Path, description = "App id"),
+        ("user_id" = String, Path, description = "User id (1-128 bytes)"),
+    ),
+    responses(
+        (status = 200, description = "The user's presence", body = UserPresence),
+        (status = 400, description = "Invalid user id"),
+        (status = 401, description = "Missing or wrong app credentials"),
+        (status = 503, description = "Presence state not loaded yet"),
+    ),
+    security(("app_basic" = []))
+)]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
-async fn one(
+pub(crate) async fn one(
     State(state): State<AppState>,
     Path((app_id, user_id)): Path<(String, String)>,
     headers: HeaderMap,
@@ -84,8 +106,22 @@ async fn one(
     Ok(Json(users.remove(0)))
 }
 
+/// Several users' presence at once.
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app}/users/presence",
+    params(("app" = String, Path, description = "App id")),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "Each user's presence, in the order asked", body = BatchReply),
+        (status = 400, description = "Malformed body, invalid user id, or more than 1,000 users"),
+        (status = 401, description = "Missing or wrong app credentials"),
+        (status = 503, description = "Presence state not loaded yet"),
+    ),
+    security(("app_basic" = []))
+)]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
-async fn batch(
+pub(crate) async fn batch(
     State(state): State<AppState>,
     Path(app_id): Path<String>,
     headers: HeaderMap,
