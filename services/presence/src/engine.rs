@@ -177,7 +177,11 @@ impl Engine {
                         *at = created_ms(&entry).max(*at);
                     }
                 }
-                if entry.delta == 0 {
+                // Done when the consumer has nothing pending, or once it has
+                // passed the bucket's last revision from before the watch
+                // (everything up to it is delivered or superseded), which
+                // also ends the load under a steady stream of writes.
+                if entry.delta == 0 || entry.revision >= last_sequence {
                     break;
                 }
             }
