@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# The benchmark runs recorded in BENCHMARKS.md, end to end: builds the release
+# binaries, starts a private nats-server and a Herald gateway (and the
+# WebSocket ceiling server), runs every measurement RUNS times, interleaving
+# Herald and the ceiling so that machine noise hits both alike, and prints
+# the medians. Everything listens on 127.0.0.1 only and every run is bounded.
+#
+#   tools/loadgen/bench/run-benchmarks.sh [OUTDIR]      (default: target/bench)
+#
+# Environment:
+#   RUNS=3                 runs per measurement (medians are reported)
+#   BENCH_NO_BUILD=1       use the release binaries already in target/release
+#   BENCH_QUIET_PCT=15     before each run, wait until the machine is less
+#                          busy than this (percent of all cores, over 2 s) ...
+#   BENCH_QUIET_WAIT=300   ... for at most this many seconds (then run anyway
+#                          and say so)
+#   BENCH_ONLY="fanout latency connections jetstream"   a subset
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
+cd "$root"
+out=${1:-target/bench}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+runs=${RUNS:-3}
+quiet_pct=${BENCH_QUIET_PCT:-15}
+quiet_wait=${BENCH_QUIET_WAIT:-300}
+only=${BENCH_ONLY:-fanout latency connections jetstream}
+results="$out/results.jsonl"
+rel=target/release
+
+want() { [[ " $only " == *" $1 "* ]]; }
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [ "${BENCH_NO_BUILD:-}" != 1 ]; then
+  log "cargo build --release (gateway, loadgen, ceilings)"
+  cargo build -q --release -p herald-gateway -p herald-loadgen -p herald-ceilings
+fi
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- services crates || echo ' (+ uncommitted changes in services/ or crates/)')"
+  echo "nproc: $(nproc)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+  echo "memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "kernel: $(uname -r)"
+  echo "nats-server: $(nats-server --version 2>&1)"
+  echo "rustc: $(rustc --version)"
+  echo "open files: soft $(ulimit -Sn), hard $(ulimit -Hn)"
+} >"$out/machine.txt"
+cat "$out/machine.txt" >&2
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Busy percent of the whole machine over 2 seconds.
+busy_pct() {
+  local a b
+  a=($(head -1 /proc/stat)); sleep 2; b=($(head -1 /proc/stat))
+  local t0=0 t1=0 i
+  for i in 1 2 3 4 5 6 7 8; do t0=$((t0 + a[i])); t1=$((t1 + b[i])); done
+  local idle0=$((a[4] + a[5])) idle1=$((b[4] + b[5]))
+  local dt=$((t1 - t0))
+  [ "$dt" -gt 0 ] || { echo 0; return; }
+  echo $(( (dt - (idle1 - idle0)) * 100 / dt ))
+}
+
+wait_quiet() {
+  local start=$SECONDS pct
+  while :; do
+    pct=$(busy_pct)
+    if [ "$pct" -lt "$quiet_pct" ]; then
+      log "machine ${pct}% busy: go"
+      return
+    fi
+    if [ $((SECONDS - start)) -ge "$quiet_wait" ]; then
+      log "machine still ${pct}% busy after ${quiet_wait}s: running anyway (noisy)"
+      return
+    fi
+    log "machine ${pct}% busy: waiting for quiet"
+    sleep 5
+  done
+}
+
+nats_pid="" gw_pid="" gw_port="" ceil_pid="" ceil_port="" store=""
+start_herald() {
+  store=$(mktemp -d)
+  local nats_port; nats_port=$(free_port)
+  nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$store" >"$out/nats.log" 2>&1 &
+  nats_pid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$nats_port") 2>/dev/null && break; sleep 0.1; done
+  gw_port=$(free_port)
+  NATS_URL="nats://127.0.0.1:$nats_port" HERALD_DEV=true HERALD_HOST=127.0.0.1 \
+    HERALD_PORT="$gw_port" HERALD_PREFIX=bench RUST_LOG=warn \
+    "$rel/herald-gateway" >"$out/gateway.log" 2>&1 &
+  gw_pid=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null || { log "gateway did not start"; cat "$out/gateway.log" >&2; exit 1; }
+  log "herald: nats pid $nats_pid, gateway pid $gw_pid on port $gw_port"
+}
+stop_herald() {
+  [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null && wait "$gw_pid" 2>/dev/null || true
+  [ -n "$nats_pid" ] && kill "$nats_pid" 2>/dev/null && wait "$nats_pid" 2>/dev/null || true
+  [ -n "$store" ] && rm -rf "$store"
+  gw_pid="" nats_pid="" store=""
+}
+start_ceiling() {
+  ceil_port=$(free_port)
+  "$rel/herald-ceiling-ws" --port "$ceil_port" >"$out/ceiling-ws.log" 2>&1 &
+  ceil_pid=$!
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$ceil_port") 2>/dev/null && break; sleep 0.1; done
+  log "ceiling-ws: pid $ceil_pid on port $ceil_port"
+}
+stop_ceiling() {
+  [ -n "$ceil_pid" ] && kill -INT "$ceil_pid" 2>/dev/null && wait "$ceil_pid" 2>/dev/null || true
+  ceil_pid=""
+}
+trap 'stop_herald; stop_ceiling' EXIT
+
+# measure LABEL SERVER(herald|ceiling) ARGS...: one loadgen run, RESULT line
+# appended to results.jsonl with the label.
+measure() {
+  local label=$1 server=$2; shift 2
+  local port pids
+  if [ "$server" = herald ]; then
+    port=$gw_port; pids=(--server-pid "$gw_pid" --extra-pid "$nats_pid")
+  else
+    port=$ceil_port; pids=(--server-pid "$ceil_pid")
+  fi
+  wait_quiet
+  log "$label: herald-loadgen $*"
+  local logf="$out/$label.$(date +%s).log" code=0
+  "$rel/herald-loadgen" --port "$port" "${pids[@]}" --deadline 240 "$@" >"$logf" 2>&1 || code=$?
+  local line; line=$(grep '^RESULT ' "$logf" | tail -1 | cut -c8-)
+  if [ -z "$line" ]; then
+    log "$label: no result (exit $code); see $logf"
+    line='{}'
+  fi
+  echo "$line" | jq -c --arg name "$label" --argjson code "$code" '. + {bench: $name, exit: $code}' >>"$results"
+  grep -E '^  ' "$logf" | grep -E 'deliveries per sec|latency  |lost|duplicated  |bytes per connection|opened|cpu|ok' >&2 || true
+}
+
+fanout_args=(fanout --subscribers 1000 --duration 10 --concurrency 1 --drain 10)
+latency_args=(fanout --subscribers 100 --rate 1000 --duration 10 --concurrency 64 --drain 10)
+conn_args=(connections --connections 10000 --ramp 1000 --connect-concurrency 200 --settle 3)
+
+for r in $(seq "$runs"); do
+  log "=== run $r of $runs ==="
+  if want fanout; then
+    start_herald; measure fanout-1000-herald herald "${fanout_args[@]}"; stop_herald
+    start_ceiling; measure fanout-1000-ceiling ceiling "${fanout_args[@]}"; stop_ceiling
+  fi
+  if want latency; then
+    start_herald; measure latency-100x1000-herald herald "${latency_args[@]}"; stop_herald
+    start_ceiling; measure latency-100x1000-ceiling ceiling "${latency_args[@]}"; stop_ceiling
+  fi
+  if want connections; then
+    start_herald; sleep 1; measure connections-10000-herald herald "${conn_args[@]}"; stop_herald
+    start_ceiling; sleep 1; measure connections-10000-ceiling ceiling "${conn_args[@]}"; stop_ceiling
+  fi
+done
+
+if want jetstream; then
+  wait_quiet
+  log "jetstream ceiling: $runs runs per mode"
+  "$rel/herald-ceiling-jetstream" --runs "$runs" --duration 5 --size 128 | tee "$out/jetstream.log" >&2
+  grep '^RESULT ' "$out/jetstream.log" | cut -c8- | jq -c '. + {bench: "jetstream"}' >>"$results"
+fi
+
+# Medians per label.
+log "medians over $runs runs (results in $results)"
+jq -s -r '
+  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
+  group_by(.bench)[] | . as $g | $g[0].bench as $l |
+  if ($l | startswith("fanout")) or ($l | startswith("latency")) then
+    "\($l): deliveries/s \([$g[].deliveries_per_sec] | median), p50 \([$g[].latency.p50_ms] | median) ms, p99 \([$g[].latency.p99_ms] | median) ms, p99.9 \([$g[].latency.p999_ms] | median) ms, publish rate \([$g[].publish_rate] | median)/s, lost \([$g[].lost] | add), duplicated \([$g[].duplicated] | add), disconnected \([$g[].disconnected_subscribers] | add), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
+  elif ($l | startswith("connections")) then
+    "\($l): server bytes/connection \([$g[].server_bytes_per_connection] | median), connects/s \([$g[].connects_per_sec] | median), opened \([$g[].opened] | min), failures \([$g[].failures] | add), loadgen bytes/connection \([$g[].loadgen_bytes_per_connection] | median)"
+  else
+    "\($l): \($g | map(del(.bench)) | tostring)"
+  end' "$results" | tee "$out/summary.txt"
