@@ -102,6 +102,8 @@ describe('presence channels', () => {
       sdk(gw2).get({ path: `/channels/${room}`, params: { info: 'user_count,subscription_count' } }),
     );
     assert.deepEqual(info.body, { occupied: true, user_count: 2, subscription_count: 3 });
+    const published = await outcome(server.trigger(room, 'hello', {}, { info: 'user_count,subscription_count' }));
+    assert.deepEqual(published.body, { channels: { [room]: { user_count: 2, subscription_count: 3 } } });
 
     // The second device leaves: Bob is still there.
     bobPhone.disconnect();
