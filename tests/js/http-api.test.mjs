@@ -222,6 +222,16 @@ describe('HTTP API: channel queries', () => {
     }, 'the count to drop to 1');
   });
 
+  test('channel names with every character Pusher allows work in paths and filters', async () => {
+    const prefix = `${unique('odd')}_=@,.;`;
+    const name = `${prefix}-x`;
+    await subscribe(await connect(gw2), name);
+    const one = await outcome(server.get({ path: `/channels/${name}`, params: { info: 'subscription_count' } }));
+    assert.deepEqual(one.body, { occupied: true, subscription_count: 1 });
+    const list = await outcome(server.get({ path: '/channels', params: { filter_by_prefix: prefix } }));
+    assert.deepEqual(list.body, { channels: { [name]: {} } });
+  });
+
   test('an unoccupied channel is {occupied: false}', async () => {
     const res = await outcome(server.get({ path: `/channels/${unique('nobody-')}` }));
     assert.equal(res.status, 200);
