@@ -50,10 +50,14 @@ impl Running {
         }
     }
 
-    /// Stop abruptly, as a crash would: abort the task without cleanup.
-    pub fn kill(mut self) {
+    /// Stop abruptly, as a crash would: abort the task without cleanup, and
+    /// wait until it is gone so it cannot overlap what the test does next.
+    /// (Tasks a service spawned on its own, like per-connection tasks, are
+    /// not aborted: crash a gateway with [`GatewayProcess`] instead.)
+    pub async fn kill(mut self) {
         if let Some(handle) = self.handle.take() {
             handle.abort();
+            let _ = handle.await;
         }
     }
 }

@@ -134,7 +134,7 @@ async fn a_restarted_history_service_neither_loses_nor_duplicates_rows() {
 
     // A crash (no graceful stop), events published while it is down, then a
     // fresh instance.
-    history.kill();
+    history.kill().await;
     publish_n(&stack, &gw, "log", 50, 100).await;
     let history = stack.history(&db).await;
     publish_n(&stack, &gw, "log", 100, 120).await;

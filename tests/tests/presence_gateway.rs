@@ -321,7 +321,7 @@ async fn a_restarted_presence_service_emits_no_false_leaves_or_joins() {
         .await
         .unwrap();
 
-    presence.kill();
+    presence.kill().await;
     let _presence = stack.presence().await;
     assert!(
         quiet(&mut a).await && quiet(&mut b).await,

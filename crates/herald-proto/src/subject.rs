@@ -190,6 +190,11 @@ impl Subjects {
         format!("{}_{}", self.prefix, service)
     }
 
+    /// Every ephemeral subject (the presence service's typing watch).
+    pub fn ephemeral_filter(&self) -> String {
+        format!("{}.eph.*.*", self.prefix)
+    }
+
     /// Parse a `ch`, `live` or `eph` subject back into its app and channel.
     pub fn parse_channel_subject(&self, subject: &str) -> Result<(AppId, ChannelName), Error> {
         let bad = || {
@@ -229,6 +234,7 @@ mod tests {
         let ch = ChannelName::parse("room.1").unwrap();
         assert_eq!(s.channels_stream(), "T1_CHANNELS");
         assert_eq!(s.channels_filter(), "t1.ch.*.*");
+        assert_eq!(s.ephemeral_filter(), "t1.eph.*.*");
         assert_eq!(s.channel(&app(), &ch), "t1.ch.app-id.room~1");
         assert_eq!(s.live(&app(), &ch), "t1.live.app-id.room~1");
         assert_eq!(

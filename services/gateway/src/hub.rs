@@ -68,6 +68,8 @@ impl ConnHandle {
 }
 
 type ChannelKey = (AppId, ChannelName);
+/// A signed-in user of one app.
+type UserKey = (AppId, Arc<str>);
 
 /// A frame waiting for a pending presence subscriber.
 struct Held {
@@ -124,7 +126,7 @@ pub(crate) struct Hub {
     nats: async_nats::Client,
     subjects: Subjects,
     channels: Mutex<HashMap<ChannelKey, Arc<ChannelEntry>>>,
-    users: Mutex<HashMap<(AppId, Arc<str>), HashMap<u64, ConnHandle>>>,
+    users: Mutex<HashMap<UserKey, HashMap<u64, ConnHandle>>>,
     dedupe: Arc<Dedupe>,
 }
 

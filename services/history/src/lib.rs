@@ -55,7 +55,10 @@ pub struct Application {
 pub async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgOptionsAndPool> {
     let options = PgConnectOptions::from_str(url)
         .context("parsing DATABASE_URL")?
-        .options([("search_path", SCHEMA)])
+        // A session that dies without closing its socket (a crashed or
+        // partitioned projector) must not hold the checkpoint row lock for
+        // ever: the server ends it once it idles inside a transaction.
+        .options([("search_path", SCHEMA), ("idle_in_transaction_session_timeout", "5s")])
         .log_statements(tracing::log::LevelFilter::Debug);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)
@@ -142,9 +145,14 @@ impl herald_telemetry::Service for Application {
     /// Run the projector and serve HTTP until the shutdown token is cancelled.
     async fn run_until_stopped(self) -> anyhow::Result<()> {
         let token = self.shutdown.clone();
-        let projector = tokio::spawn(self.projector.run(token.clone()));
-        herald_telemetry::serve(self.listener, self.router, token.clone()).await?;
-        projector.await??;
+        // Both run inside this future (not spawned), so that aborting it
+        // stops the projector too, as a crash would.
+        let (served, projected) = tokio::join!(
+            herald_telemetry::serve(self.listener, self.router, token.clone()),
+            self.projector.run(token.clone()),
+        );
+        served?;
+        projected?;
         tracing::info!("history stopped");
         Ok(())
     }

@@ -31,7 +31,7 @@ mod writer;
 pub use buckets::{last_seen_bucket, view_bucket, LastSeen};
 pub use config::{Cli, Config};
 pub use error::ApiError;
-pub use typing::{ephemeral_filter, TYPING_EVENT, TYPING_STOPPED_EVENT};
+pub use typing::{TYPING_EVENT, TYPING_STOPPED_EVENT};
 
 use anyhow::Context;
 use async_nats::jetstream::kv;
@@ -108,7 +108,7 @@ impl Application {
         }
         let queries: engine::Queries = futures::stream::select_all(queries).boxed();
         let ephemeral = nats
-            .subscribe(ephemeral_filter(&config.subjects))
+            .subscribe(config.subjects.ephemeral_filter())
             .await
             .context("subscribing to ephemeral events")?;
 

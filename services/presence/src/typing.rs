@@ -25,7 +25,7 @@ use async_nats::{Client, Subject, Subscriber};
 use bytes::Bytes;
 use futures::StreamExt;
 use herald_proto::control::EphemeralEvent;
-use herald_proto::{AppId, ChannelName, Subjects};
+use herald_proto::Subjects;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -36,21 +36,6 @@ use tokio_util::sync::CancellationToken;
 pub const TYPING_EVENT: &str = "client-typing";
 /// The event this service publishes when typing stops.
 pub const TYPING_STOPPED_EVENT: &str = "herald:typing_stopped";
-
-/// The subject filter matching every ephemeral subject: the layout of
-/// [`Subjects::ephemeral`] with its app and channel tokens replaced by
-/// wildcards, so it follows that single definition. (A
-/// `Subjects::ephemeral_filter` in herald-proto would be the natural home.)
-pub fn ephemeral_filter(subjects: &Subjects) -> String {
-    let sample = subjects.ephemeral(
-        &AppId::parse("a").expect("valid app id"),
-        &ChannelName::parse("c").expect("valid channel"),
-    );
-    let family = sample
-        .strip_suffix(".a.c")
-        .expect("ephemeral subjects end with <app>.<channel>");
-    format!("{family}.*.*")
-}
 
 /// Who is typing, per subject (app and channel).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -176,12 +161,6 @@ impl Typing {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn the_filter_matches_every_ephemeral_subject() {
-        let s = Subjects::new("t1").unwrap();
-        assert_eq!(ephemeral_filter(&s), "t1.eph.*.*");
-    }
 
     #[test]
     fn typing_false_means_stopped_as_an_object_or_a_json_string() {

@@ -26,6 +26,7 @@ enum Authority<'a> {
 }
 
 /// A subscription refused: Pusher's `{type, error, status}`.
+#[derive(Debug)]
 struct Refusal {
     kind: &'static str,
     message: String,
@@ -43,6 +44,7 @@ impl Refusal {
 }
 
 /// A presence member as described by signed `channel_data`.
+#[derive(Debug)]
 struct Member {
     user_id: String,
     user_info: Value,
