@@ -105,7 +105,7 @@ stop_herald() {
 }
 start_ceiling() {
   ceil_port=$(free_port)
-  "$rel/herald-ceiling-ws" --port "$ceil_port" >"$out/ceiling-ws.log" 2>&1 &
+  "$rel/herald-ceiling-ws" --port "$ceil_port" "$@" >"$out/ceiling-ws.log" 2>&1 &
   ceil_pid=$!
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$ceil_port") 2>/dev/null && break; sleep 0.1; done
   log "ceiling-ws: pid $ceil_pid on port $ceil_port"
@@ -140,14 +140,20 @@ measure() {
 }
 
 fanout_args=(fanout --subscribers 1000 --duration 10 --concurrency 1 --drain 10)
+fanout4_args=(fanout --subscribers 1000 --duration 10 --concurrency 4 --drain 10)
 latency_args=(fanout --subscribers 100 --rate 1000 --duration 10 --concurrency 64 --drain 10)
 conn_args=(connections --connections 10000 --ramp 1000 --connect-concurrency 200 --settle 3)
 
 for r in $(seq "$runs"); do
   log "=== run $r of $runs ==="
   if want fanout; then
-    start_herald; measure fanout-1000-herald herald "${fanout_args[@]}"; stop_herald
-    start_ceiling; measure fanout-1000-ceiling ceiling "${fanout_args[@]}"; stop_ceiling
+    start_herald; measure fanout-1000-herald herald "${fanout_args[@]}"
+    measure fanout-1000-c4-herald herald "${fanout4_args[@]}"; stop_herald
+    start_ceiling; measure fanout-1000-ceiling ceiling "${fanout_args[@]}"
+    measure fanout-1000-c4-ceiling ceiling "${fanout4_args[@]}"; stop_ceiling
+    # The same server writing one send() per frame, as the gateway does today.
+    start_ceiling --write-buffer 0; measure fanout-1000-ceiling-wb0 ceiling "${fanout_args[@]}"
+    measure fanout-1000-c4-ceiling-wb0 ceiling "${fanout4_args[@]}"; stop_ceiling
   fi
   if want latency; then
     start_herald; measure latency-100x1000-herald herald "${latency_args[@]}"; stop_herald

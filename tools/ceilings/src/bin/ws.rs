@@ -42,6 +42,12 @@ struct Cli {
     /// (the Herald gateway's default is 512).
     #[arg(long, default_value_t = 512)]
     queue: usize,
+    /// Bytes of queued frames tungstenite coalesces into one write (0: one
+    /// send() per frame, as the Herald gateway is configured today). The
+    /// writer flushes whenever its queue is empty, so this only batches
+    /// frames that are already waiting.
+    #[arg(long, default_value_t = 16 * 1024)]
+    write_buffer: usize,
 }
 
 type Tx = mpsc::Sender<Utf8Bytes>;
@@ -76,10 +82,10 @@ impl Hub {
     }
 }
 
-fn ws_config() -> WebSocketConfig {
+fn ws_config(write_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(write_buffer)
         .max_message_size(Some(1024 * 1024))
         .max_frame_size(Some(1024 * 1024))
 }
@@ -98,7 +104,7 @@ fn frame(event: &str, channel: Option<&str>, data: &Value) -> String {
 
 // The handshake callback's error type is tungstenite's HTTP response.
 #[allow(clippy::result_large_err)]
-async fn websocket(stream: TcpStream, hub: Arc<Hub>, queue: usize) -> anyhow::Result<()> {
+async fn websocket(stream: TcpStream, hub: Arc<Hub>, opts: Opts) -> anyhow::Result<()> {
     let callback = |req: &Request, resp: Response| {
         if req.uri().path().starts_with("/app/") {
             Ok(resp)
@@ -109,12 +115,15 @@ async fn websocket(stream: TcpStream, hub: Arc<Hub>, queue: usize) -> anyhow::Re
             Err(not_found)
         }
     };
-    let socket =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config()))
-            .await?;
+    let socket = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ws_config(opts.write_buffer)),
+    )
+    .await?;
     let id = hub.next_id.fetch_add(1, Ordering::Relaxed) + 1;
     let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(queue.max(8));
+    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(opts.queue.max(8));
     let writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             if sink.feed(Message::Text(first)).await.is_err() {
@@ -292,14 +301,21 @@ fn publish(hub: &Hub, body: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connection(stream: TcpStream, hub: Arc<Hub>, queue: usize) -> anyhow::Result<()> {
+/// Per-connection settings from the command line.
+#[derive(Debug, Clone, Copy)]
+struct Opts {
+    queue: usize,
+    write_buffer: usize,
+}
+
+async fn connection(stream: TcpStream, hub: Arc<Hub>, opts: Opts) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await? == 0 {
         return Ok(());
     }
     if first[0] == b'G' {
-        websocket(stream, hub, queue).await
+        websocket(stream, hub, opts).await
     } else {
         http(stream, hub).await
     }
@@ -335,9 +351,12 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         let hub = hub.clone();
-        let queue = cli.queue;
+        let opts = Opts {
+            queue: cli.queue,
+            write_buffer: cli.write_buffer,
+        };
         tokio::spawn(async move {
-            let _ = connection(stream, hub, queue).await;
+            let _ = connection(stream, hub, opts).await;
         });
     }
 }

@@ -16,6 +16,7 @@ use crate::util::{secs, wait_until, Clock, FirstError, Payload};
 use crate::ws;
 use clap::Args;
 use futures::StreamExt;
+use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -223,7 +224,8 @@ async fn run(
     );
 
     // --- publish ---------------------------------------------------------------
-    let publisher = Publisher::new(&target, publish.concurrency, secs(publish.publish_timeout))?;
+    // The publisher runs on its own thread and runtime, so that its requests
+    // are not queued behind thousands of busy receiving tasks.
     let acked: Arc<Vec<Mutex<SeqSet>>> = Arc::new(
         (0..channels)
             .map(|_| Mutex::new(SeqSet::default()))
@@ -233,75 +235,30 @@ async fn run(
     let publish_errors = Arc::new(AtomicU64::new(0));
     let publish_error = FirstError::default();
     let concurrency = publish.concurrency.max(1);
-    let in_flight = Arc::new(Semaphore::new(concurrency));
-    let limit = publish.message_limit();
-    let mut next_seq = vec![0u64; channels];
-    let mut sent = 0u64;
-    let publish_started = Instant::now();
-    let publish_end = publish_started + secs(publish.duration);
     let first_publish_us = shared.clock.now_us();
     let cpu = ctx.cpu_meter();
-    if ready > 0 {
-        while sent < limit && Instant::now() < publish_end {
-            if publish.rate > 0.0 {
-                let due = publish_started + secs(sent as f64 / publish.rate);
-                if due >= publish_end {
-                    break;
-                }
-                tokio::time::sleep_until(due.into()).await;
-            }
-            let permit = in_flight
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("publish semaphore is never closed");
-            let chan = (sent % channels as u64) as usize;
-            let seq = next_seq[chan];
-            next_seq[chan] += 1;
-            sent += 1;
-            let publisher = publisher.clone();
-            let names = names.clone();
-            let acked = acked.clone();
-            let shared = shared.clone();
-            let publish_latency = publish_latency.clone();
-            let errors = publish_errors.clone();
-            let first = publish_error.clone();
-            let event = publish.event.clone();
-            let size = publish.size;
-            tokio::spawn(async move {
-                let _permit: OwnedSemaphorePermit = permit;
-                let t_us = shared.clock.now_us();
-                let data = Payload {
-                    run: shared.run,
-                    chan: chan as u32,
-                    seq,
-                    t_us,
-                }
-                .encode(size);
-                match publisher.trigger(&names[chan], &event, &data).await {
-                    Ok(()) => {
-                        let took = shared.clock.now_us().saturating_sub(t_us);
-                        publish_latency
-                            .lock()
-                            .expect("histogram lock")
-                            .saturating_record(took.max(1));
-                        acked[chan].lock().expect("acked lock").insert(seq);
-                    }
-                    Err(e) => {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                        first.set(e.to_string());
-                    }
-                }
-            });
-        }
-    }
-    // Every publish has a timeout, so this wait is bounded.
-    let _ = tokio::time::timeout(
-        secs(publish.publish_timeout + 1.0),
-        in_flight.acquire_many(concurrency as u32),
-    )
-    .await;
-    let publish_secs = publish_started.elapsed().as_secs_f64();
+    let plan = PublishPlan {
+        target: target.clone(),
+        publish: publish.clone(),
+        names: names.clone(),
+        shared: shared.clone(),
+        acked: acked.clone(),
+        latency: publish_latency.clone(),
+        errors: publish_errors.clone(),
+        first_error: publish_error.clone(),
+        enabled: ready > 0,
+    };
+    let thread = std::thread::Builder::new().name("publisher".into()).spawn(
+        move || -> anyhow::Result<(u64, f64)> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(publish_loop(plan))
+        },
+    )?;
+    let (sent, publish_secs) = tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
     let acked_total: u64 = acked.iter().map(|a| a.lock().expect("acked").len()).sum();
     let errors = publish_errors.load(Ordering::SeqCst);
 
@@ -443,6 +400,100 @@ async fn run(
         && acked_total > 0;
     report.add("ok", ok.to_string(), ok);
     Ok(report)
+}
+
+/// Everything the publisher thread needs.
+struct PublishPlan {
+    target: Target,
+    publish: PublishArgs,
+    names: Arc<Vec<String>>,
+    shared: Arc<Shared>,
+    acked: Arc<Vec<Mutex<SeqSet>>>,
+    latency: Arc<Mutex<Histogram<u64>>>,
+    errors: Arc<AtomicU64>,
+    first_error: FirstError,
+    /// False when no subscriber is ready: publish nothing.
+    enabled: bool,
+}
+
+/// Publish round-robin over the channels at the target rate (or as fast as
+/// acknowledged), at most `concurrency` requests in flight, until the count
+/// or the duration is reached; then wait for the requests in flight.
+/// Returns (messages sent, seconds).
+async fn publish_loop(plan: PublishPlan) -> anyhow::Result<(u64, f64)> {
+    let publish = &plan.publish;
+    let channels = plan.names.len();
+    let publisher = Publisher::new(
+        &plan.target,
+        publish.concurrency,
+        secs(publish.publish_timeout),
+    )?;
+    let concurrency = publish.concurrency.max(1);
+    let in_flight = Arc::new(Semaphore::new(concurrency));
+    let limit = publish.message_limit();
+    let mut next_seq = vec![0u64; channels];
+    let mut sent = 0u64;
+    let started = Instant::now();
+    let end = started + secs(publish.duration);
+    while plan.enabled && sent < limit && Instant::now() < end {
+        if publish.rate > 0.0 {
+            let due = started + secs(sent as f64 / publish.rate);
+            if due >= end {
+                break;
+            }
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("publish semaphore is never closed");
+        let chan = (sent % channels as u64) as usize;
+        let seq = next_seq[chan];
+        next_seq[chan] += 1;
+        sent += 1;
+        let publisher = publisher.clone();
+        let names = plan.names.clone();
+        let acked = plan.acked.clone();
+        let shared = plan.shared.clone();
+        let latency = plan.latency.clone();
+        let errors = plan.errors.clone();
+        let first = plan.first_error.clone();
+        let event = publish.event.clone();
+        let size = publish.size;
+        tokio::spawn(async move {
+            let _permit: OwnedSemaphorePermit = permit;
+            let t_us = shared.clock.now_us();
+            let data = Payload {
+                run: shared.run,
+                chan: chan as u32,
+                seq,
+                t_us,
+            }
+            .encode(size);
+            match publisher.trigger(&names[chan], &event, &data).await {
+                Ok(()) => {
+                    let took = shared.clock.now_us().saturating_sub(t_us);
+                    latency
+                        .lock()
+                        .expect("histogram lock")
+                        .saturating_record(took.max(1));
+                    acked[chan].lock().expect("acked lock").insert(seq);
+                }
+                Err(e) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    first.set(e.to_string());
+                }
+            }
+        });
+    }
+    // Every publish has a timeout, so this wait is bounded.
+    let _ = tokio::time::timeout(
+        secs(publish.publish_timeout + 1.0),
+        in_flight.acquire_many(concurrency as u32),
+    )
+    .await;
+    Ok((sent, started.elapsed().as_secs_f64()))
 }
 
 #[allow(clippy::too_many_arguments)]
