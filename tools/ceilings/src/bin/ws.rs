@@ -48,6 +48,10 @@ struct Cli {
     /// frames that are already waiting.
     #[arg(long, default_value_t = 16 * 1024)]
     write_buffer: usize,
+    /// Leave Nagle's algorithm on (no TCP_NODELAY), as axum::serve does by
+    /// default: shows the ~40 ms delayed-ACK stalls it causes.
+    #[arg(long)]
+    nagle: bool,
 }
 
 type Tx = mpsc::Sender<Utf8Bytes>;
@@ -306,10 +310,11 @@ fn publish(hub: &Hub, body: &[u8]) -> anyhow::Result<()> {
 struct Opts {
     queue: usize,
     write_buffer: usize,
+    nagle: bool,
 }
 
 async fn connection(stream: TcpStream, hub: Arc<Hub>, opts: Opts) -> anyhow::Result<()> {
-    stream.set_nodelay(true)?;
+    stream.set_nodelay(!opts.nagle)?;
     let mut first = [0u8; 1];
     if stream.peek(&mut first).await? == 0 {
         return Ok(());
@@ -354,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
         let opts = Opts {
             queue: cli.queue,
             write_buffer: cli.write_buffer,
+            nagle: cli.nagle,
         };
         tokio::spawn(async move {
             let _ = connection(stream, hub, opts).await;
