@@ -426,3 +426,61 @@ async fn a_deduplicated_multi_channel_publish_reaches_a_connection_once() {
     both.next_event_of(&["twice"]).await.unwrap();
     both.next_event_of(&["twice"]).await.unwrap();
 }
+
+#[tokio::test]
+async fn client_events_are_refused_on_encrypted_channels() {
+    let stack = Stack::with_apps(app_with_client_events(100));
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    subscribe_private(&mut s, "private-encrypted-vault").await;
+    s.send_text(
+        json!({"event": "client-x", "channel": "private-encrypted-vault", "data": {}}).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
+}
+
+#[tokio::test]
+async fn terminate_connections_also_answers_without_the_apps_prefix() {
+    // pusher-http-python 3.x signs and posts `/users/{id}/terminate_connections`.
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    sign_in(&mut s, "dana").await;
+    let api = stack.api(&gw);
+    let path = "/users/dana/terminate_connections";
+    let body = b"{}".to_vec();
+    let q = api.signed_query(
+        "POST",
+        path,
+        Some(&body),
+        &[],
+        herald_proto::now_ms() / 1000,
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}?{q}", api.base))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.closed().await.unwrap(), Some(4009));
+    // An unknown key is refused.
+    let mut stranger = api.clone();
+    stranger.key = "nope".into();
+    let q = stranger.signed_query(
+        "POST",
+        path,
+        Some(&body),
+        &[],
+        herald_proto::now_ms() / 1000,
+    );
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}?{q}", api.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}

@@ -292,7 +292,7 @@ pub(super) async fn trigger_batch(
         }
         return Ok(Json(json!({ "batch": batch })));
     }
-    Ok(Json(json!({ "batch": [] })))
+    Ok(Json(json!({})))
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub(crate) fn router() -> Router<AppState> {
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(users::terminate),
         )
+        // pusher-http-python 3.x posts terminate_connections without the
+        // `/apps/{id}` prefix; accept it so that SDK works unchanged.
+        .route(
+            "/users/{user_id}/terminate_connections",
+            post(users::terminate),
+        )
         .route(
             "/apps/{app_id}/users/{user_id}/subscriptions",
             post(users::subscribe).delete(users::unsubscribe),

@@ -50,7 +50,17 @@ impl FromRequest<AppState> for Signed {
         let body = Bytes::from_request(Request::from_parts(parts, body), state)
             .await
             .map_err(|e| ApiError::PayloadTooLarge(e.body_text()))?;
-        let app_id = path.get("app_id").cloned().unwrap_or_default();
+        // Routes without `{app_id}` (an alias some SDKs use) name the app by
+        // the signed `auth_key` instead.
+        let app_id = match path.get("app_id") {
+            Some(id) => id.clone(),
+            None => params
+                .iter()
+                .find(|(k, _)| k == "auth_key")
+                .and_then(|(_, key)| state.apps.by_key(key))
+                .map(|app| app.id.to_string())
+                .ok_or_else(|| ApiError::Unauthorized("Unknown auth_key".into()))?,
+        };
         let app = verify(state, &app_id, method.as_str(), &uri_path, &params, &body)?;
         Ok(Self {
             app,

@@ -30,7 +30,11 @@ impl Connection {
                     .await
             }
         };
-        if channel.kind() == ChannelKind::Public || !self.channels.contains_key(&channel) {
+        // Pusher allows client events on private and presence channels only;
+        // encrypted channels are excluded because the server cannot vouch for
+        // payloads it cannot read (pusher-js refuses to send them too).
+        let allowed = matches!(channel.kind(), ChannelKind::Private | ChannelKind::Presence);
+        if !allowed || !self.channels.contains_key(&channel) {
             return self
                 .send(pusher::error(
                     None,
