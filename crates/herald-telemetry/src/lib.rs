@@ -169,11 +169,21 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<(tokio::net::TcpListe
 }
 
 /// Serve `router` until `shutdown` is cancelled.
+///
+/// Sockets get `TCP_NODELAY`: WebSocket frames and API answers are small,
+/// and Nagle's algorithm would hold them back waiting for the peer's delayed
+/// ACK (tens of milliseconds per frame).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
