@@ -247,12 +247,31 @@ impl Listener {
         }
     }
 
-    /// Ask for the member list as a joining gateway does.
+    /// Ask for the whole member list as a joining gateway does: page by
+    /// page, at the first page's revision.
     async fn members(&self, min_revision: u64, key: Option<String>) -> MembersReply {
+        let mut first = self.members_page(min_revision, key, None).await;
+        let mut next = first.next.take();
+        while let Some(after) = next {
+            let mut page = self.members_page(first.revision, None, Some(after)).await;
+            first.members.append(&mut page.members);
+            next = page.next;
+        }
+        first
+    }
+
+    /// One page of the member list.
+    async fn members_page(
+        &self,
+        min_revision: u64,
+        key: Option<String>,
+        after: Option<String>,
+    ) -> MembersReply {
         let request = MembersRequest {
             channel: self.channel.clone(),
             min_revision,
             key,
+            after,
         };
         let msg = tokio::time::timeout(
             WAIT,
@@ -636,6 +655,17 @@ async fn a_thousand_members_join_and_leave_one_channel_with_correct_counts() {
     assert_eq!(body["members"].as_array().unwrap().len(), 1000);
     assert_eq!(body["members"][0]["user_id"], "u0000");
     assert_eq!(body["members"][0]["user_info"]["name"], "User u0000");
+    // Member lists come in pages of MEMBERS_PAGE, in user-id order.
+    let page = listener.members_page(0, None, None).await;
+    assert_eq!(page.members.len(), herald_proto::presence::MEMBERS_PAGE);
+    assert_eq!(page.next.as_deref(), Some("u0499"));
+    let last = listener.members_page(0, None, Some("u0499".into())).await;
+    assert_eq!(
+        last.members.keys().next().map(String::as_str),
+        Some("u0500")
+    );
+    assert_eq!(last.members.len(), 500);
+    assert_eq!(last.next, None);
 
     for i in 0..1000 {
         gw.leave("presence-crowd", &format!("1.{i}")).await;

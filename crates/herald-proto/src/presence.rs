@@ -25,7 +25,10 @@
 //! **Queries**: gateways ask for a presence channel's member list with a
 //! [`MembersRequest`] on [`Subjects::presence_members`] (request/reply). The
 //! reply reflects at least KV revision `min_revision` (the gateway's own
-//! `put`), so a joining socket always sees itself.
+//! `put`), so a joining socket always sees itself. Replies hold at most
+//! [`MEMBERS_PAGE`] members, in user-id order; `next` asks for the rest. A
+//! gateway takes the first page's revision as the list's: a change between
+//! pages is also delivered as an event, which clients apply idempotently.
 
 use crate::channel::{AppId, ChannelName};
 use crate::error::{Error, ErrorKind};
@@ -87,6 +90,11 @@ pub enum PresenceEvent {
     },
 }
 
+/// Most members in one [`MembersReply`]: keeps each reply far below NATS's
+/// default 1 MB payload limit even with 1 KB `user_info`s. Larger channels
+/// are read page by page with [`MembersRequest::after`].
+pub const MEMBERS_PAGE: usize = 500;
+
 /// A gateway asking for a presence channel's members.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MembersRequest {
@@ -98,6 +106,9 @@ pub struct MembersRequest {
     /// admitted under the member limit.
     #[serde(default)]
     pub key: Option<String>,
+    /// Page cursor: only members whose user id sorts after this one.
+    #[serde(default)]
+    pub after: Option<String>,
 }
 
 /// The presence service's answer.
@@ -114,6 +125,9 @@ pub struct MembersReply {
     /// Set when the request could not be answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When more members follow: the `after` cursor of the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A parsed presence KV key.

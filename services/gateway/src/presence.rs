@@ -121,7 +121,8 @@ impl PresenceClient {
     }
 
     /// Ask the presence service for a channel's members, as of at least
-    /// `min_revision`.
+    /// `min_revision`, reading every page. The list's revision is the first
+    /// page's: changes between pages also arrive as member events.
     pub async fn members(
         &self,
         app: &AppId,
@@ -129,10 +130,33 @@ impl PresenceClient {
         min_revision: u64,
         key: Option<&str>,
     ) -> Result<MembersReply, PresenceError> {
+        let mut first = self
+            .members_page(app, channel, min_revision, key, None)
+            .await?;
+        let mut next = first.next.take();
+        while let Some(after) = next {
+            let mut page = self
+                .members_page(app, channel, first.revision, None, Some(after))
+                .await?;
+            first.members.append(&mut page.members);
+            next = page.next;
+        }
+        Ok(first)
+    }
+
+    async fn members_page(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        min_revision: u64,
+        key: Option<&str>,
+        after: Option<String>,
+    ) -> Result<MembersReply, PresenceError> {
         let request = MembersRequest {
             channel: channel.to_string(),
             min_revision,
             key: key.map(str::to_owned),
+            after,
         };
         let payload = serde_json::to_vec(&request).unwrap_or_default();
         let reply = tokio::time::timeout(

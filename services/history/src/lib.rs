@@ -58,7 +58,10 @@ pub async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result
         // A session that dies without closing its socket (a crashed or
         // partitioned projector) must not hold the checkpoint row lock for
         // ever: the server ends it once it idles inside a transaction.
-        .options([("search_path", SCHEMA), ("idle_in_transaction_session_timeout", "5s")])
+        .options([
+            ("search_path", SCHEMA),
+            ("idle_in_transaction_session_timeout", "5s"),
+        ])
         .log_statements(tracing::log::LevelFilter::Debug);
     let pool = PgPoolOptions::new()
         .max_connections(max_connections)

@@ -72,6 +72,8 @@ struct Pending {
     app: AppId,
     channel: ChannelName,
     key: Option<String>,
+    /// Page cursor (see `MembersRequest::after`).
+    after: Option<String>,
     reply: async_nats::Subject,
     deadline: Instant,
 }
@@ -503,6 +505,7 @@ impl Engine {
             revision: self.state.revision(),
             admitted: false,
             error: Some(error),
+            next: None,
         };
         self.reply(to, &reply).await;
     }
@@ -529,6 +532,7 @@ impl Engine {
             app,
             channel,
             key: request.key,
+            after: request.after,
             reply,
             deadline: Instant::now() + self.settings.query_timeout,
         };
@@ -546,11 +550,18 @@ impl Engine {
             Some(key) => self.state.admitted(key, &pending.app, &pending.channel),
             None => true,
         };
+        let (members, next) = self.state.members_page(
+            &pending.app,
+            &pending.channel,
+            pending.after.as_deref(),
+            herald_proto::presence::MEMBERS_PAGE,
+        );
         let reply = MembersReply {
-            members: self.state.members(&pending.app, &pending.channel),
+            members,
             revision: self.state.revision(),
             admitted,
             error: None,
+            next,
         };
         metrics::counter!("herald_presence_member_queries_total", "outcome" => "answered")
             .increment(1);

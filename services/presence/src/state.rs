@@ -480,14 +480,38 @@ impl PresenceState {
 
     /// `user_id` → `user_info` of a channel's members.
     pub fn members(&self, app: &AppId, channel: &ChannelName) -> BTreeMap<String, Value> {
+        self.members_page(app, channel, None, usize::MAX).0
+    }
+
+    /// One page of a channel's members, in user-id order, after `after`;
+    /// also the cursor of the next page when there is one.
+    pub fn members_page(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (BTreeMap<String, Value>, Option<String>) {
+        use std::ops::Bound;
         let Some(state) = self.channels.get(&(app.clone(), channel.clone())) else {
-            return BTreeMap::new();
+            return (BTreeMap::new(), None);
         };
-        state
-            .members
-            .iter()
+        let start = match after {
+            Some(after) => Bound::Excluded(after.to_owned()),
+            None => Bound::Unbounded,
+        };
+        let mut iter = state.members.range((start, Bound::Unbounded));
+        let page: BTreeMap<String, Value> = iter
+            .by_ref()
+            .take(limit)
             .map(|(user_id, member)| (user_id.clone(), self.member_info(member)))
-            .collect()
+            .collect();
+        let next = if iter.next().is_some() {
+            page.keys().next_back().cloned()
+        } else {
+            None
+        };
+        (page, next)
     }
 
     fn member_info(&self, member: &Member) -> Value {
