@@ -14,7 +14,7 @@
 #                          busy than this (percent of all cores, over 2 s) ...
 #   BENCH_QUIET_WAIT=300   ... for at most this many seconds (then run anyway
 #                          and say so)
-#   BENCH_ONLY="fanout latency connections jetstream"   a subset
+#   BENCH_ONLY="fanout latency connections publish jetstream"   a subset
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -25,7 +25,7 @@ out=$(cd "$out" && pwd)
 runs=${RUNS:-3}
 quiet_pct=${BENCH_QUIET_PCT:-15}
 quiet_wait=${BENCH_QUIET_WAIT:-300}
-only=${BENCH_ONLY:-fanout latency connections jetstream}
+only=${BENCH_ONLY:-fanout latency connections publish jetstream}
 results="$out/results.jsonl"
 rel=target/release
 
@@ -142,6 +142,8 @@ measure() {
 fanout_args=(fanout --subscribers 1000 --duration 10 --concurrency 1 --drain 10)
 fanout4_args=(fanout --subscribers 1000 --duration 10 --concurrency 4 --drain 10)
 latency_args=(fanout --subscribers 100 --rate 1000 --duration 10 --concurrency 64 --drain 10)
+pub1_args=(fanout --subscribers 1 --duration 10 --concurrency 1 --drain 5)
+pub64_args=(fanout --subscribers 1 --duration 10 --concurrency 64 --drain 5)
 conn_args=(connections --connections 10000 --ramp 1000 --connect-concurrency 200 --settle 3)
 
 for r in $(seq "$runs"); do
@@ -158,6 +160,10 @@ for r in $(seq "$runs"); do
   if want latency; then
     start_herald; measure latency-100x1000-herald herald "${latency_args[@]}"; stop_herald
     start_ceiling; measure latency-100x1000-ceiling ceiling "${latency_args[@]}"; stop_ceiling
+  fi
+  if want publish; then
+    start_herald; measure publish-c1-herald herald "${pub1_args[@]}"
+    measure publish-c64-herald herald "${pub64_args[@]}"; stop_herald
   fi
   if want connections; then
     start_herald; sleep 1; measure connections-10000-herald herald "${conn_args[@]}"; stop_herald
@@ -177,7 +183,7 @@ log "medians over $runs runs (results in $results)"
 jq -s -r '
   def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
   group_by(.bench)[] | . as $g | $g[0].bench as $l |
-  if ($l | startswith("fanout")) or ($l | startswith("latency")) then
+  if ($l | startswith("fanout")) or ($l | startswith("latency")) or ($l | startswith("publish")) then
     "\($l): deliveries/s \([$g[].deliveries_per_sec] | median), p50 \([$g[].latency.p50_ms] | median) ms, p99 \([$g[].latency.p99_ms] | median) ms, p99.9 \([$g[].latency.p999_ms] | median) ms, publish rate \([$g[].publish_rate] | median)/s, lost \([$g[].lost] | add), duplicated \([$g[].duplicated] | add), disconnected \([$g[].disconnected_subscribers] | add), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
   elif ($l | startswith("connections")) then
     "\($l): server bytes/connection \([$g[].server_bytes_per_connection] | median), connects/s \([$g[].connects_per_sec] | median), opened \([$g[].opened] | min), failures \([$g[].failures] | add), loadgen bytes/connection \([$g[].loadgen_bytes_per_connection] | median)"

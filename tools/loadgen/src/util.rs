@@ -104,8 +104,9 @@ pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
-/// Busy and total CPU ticks of the whole machine, from `/proc/stat`.
-pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+/// Busy, total and interrupt (irq + softirq) CPU ticks of the whole
+/// machine, from `/proc/stat`.
+pub fn machine_cpu_ticks() -> Option<(u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<u64> = line
@@ -114,12 +115,12 @@ pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
         .take(8)
         .filter_map(|x| x.parse().ok())
         .collect();
-    if v.len() < 5 {
+    if v.len() < 7 {
         return None;
     }
     let total: u64 = v.iter().sum();
     let idle = v[3] + v[4];
-    Some((total - idle, total))
+    Some((total - idle, total, v[5] + v[6]))
 }
 
 /// CPU use during a phase of a run: this process, the server processes
@@ -128,7 +129,7 @@ pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
 #[derive(Debug)]
 pub struct CpuMeter {
     started: Instant,
-    machine: Option<(u64, u64)>,
+    machine: Option<(u64, u64, u64)>,
     own: Option<u64>,
     servers: Vec<(u32, Option<u64>)>,
 }
@@ -148,7 +149,9 @@ impl CpuMeter {
     }
 
     /// Cores used since the start (CPU seconds per second), as JSON:
-    /// `{"loadgen": …, "servers": {pid: …}, "machine_busy_pct": …}`.
+    /// `{"loadgen_cores": …, "server_cores": {pid: …}, "machine_busy_pct": …,
+    /// "machine_softirq_pct": …}`. Percentages are of all cores; loopback
+    /// network processing in softirq context is often charged to no process.
     pub fn finish(&self) -> serde_json::Value {
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let cores = |before: Option<u64>, after: Option<u64>| match (before, after) {
@@ -163,17 +166,22 @@ impl CpuMeter {
         for &(pid, before) in &self.servers {
             servers.insert(pid.to_string(), cores(before, process_cpu_ticks(pid)));
         }
-        let machine = match (self.machine, machine_cpu_ticks()) {
-            (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => {
-                serde_json::json!((((b1 - b0) as f64 / (t1 - t0) as f64) * 1000.0).round() / 10.0)
-            }
-            _ => serde_json::Value::Null,
+        let pct = |part: u64, whole: u64| {
+            serde_json::json!(((part as f64 / whole as f64) * 1000.0).round() / 10.0)
+        };
+        let (machine, softirq) = match (self.machine, machine_cpu_ticks()) {
+            (Some((b0, t0, i0)), Some((b1, t1, i1))) if t1 > t0 => (
+                pct(b1.saturating_sub(b0), t1 - t0),
+                pct(i1.saturating_sub(i0), t1 - t0),
+            ),
+            _ => (serde_json::Value::Null, serde_json::Value::Null),
         };
         serde_json::json!({
             "secs": (secs * 100.0).round() / 100.0,
             "loadgen_cores": cores(self.own, process_cpu_ticks(std::process::id())),
             "server_cores": servers,
             "machine_busy_pct": machine,
+            "machine_softirq_pct": softirq,
         })
     }
 }
@@ -245,7 +253,8 @@ mod tests {
     #[test]
     fn reads_cpu_times() {
         assert!(process_cpu_ticks(std::process::id()).is_some());
-        let (busy, total) = machine_cpu_ticks().expect("/proc/stat");
+        let (busy, total, irq) = machine_cpu_ticks().expect("/proc/stat");
+        assert!(busy >= irq);
         assert!(total >= busy && total > 0);
         let m = CpuMeter::start(&[std::process::id()]).finish();
         assert!(m["loadgen_cores"].is_number());

@@ -49,7 +49,7 @@ pub fn cpu_line(v: &serde_json::Value) -> String {
         })
         .unwrap_or_default();
     format!(
-        "loadgen {} cores; servers: {}; machine {}% busy over {} s",
+        "loadgen {} cores; servers: {}; machine {}% busy ({}% softirq) over {} s",
         v["loadgen_cores"],
         if servers.is_empty() {
             "-".into()
@@ -57,6 +57,7 @@ pub fn cpu_line(v: &serde_json::Value) -> String {
             servers
         },
         v["machine_busy_pct"],
+        v["machine_softirq_pct"],
         v["secs"]
     )
 }
