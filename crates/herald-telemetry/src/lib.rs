@@ -2,6 +2,8 @@
 //! Prometheus metrics, the `/healthz` `/readyz` `/metrics` endpoints and the
 //! shutdown signal.
 
+pub mod http;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};

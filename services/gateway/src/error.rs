@@ -32,19 +32,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::Internal(err) => {
-                tracing::error!(error = %format!("{err:#}"), "internal error");
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    herald_telemetry::error_body("internal", "internal server error"),
-                )
-                    .into_response();
-            }
+            ApiError::Internal(err) => return herald_telemetry::http::internal_error_response(err),
         };
-        (
-            status,
-            herald_telemetry::error_body(code, &self.to_string()),
-        )
-            .into_response()
+        herald_telemetry::http::error_response(status, code, &self.to_string())
     }
 }

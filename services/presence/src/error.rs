@@ -25,32 +25,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Unauthorized(_) => {
-                let mut resp = (
-                    StatusCode::UNAUTHORIZED,
-                    herald_telemetry::error_body("unauthorized", &self.to_string()),
-                )
-                    .into_response();
-                resp.headers_mut().insert(
-                    axum::http::header::WWW_AUTHENTICATE,
-                    axum::http::HeaderValue::from_static("Basic realm=\"herald\""),
-                );
-                return resp;
-            }
-            ApiError::Internal(err) => {
-                tracing::error!(error = %format!("{err:#}"), "internal error");
-                return (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    herald_telemetry::error_body("internal", "internal server error"),
-                )
-                    .into_response();
-            }
+            ApiError::Internal(err) => return herald_telemetry::http::internal_error_response(err),
         };
-        (
-            status,
-            herald_telemetry::error_body(code, &self.to_string()),
-        )
-            .into_response()
+        herald_telemetry::http::error_response(status, code, &self.to_string())
     }
 }
