@@ -201,6 +201,27 @@ pub async fn ensure_presence_bucket(
 #[error("cannot open KV bucket {0}: {1}")]
 pub struct BucketError(pub String, pub String);
 
+/// Wait until the NATS server has processed everything this client sent so
+/// far (in particular its SUBs).
+///
+/// `Client::flush` only writes the client's buffer to the socket; it does not
+/// wait for the server. The server handles one connection's protocol in
+/// order, so a message published to a fresh inbox of our own and received
+/// back proves every earlier SUB is registered: events published by *other*
+/// connections from then on reach us.
+pub async fn server_barrier(nats: &async_nats::Client) -> Result<(), async_nats::Error> {
+    use futures::StreamExt;
+    let inbox = nats.new_inbox();
+    let mut echo = nats.subscribe(inbox.clone()).await?;
+    nats.publish(inbox, Bytes::new()).await?;
+    nats.flush().await?;
+    match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("subscription closed before the barrier returned".into()),
+        Err(_) => Err("the NATS server did not echo the barrier in time".into()),
+    }
+}
+
 /// A durable event as it arrives on a live (republished) subject.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {

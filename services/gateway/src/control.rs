@@ -34,7 +34,9 @@ pub(crate) async fn subscribe(
 ) -> anyhow::Result<Subscriptions> {
     let users = nats.subscribe(subjects.user_events_filter()).await?;
     let control = nats.subscribe(subjects.control_filter()).await?;
-    nats.flush().await?;
+    herald_stream::server_barrier(nats)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Subscriptions { users, control })
 }
 

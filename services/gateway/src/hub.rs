@@ -349,8 +349,9 @@ impl Hub {
             ),
             _ => None,
         };
-        // Make sure the server has registered the SUBs before we report success.
-        self.nats.flush().await?;
+        // Make sure the server has registered the SUBs before we report
+        // success (a flush alone only empties our socket buffer).
+        herald_stream::server_barrier(&self.nats).await?;
         let weak = Arc::downgrade(entry);
         let stop = entry.stop.clone();
         let channel = channel.clone();
