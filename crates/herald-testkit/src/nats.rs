@@ -51,6 +51,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (for CPU and memory readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A connected client.
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
         Ok(async_nats::connect(self.url()).await?)

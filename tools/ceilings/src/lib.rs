@@ -11,10 +11,8 @@
 //! This library holds what both share: a private NATS server, the loopback
 //! check, and the `RESULT {json}` output convention.
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use std::net::IpAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// Accept only loopback hosts (127.0.0.0/8, `::1`, `localhost`).
 pub fn loopback_ip(host: &str) -> anyhow::Result<IpAddr> {
@@ -28,68 +26,9 @@ pub fn loopback_ip(host: &str) -> anyhow::Result<IpAddr> {
     }
 }
 
-/// A private `nats-server -js` on 127.0.0.1 with a temporary store; killed
-/// (and its store deleted) on drop.
-#[derive(Debug)]
-pub struct NatsServer {
-    child: Child,
-    port: u16,
-    _store: tempfile::TempDir,
-}
-
-impl NatsServer {
-    /// Start `$HERALD_NATS_SERVER` or `nats-server` from `PATH` on a free port.
-    pub fn start() -> anyhow::Result<Self> {
-        let bin = std::env::var("HERALD_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
-        for _ in 0..5 {
-            let store = tempfile::tempdir()?;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
-            let mut child = Command::new(&bin)
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot run {bin} (install nats-server >= 2.10)"))?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(Self {
-                        child,
-                        port,
-                        _store: store,
-                    });
-                }
-                if child.try_wait()?.is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        bail!("nats-server did not start")
-    }
-
-    /// The client URL.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// The server's pid.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The test kit's private `nats-server` (a free loopback port, its own
+/// store, killed on drop) serves the JetStream ceiling too.
+pub use herald_testkit::NatsServer;
 
 /// Median of some samples (mean of the two middle ones for an even count).
 pub fn median(samples: &[f64]) -> f64 {
