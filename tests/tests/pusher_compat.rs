@@ -354,20 +354,8 @@ async fn the_server_can_subscribe_and_unsubscribe_a_users_connections() {
     // Unsubscribe (DELETE with a signed body).
     let bytes = serde_json::to_vec(&json!({"channels": ["news"]})).unwrap();
     let path = "/apps/app-id/users/alice/subscriptions";
-    let q = api.signed_query(
-        "DELETE",
-        path,
-        Some(&bytes),
-        &[],
-        herald_proto::now_ms() / 1000,
-    );
-    let resp = reqwest::Client::new()
-        .delete(format!("{}{path}?{q}", api.base))
-        .body(bytes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (status, _) = api.signed("DELETE", path, Some(bytes), &[]).await.unwrap();
+    assert_eq!(status, 200);
     a1.next_event_of(&["herald:unsubscribed"]).await.unwrap();
     api.trigger(&["news"], "gone", "g").await.unwrap();
     api.trigger(&["private-team"], "kept", "k").await.unwrap();
@@ -451,36 +439,18 @@ async fn terminate_connections_also_answers_without_the_apps_prefix() {
     let api = stack.api(&gw);
     let path = "/users/dana/terminate_connections";
     let body = b"{}".to_vec();
-    let q = api.signed_query(
-        "POST",
-        path,
-        Some(&body),
-        &[],
-        herald_proto::now_ms() / 1000,
-    );
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}?{q}", api.base))
-        .body(body.clone())
-        .send()
+    let (status, _) = api
+        .signed("POST", path, Some(body.clone()), &[])
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(status, 200);
     assert_eq!(s.closed().await.unwrap(), Some(4009));
     // An unknown key is refused.
     let mut stranger = api.clone();
     stranger.key = "nope".into();
-    let q = stranger.signed_query(
-        "POST",
-        path,
-        Some(&body),
-        &[],
-        herald_proto::now_ms() / 1000,
-    );
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}?{q}", api.base))
-        .body(body)
-        .send()
+    let (status, _) = stranger
+        .signed("POST", path, Some(body), &[])
         .await
         .unwrap();
-    assert_eq!(resp.status(), 401);
+    assert_eq!(status, 401);
 }

@@ -56,24 +56,30 @@ impl PusherApi {
         query.join("&")
     }
 
-    /// POST a JSON body to `path` (under `/apps/{id}`), signed now.
-    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
-        let full = format!("/apps/{}{path}", self.app_id);
-        let bytes = serde_json::to_vec(body)?;
+    /// Send a request to a full `path` (e.g. `/apps/app-id/events`), signed
+    /// now; answers the status and the body (JSON when it parses).
+    pub async fn signed(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<(u16, Value)> {
         let q = self.signed_query(
-            "POST",
-            &full,
-            Some(&bytes),
-            &[],
+            method,
+            path,
+            body.as_deref(),
+            extra,
             herald_proto::now_ms() / 1000,
         );
-        let resp = self
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self
             .http
-            .post(format!("{}{full}?{q}", self.base))
-            .header("content-type", "application/json")
-            .body(bytes)
-            .send()
-            .await?;
+            .request(method, format!("{}{path}?{q}", self.base));
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         Ok((
@@ -82,21 +88,17 @@ impl PusherApi {
         ))
     }
 
+    /// POST a JSON body to `path` (under `/apps/{id}`), signed now.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        let full = format!("/apps/{}{path}", self.app_id);
+        self.signed("POST", &full, Some(serde_json::to_vec(body)?), &[])
+            .await
+    }
+
     /// GET `path` (under `/apps/{id}`) with extra query params, signed now.
     pub async fn get(&self, path: &str, extra: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
         let full = format!("/apps/{}{path}", self.app_id);
-        let q = self.signed_query("GET", &full, None, extra, herald_proto::now_ms() / 1000);
-        let resp = self
-            .http
-            .get(format!("{}{full}?{q}", self.base))
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
+        self.signed("GET", &full, None, extra).await
     }
 
     /// Trigger `event` on `channels` with a string payload.
