@@ -1,7 +1,7 @@
 //! The gateway against a real NATS server: the Pusher WebSocket protocol and
 //! the signed HTTP API, good paths and bad.
 
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use herald_config::{AppConfig, AppRegistry};
 use herald_proto::pusher;
 use herald_tests::{PusherSocket, Stack};
@@ -124,7 +124,6 @@ async fn an_unknown_app_key_gets_error_4001_and_is_closed() {
         PusherSocket::connect_raw(&format!("ws://127.0.0.1:{}/app/nope?protocol=7", gw.port))
             .await
             .unwrap();
-    use futures::StreamExt;
     let Some(Ok(Message::Text(text))) = ws.next().await else {
         panic!("expected an error frame")
     };
@@ -146,7 +145,6 @@ async fn protocol_versions_are_checked_with_pushers_close_codes() {
             PusherSocket::connect_raw(&format!("ws://127.0.0.1:{}/app/app-key{query}", gw.port))
                 .await
                 .unwrap();
-        use futures::StreamExt;
         let mut close_code = None;
         while let Some(Ok(msg)) = ws.next().await {
             if let Message::Close(Some(close)) = msg {
@@ -491,4 +489,103 @@ async fn a_stopping_gateway_closes_its_clients_with_4200_so_they_reconnect() {
         Some(pusher::codes::GENERIC_RECONNECT)
     );
     stopping.await.unwrap();
+}
+
+/// The value of a counter in the gateway's Prometheus metrics (0 if absent).
+async fn counter(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix(name))
+        .filter_map(|rest| rest.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// A subscriber that stops reading fills its bounded queue; the gateway then
+/// closes it with 4200 (reconnect) while another subscriber of the same
+/// channel gets every event. Run with writers on the delivery runtime and on
+/// the main runtime.
+async fn a_subscriber_that_stops_reading_is_closed_with_4200(delivery_threads: usize) {
+    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.max_message_bytes = 256 * 1024;
+    let stack = Stack::with_apps(AppRegistry::single(app));
+    let mut config = stack.gateway_config();
+    config.outbound_queue = 8;
+    config.delivery_threads = delivery_threads;
+    let gw = stack.gateway_with(config).await;
+    let mut slow = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    slow.subscribe("firehose").await.unwrap();
+    let mut fast = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    fast.subscribe("firehose").await.unwrap();
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = tokio::spawn({
+        let got = got.clone();
+        async move {
+            loop {
+                if fast.next_event_of(&["big"]).await.is_err() {
+                    return;
+                }
+                got.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+
+    // The loopback socket buffers hold a few MiB: publish 200 KiB events
+    // until the gateway reports a slow consumer (at most 80 MiB).
+    let data = "x".repeat(200 * 1024);
+    let api = stack.api(&gw);
+    let mut published = 0u64;
+    while counter(gw.port, "herald_gateway_slow_consumers_total").await < 1.0 {
+        assert!(published < 400, "no slow consumer after {published} events");
+        for _ in 0..10 {
+            let (status, body) = api.trigger(&["firehose"], "big", &data).await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            published += 1;
+        }
+    }
+
+    // The slow socket gets what was queued for it, then 4200.
+    let mut received = 0u64;
+    let code = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), slow.inner().next())
+            .await
+            .expect("the slow socket is closed");
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                received += u64::from(frame["event"] == "big");
+            }
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(pusher::codes::GENERIC_RECONNECT));
+    assert!(received < published, "{received} of {published}");
+
+    let everything = || {
+        let got = got.clone();
+        async move { (got.load(std::sync::atomic::Ordering::SeqCst) == published).then_some(()) }
+    };
+    herald_tests::eventually(
+        Duration::from_secs(20),
+        "every event at the reader",
+        everything,
+    )
+    .await;
+    reader.abort();
+}
+
+#[tokio::test]
+async fn a_subscriber_that_stops_reading_is_closed_with_4200_while_others_get_everything() {
+    a_subscriber_that_stops_reading_is_closed_with_4200(1).await;
+}
+
+#[tokio::test]
+async fn with_writers_on_the_main_runtime_a_slow_subscriber_is_closed_with_4200_too() {
+    a_subscriber_that_stops_reading_is_closed_with_4200(0).await;
 }

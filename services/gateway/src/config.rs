@@ -37,6 +37,11 @@ pub struct Cli {
     /// and is closed (it reconnects and resumes).
     #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 512)]
     pub outbound_queue: usize,
+    /// Worker threads of the delivery runtime that writes to the sockets,
+    /// apart from the one serving the HTTP API, NATS and client frames
+    /// (default: one per CPU; 0 writes on that same runtime).
+    #[arg(long, env = "HERALD_DELIVERY_THREADS")]
+    pub delivery_threads: Option<usize>,
     /// This gateway's id in presence keys (random when not given). Letters,
     /// digits and '-'.
     #[arg(long, env = "HERALD_GATEWAY_ID")]
@@ -63,6 +68,8 @@ pub struct Config {
     pub pong_timeout: Duration,
     pub max_connections: usize,
     pub outbound_queue: usize,
+    /// Writer threads (0: writers share the main runtime).
+    pub delivery_threads: usize,
     pub gateway_id: String,
     pub heartbeat_interval: Duration,
     pub gateway_ttl: Duration,
@@ -86,6 +93,7 @@ impl Config {
             pong_timeout: Duration::from_secs(30),
             max_connections: 100_000,
             outbound_queue: 512,
+            delivery_threads: 1,
             gateway_id: random_gateway_id(),
             heartbeat_interval: Duration::from_secs(5),
             gateway_ttl: Duration::from_secs(15),
@@ -124,6 +132,9 @@ impl TryFrom<Cli> for Config {
             pong_timeout: Duration::from_secs(cli.pong_timeout_secs),
             max_connections: cli.max_connections,
             outbound_queue: cli.outbound_queue.max(8),
+            delivery_threads: cli
+                .delivery_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             gateway_id,
             heartbeat_interval: Duration::from_secs(cli.heartbeat_secs),
             gateway_ttl: Duration::from_secs(cli.gateway_ttl_secs),

@@ -9,6 +9,7 @@
 mod api;
 mod config;
 mod control;
+mod delivery;
 mod error;
 mod hub;
 mod presence;
@@ -35,6 +36,8 @@ pub(crate) struct Shared {
     pub js: async_nats::jetstream::Context,
     pub presence: presence::PresenceClient,
     pub hub: hub::Hub,
+    /// The runtime the connections' writer tasks run on.
+    pub delivery: delivery::Delivery,
     /// Caps connections on this gateway (all apps together).
     pub connection_permits: Arc<Semaphore>,
     /// Connections per app, for the per-app `max_connections` limit.
@@ -77,6 +80,7 @@ impl Application {
             apps: config.apps.clone(),
             subjects: config.subjects.clone(),
             hub: hub::Hub::new(nats.clone(), config.subjects.clone()),
+            delivery: delivery::Delivery::new(config.delivery_threads)?,
             connection_permits: Arc::new(Semaphore::new(config.max_connections)),
             app_connections: Default::default(),
             nats: nats.clone(),

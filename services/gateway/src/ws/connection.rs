@@ -1,7 +1,8 @@
 //! One client connection: the Pusher protocol state machine.
 //!
-//! A writer task drains the connection's bounded queue into the socket
-//! (batching whatever is queued into one flush); the reader loop handles
+//! A writer task, on the [delivery runtime](crate::delivery), drains the
+//! connection's bounded queue into the socket (batching whatever is queued
+//! into one flush); the reader loop handles
 //! client frames, control-plane requests, the activity timer and shutdown,
 //! all under one `select!`.
 
@@ -152,7 +153,7 @@ async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_i
         user: None,
         limiter: None,
     };
-    let writer = tokio::spawn(write_loop(sink, rx));
+    let writer = state.delivery.spawn(write_loop(sink, rx));
     let close = conn.read_loop(stream, ctl_rx).await;
     conn.leave_all().await;
     let _ = conn.handle.tx.send(Outbound::Close(close.0, close.1)).await;
