@@ -34,6 +34,13 @@ pub struct PublishArgs {
     /// HTTP publishes in flight at once (1: each publish awaited before the next).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Flow control by delivery (0: off): publish message k only once every
+    /// subscriber has received every message before k - N + 1, i.e. at most
+    /// N messages on their way to subscribers at any time. This measures
+    /// the throughput a server sustains with bounded queues, the same way
+    /// for any server; without it, "as fast as acked" can outrun delivery.
+    #[arg(long, default_value_t = 0)]
+    pub window: u64,
     /// Most messages to publish (default: rate × duration, or 10,000,000
     /// when unpaced; the duration bounds the run either way).
     #[arg(long)]
@@ -130,6 +137,9 @@ struct Shared {
     /// First-time deliveries, all subscribers together (for the early end of
     /// the drain).
     unique: AtomicU64,
+    /// The publisher, waiting for `unique` to reach `wake_at` (--window).
+    delivered: tokio::sync::Notify,
+    wake_at: AtomicU64,
     last_delivery_us: AtomicU64,
     ready: AtomicU64,
     failed: AtomicU64,
@@ -172,6 +182,8 @@ async fn run(
         event: publish.event.clone(),
         latencies: Latencies::new(16),
         unique: AtomicU64::new(0),
+        delivered: tokio::sync::Notify::new(),
+        wake_at: AtomicU64::new(u64::MAX),
         last_delivery_us: AtomicU64::new(0),
         ready: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -247,16 +259,17 @@ async fn run(
         errors: publish_errors.clone(),
         first_error: publish_error.clone(),
         enabled: ready > 0,
+        ready_per_channel: ready_per_channel.clone(),
     };
     let thread = std::thread::Builder::new().name("publisher".into()).spawn(
-        move || -> anyhow::Result<(u64, f64)> {
+        move || -> anyhow::Result<(u64, f64, bool)> {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
                 .block_on(publish_loop(plan))
         },
     )?;
-    let (sent, publish_secs) = tokio::task::spawn_blocking(move || thread.join())
+    let (sent, publish_secs, window_stalled) = tokio::task::spawn_blocking(move || thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))??;
     let acked_total: u64 = acked.iter().map(|a| a.lock().expect("acked").len()).sum();
@@ -336,6 +349,10 @@ async fn run(
             format!("{} msg/s target", publish.rate)
         } else {
             format!("as fast as acked, {concurrency} in flight")
+        } + &if publish.window > 0 {
+            format!(", window {} (flow control by delivery)", publish.window)
+        } else {
+            String::new()
         }
     );
     let mut report = Report::new(scenario, title);
@@ -354,6 +371,8 @@ async fn run(
         "msg/s (0 = as fast as acked)",
     );
     report.count("concurrency", concurrency as u64);
+    report.count("window", publish.window);
+    report.add("window_stalled", window_stalled.to_string(), window_stalled);
     report.count("published", sent);
     report.count("acked", acked_total);
     report.count("publish_errors", errors);
@@ -397,6 +416,7 @@ async fn run(
         && lost == 0
         && duplicated == 0
         && disconnected == 0
+        && !window_stalled
         && acked_total > 0;
     report.add("ok", ok.to_string(), ok);
     Ok(report)
@@ -414,13 +434,34 @@ struct PublishPlan {
     first_error: FirstError,
     /// False when no subscriber is ready: publish nothing.
     enabled: bool,
+    /// Subscribers per channel, for the deliveries a message owes (--window).
+    ready_per_channel: Vec<u64>,
+}
+
+/// Wait until `shared.unique` reaches `need`, at most `timeout`; false if
+/// it did not (a publish failed or a subscriber went away).
+async fn wait_delivered(shared: &Shared, need: u64, timeout: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = shared.delivered.notified();
+        // Publish the target before checking, so that a subscriber either
+        // sees it or its delivery is seen here (both SeqCst).
+        shared.wake_at.store(need, Ordering::SeqCst);
+        if shared.unique.load(Ordering::SeqCst) >= need {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return shared.unique.load(Ordering::SeqCst) >= need;
+        }
+    }
 }
 
 /// Publish round-robin over the channels at the target rate (or as fast as
 /// acknowledged), at most `concurrency` requests in flight, until the count
 /// or the duration is reached; then wait for the requests in flight.
-/// Returns (messages sent, seconds).
-async fn publish_loop(plan: PublishPlan) -> anyhow::Result<(u64, f64)> {
+/// With `--window`, also wait for earlier messages to be delivered.
+/// Returns (messages sent, seconds, whether the window stalled).
+async fn publish_loop(plan: PublishPlan) -> anyhow::Result<(u64, f64, bool)> {
     let publish = &plan.publish;
     let channels = plan.names.len();
     let publisher = Publisher::new(
@@ -433,9 +474,24 @@ async fn publish_loop(plan: PublishPlan) -> anyhow::Result<(u64, f64)> {
     let limit = publish.message_limit();
     let mut next_seq = vec![0u64; channels];
     let mut sent = 0u64;
+    // Deliveries owed by messages 0..=i, for the last `window` messages.
+    let mut owed = std::collections::VecDeque::new();
+    let mut owed_total = 0u64;
+    let mut stalled = false;
     let started = Instant::now();
     let end = started + secs(publish.duration);
     while plan.enabled && sent < limit && Instant::now() < end {
+        if publish.window > 0 {
+            if owed.len() as u64 >= publish.window {
+                let need = owed.pop_front().expect("window is not empty");
+                if !wait_delivered(&plan.shared, need, secs(publish.publish_timeout)).await {
+                    stalled = true;
+                    break;
+                }
+            }
+            owed_total += plan.ready_per_channel[(sent % channels as u64) as usize];
+            owed.push_back(owed_total);
+        }
         if publish.rate > 0.0 {
             let due = started + secs(sent as f64 / publish.rate);
             if due >= end {
@@ -493,7 +549,7 @@ async fn publish_loop(plan: PublishPlan) -> anyhow::Result<(u64, f64)> {
         in_flight.acquire_many(concurrency as u32),
     )
     .await;
-    Ok((sent, started.elapsed().as_secs_f64()))
+    Ok((sent, started.elapsed().as_secs_f64(), stalled))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -557,7 +613,10 @@ async fn subscriber(
                 Some(p) if p.run == shared.run && p.chan as usize == chan => {
                     let now = shared.clock.now_us();
                     if tracker.record(p.seq) {
-                        shared.unique.fetch_add(1, Ordering::Relaxed);
+                        let n = shared.unique.fetch_add(1, Ordering::SeqCst) + 1;
+                        if n >= shared.wake_at.load(Ordering::SeqCst) {
+                            shared.delivered.notify_one();
+                        }
                     }
                     recorder.record(now.saturating_sub(p.t_us));
                     shared.last_delivery_us.fetch_max(now, Ordering::Relaxed);
