@@ -14,7 +14,8 @@
 #                          busy than this (percent of all cores, over 2 s) ...
 #   BENCH_QUIET_WAIT=300   ... for at most this many seconds (then run anyway
 #                          and say so)
-#   BENCH_ONLY="fanout latency connections publish jetstream"   a subset
+#   BENCH_ONLY="fanout window latency connections publish jetstream"   a subset
+#                          (add "wb0" for the ceiling with one send() per frame)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -25,7 +26,7 @@ out=$(cd "$out" && pwd)
 runs=${RUNS:-3}
 quiet_pct=${BENCH_QUIET_PCT:-15}
 quiet_wait=${BENCH_QUIET_WAIT:-300}
-only=${BENCH_ONLY:-fanout latency connections publish jetstream}
+only=${BENCH_ONLY:-fanout window latency connections publish jetstream}
 results="$out/results.jsonl"
 rel=target/release
 
@@ -141,6 +142,8 @@ measure() {
 
 fanout_args=(fanout --subscribers 1000 --duration 10 --concurrency 1 --drain 10)
 fanout4_args=(fanout --subscribers 1000 --duration 10 --concurrency 4 --drain 10)
+# Flow control by delivery: at most W messages on their way to subscribers.
+window_args() { echo fanout --subscribers 1000 --duration 10 --window "$1" --concurrency "$1" --drain 10; }
 latency_args=(fanout --subscribers 100 --rate 1000 --duration 10 --concurrency 64 --drain 10)
 pub1_args=(fanout --subscribers 1 --duration 10 --concurrency 1 --drain 5)
 pub64_args=(fanout --subscribers 1 --duration 10 --concurrency 64 --drain 5)
@@ -153,9 +156,19 @@ for r in $(seq "$runs"); do
     measure fanout-1000-c4-herald herald "${fanout4_args[@]}"; stop_herald
     start_ceiling; measure fanout-1000-ceiling ceiling "${fanout_args[@]}"
     measure fanout-1000-c4-ceiling ceiling "${fanout4_args[@]}"; stop_ceiling
-    # The same server writing one send() per frame, as the gateway does today.
+  fi
+  if want wb0; then
+    # The ceiling writing one send() per frame, as the gateway did before ea48b47.
     start_ceiling --write-buffer 0; measure fanout-1000-ceiling-wb0 ceiling "${fanout_args[@]}"
     measure fanout-1000-c4-ceiling-wb0 ceiling "${fanout4_args[@]}"; stop_ceiling
+  fi
+  if want window; then
+    start_herald
+    for w in 1 4 16; do measure "window-1000-w$w-herald" herald $(window_args $w); done
+    stop_herald
+    start_ceiling
+    for w in 1 4 16; do measure "window-1000-w$w-ceiling" ceiling $(window_args $w); done
+    stop_ceiling
   fi
   if want latency; then
     start_herald; measure latency-100x1000-herald herald "${latency_args[@]}"; stop_herald
@@ -183,8 +196,8 @@ log "medians over $runs runs (results in $results)"
 jq -s -r '
   def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
   group_by(.bench)[] | . as $g | $g[0].bench as $l |
-  if ($l | startswith("fanout")) or ($l | startswith("latency")) or ($l | startswith("publish")) then
-    "\($l): deliveries/s \([$g[].deliveries_per_sec] | median), p50 \([$g[].latency.p50_ms] | median) ms, p99 \([$g[].latency.p99_ms] | median) ms, p99.9 \([$g[].latency.p999_ms] | median) ms, publish rate \([$g[].publish_rate] | median)/s, lost \([$g[].lost] | add), duplicated \([$g[].duplicated] | add), disconnected \([$g[].disconnected_subscribers] | add), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
+  if ($l | startswith("fanout")) or ($l | startswith("window")) or ($l | startswith("latency")) or ($l | startswith("publish")) then
+    "\($l): deliveries/s \([$g[].deliveries_per_sec] | median), p50 \([$g[].latency.p50_ms] | median) ms, p99 \([$g[].latency.p99_ms] | median) ms, p99.9 \([$g[].latency.p999_ms] | median) ms, publish rate \([$g[].publish_rate] | median)/s, publish p50 \([$g[].publish_latency.p50_ms] | median) ms, lost \([$g[].lost] | add), duplicated \([$g[].duplicated] | add), disconnected \([$g[].disconnected_subscribers] | add), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
   elif ($l | startswith("connections")) then
     "\($l): server bytes/connection \([$g[].server_bytes_per_connection] | median), connects/s \([$g[].connects_per_sec] | median), opened \([$g[].opened] | min), failures \([$g[].failures] | add), loadgen bytes/connection \([$g[].loadgen_bytes_per_connection] | median)"
   else
