@@ -445,7 +445,7 @@ async fn batch_events_are_delivered_and_limited_to_ten() {
 }
 
 #[tokio::test]
-async fn health_readiness_and_metrics_are_served() {
+async fn health_readiness_and_metrics_are_served_and_nats_events_counted() {
     let stack = Stack::start();
     let gw = stack.gateway().await;
     let base = format!("http://127.0.0.1:{}", gw.port);
@@ -476,6 +476,12 @@ async fn health_readiness_and_metrics_are_served() {
         .await
         .unwrap();
     assert!(metrics.contains("herald_gateway_connections"), "{metrics}");
+    // What the NATS client reports (here: its connection) is counted.
+    let connected = || async {
+        (counter(gw.port, "herald_nats_events_total{event=\"connected\"}").await >= 1.0)
+            .then_some(())
+    };
+    herald_tests::eventually(Duration::from_secs(5), "a counted NATS event", connected).await;
 }
 
 #[tokio::test]

@@ -153,11 +153,41 @@ pub fn error_body(code: &str, message: &str) -> Json<serde_json::Value> {
 /// Connect to NATS, naming the connection after the service.
 pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
     use anyhow::Context;
+    // Install the metrics recorder before anything is counted: the first
+    // NATS events come before the service builds its `/metrics` route.
+    metrics_handle();
+    let service = name.to_owned();
     async_nats::ConnectOptions::new()
         .name(name)
+        .event_callback(move |event| {
+            let service = service.clone();
+            async move { log_nats_event(&service, &event) }
+        })
         .connect(url)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))
+}
+
+/// Log what the NATS client reports, and count it. A slow consumer matters
+/// most: the client has dropped messages for a subscription whose reader fell
+/// more than its capacity (65,536 messages) behind, which is otherwise silent.
+fn log_nats_event(service: &str, event: &async_nats::Event) {
+    use async_nats::Event;
+    let kind = match event {
+        Event::Connected => "connected",
+        Event::Disconnected => "disconnected",
+        Event::LameDuckMode => "lame_duck_mode",
+        Event::Draining => "draining",
+        Event::Closed => "closed",
+        Event::SlowConsumer(_) => "slow_consumer",
+        Event::ServerError(_) => "server_error",
+        Event::ClientError(_) => "client_error",
+    };
+    metrics::counter!("herald_nats_events_total", "event" => kind).increment(1);
+    match event {
+        Event::Connected => tracing::info!(service, "NATS: {event}"),
+        _ => tracing::warn!(service, "NATS: {event}"),
+    }
 }
 
 /// Bind a TCP listener, returning it with its actual port (for port 0).
