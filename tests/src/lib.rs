@@ -141,7 +141,14 @@ impl Stack {
 
     /// The presence configuration tests start from.
     pub fn presence_config(&self) -> herald_presence::Config {
-        herald_presence::Config::new(&self.nats.url(), self.subjects.clone(), self.apps.clone())
+        let mut config = herald_presence::Config::new(
+            &self.nats.url(),
+            self.subjects.clone(),
+            self.apps.clone(),
+        );
+        // A crashed instance's lease lasts this long: a restart waits for it.
+        config.lease_ttl = std::time::Duration::from_secs(3);
+        config
     }
 
     /// Start a presence service.
@@ -155,7 +162,20 @@ impl Stack {
             .await
             .expect("presence builds");
         let port = app.port();
-        Running::spawn(app, port).await
+        let running = Running::spawn(app, port).await;
+        // Member queries are answered once it is the active instance with
+        // its state loaded, which `/readyz` reports.
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        eventually(
+            std::time::Duration::from_secs(30),
+            "presence readiness",
+            || async {
+                let status = reqwest::get(&ready).await.ok()?.status();
+                (status == 200).then_some(())
+            },
+        )
+        .await;
+        running
     }
 }
 

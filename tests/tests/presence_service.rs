@@ -39,11 +39,20 @@ impl Presence {
     /// Start one with the stack's defaults changed by `tweak`, and wait until
     /// its state is loaded (`/readyz`).
     async fn start(stack: &Stack, tweak: impl FnOnce(&mut herald_presence::Config)) -> Self {
+        let presence = Self::spawn(stack, tweak).await;
+        presence.wait_ready().await;
+        presence
+    }
+
+    /// Start one without waiting for it to be the active instance.
+    async fn spawn(stack: &Stack, tweak: impl FnOnce(&mut herald_presence::Config)) -> Self {
         let mut config = herald_presence::Config::new(
             &stack.nats.url(),
             stack.subjects.clone(),
             stack.apps.clone(),
         );
+        // A crashed instance's lease lasts this long: a restart waits for it.
+        config.lease_ttl = Duration::from_secs(3);
         tweak(&mut config);
         let app = herald_presence::Application::build(config)
             .await
@@ -51,19 +60,33 @@ impl Presence {
         let port = app.port();
         let token = app.shutdown_token();
         let handle = tokio::spawn(app.run_until_stopped());
-        let presence = Self {
+        Self {
             port,
             token,
             handle: Some(handle),
-        };
+        }
+    }
+
+    /// The status and body of `/readyz` (`None` while it does not answer).
+    async fn readiness(&self) -> Option<(u16, String)> {
+        let resp = reqwest::get(self.url("/readyz")).await.ok()?;
+        Some((resp.status().as_u16(), resp.text().await.ok()?))
+    }
+
+    /// Wait until it is the active instance with its state loaded.
+    async fn wait_ready(&self) {
         eventually(WAIT, "presence readiness", || async {
-            let resp = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-                .await
-                .ok()?;
-            (resp.status() == 200).then_some(())
+            (self.readiness().await?.0 == 200).then_some(())
         })
         .await;
-        presence
+    }
+
+    /// A clean stop (what SIGTERM does).
+    async fn stop(mut self) {
+        self.token.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
     }
 
     /// A crash: the task is aborted, nothing is cleaned up. Returns once the
@@ -944,4 +967,91 @@ async fn the_rest_api_refuses_bad_credentials_and_bad_inputs() {
     ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
+}
+
+#[tokio::test]
+async fn with_two_instances_one_is_active_and_each_event_is_published_once() {
+    let stack = Stack::start();
+    let active = Presence::start(&stack, |_| {}).await;
+    let standby = Presence::spawn(&stack, |_| {}).await;
+    eventually(WAIT, "the second instance standing by", || async {
+        let (status, body) = standby.readiness().await?;
+        (status == 503 && body.contains("active_instance")).then_some(())
+    })
+    .await;
+    let gw = FakeGateway::new(&stack, "gw1", "app-id").await;
+    let _beat = gw.keep_alive();
+    let mut listener = Listener::new(&stack, "app-id", "presence-pair").await;
+
+    let rev = gw.join("presence-pair", "1.1", "once").await;
+    // Only the active instance answers queries and publishes: one event.
+    assert_eq!(describe(&listener.drain_up_to(rev).await), ["+once"]);
+    let reply = listener.members(rev, None).await;
+    assert_eq!(user_ids(&reply), ["once"]);
+
+    // The standby's REST API says so at once rather than timing out.
+    let (status, body) = rest_get(
+        &standby,
+        "/v1/apps/app-id/channels/presence-pair/members",
+        DEV,
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = rest_get(
+        &active,
+        "/v1/apps/app-id/channels/presence-pair/members",
+        DEV,
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_active_instance_dies_without_false_events() {
+    let stack = Stack::start();
+    let active = Presence::start(&stack, |_| {}).await;
+    let standby = Presence::spawn(&stack, |_| {}).await;
+    let gw = FakeGateway::new(&stack, "gw1", "app-id").await;
+    let _beat = gw.keep_alive();
+    let mut listener = Listener::new(&stack, "app-id", "presence-failover").await;
+    gw.join("presence-failover", "1.1", "before").await;
+    let rev = gw.revision().await;
+    assert_eq!(describe(&listener.drain_up_to(rev).await), ["+before"]);
+
+    // A crash: the lease stays until it expires (3 s here), then the
+    // standby takes over, rebuilds, and tells nobody anything new.
+    active.kill().await;
+    gw.join("presence-failover", "1.2", "during").await;
+    standby.wait_ready().await;
+    let rev = gw.revision().await;
+    assert_eq!(describe(&listener.drain_up_to(rev).await), ["+during"]);
+
+    // It is live: answers queries and publishes the next change, once.
+    gw.leave("presence-failover", "1.1").await;
+    let rev = gw.revision().await;
+    assert_eq!(describe(&listener.drain_up_to(rev).await), ["-before"]);
+    assert_eq!(user_ids(&listener.members(rev, None).await), ["during"]);
+    let (status, body) = rest_get(
+        &standby,
+        "/v1/apps/app-id/channels/presence-failover/members",
+        DEV,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_clean_stop_hands_the_lease_over_without_waiting_for_it_to_expire() {
+    let stack = Stack::start();
+    // A lease far longer than the wait below: only a release can explain a
+    // takeover within it.
+    let long = |config: &mut herald_presence::Config| config.lease_ttl = Duration::from_secs(120);
+    let first = Presence::start(&stack, long).await;
+    let second = Presence::spawn(&stack, long).await;
+    eventually(WAIT, "the second instance standing by", || async {
+        (second.readiness().await?.0 == 503).then_some(())
+    })
+    .await;
+    first.stop().await;
+    second.wait_ready().await;
 }

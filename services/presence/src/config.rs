@@ -16,6 +16,9 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_TYPING_TIMEOUT: Duration = Duration::from_millis(3000);
 /// Default longest wait for the state to reach a member query's revision.
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the active instance's lease lasts without renewal: the longest a
+/// standby waits to take over from a crashed instance.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// `herald-presence`: presence channels, join/leave across devices, last-seen.
 #[derive(Debug, Parser)]
@@ -46,6 +49,10 @@ pub struct Cli {
     #[arg(long, env = "HERALD_PRESENCE_QUERY_TIMEOUT_MS", default_value_t = 5000)]
     pub query_timeout_ms: u64,
     /// Replicas of the KV buckets this service creates (3 on a NATS cluster).
+    /// Seconds the active instance's lease lasts without renewal; a standby
+    /// takes over at most this long after the active instance dies.
+    #[arg(long, env = "HERALD_PRESENCE_LEASE_SECS", default_value_t = 10)]
+    pub lease_secs: u64,
     #[arg(long, env = "HERALD_KV_REPLICAS", default_value_t = 1)]
     pub kv_replicas: usize,
 }
@@ -73,6 +80,8 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Replicas of the buckets this service creates.
     pub kv_replicas: usize,
+    /// The active instance's lease TTL (see [`crate::leader`]).
+    pub lease_ttl: Duration,
 }
 
 impl Config {
@@ -89,6 +98,7 @@ impl Config {
             typing_timeout: DEFAULT_TYPING_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             kv_replicas: 1,
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
     }
 }
@@ -128,6 +138,7 @@ impl TryFrom<Cli> for Config {
                 cli.query_timeout_ms,
             )?),
             kv_replicas: positive("HERALD_KV_REPLICAS", cli.kv_replicas as u64)? as usize,
+            lease_ttl: Duration::from_secs(positive("HERALD_PRESENCE_LEASE_SECS", cli.lease_secs)?),
         })
     }
 }
@@ -144,6 +155,7 @@ mod tests {
         assert_eq!(config.sweep_interval, DEFAULT_SWEEP_INTERVAL);
         assert_eq!(config.typing_timeout, DEFAULT_TYPING_TIMEOUT);
         assert_eq!(config.query_timeout, DEFAULT_QUERY_TIMEOUT);
+        assert_eq!(config.lease_ttl, DEFAULT_LEASE_TTL);
         assert!(config.heartbeat_ttl + config.sweep_interval <= Duration::from_secs(30));
     }
 

@@ -109,7 +109,9 @@ pub struct Engine {
     pub view: kv::Store,
     pub state: PresenceState,
     pub writes: mpsc::Sender<WriteOp>,
-    pub commands: mpsc::Receiver<Command>,
+    /// The REST API's questions. Shared across terms of office (see
+    /// [`crate::leader`]): each engine run locks it for as long as it runs.
+    pub commands: Arc<tokio::sync::Mutex<mpsc::Receiver<Command>>>,
     pub settings: EngineSettings,
     /// Set once the start-up diff is done: the readiness check.
     pub live: Arc<AtomicBool>,
@@ -145,6 +147,8 @@ impl Engine {
             sweeping: HashMap::new(),
             warned: HashSet::new(),
         };
+        let commands = self.commands.clone();
+        let mut commands = commands.lock().await;
         let told = buckets::read_all(&self.view).await?;
         let (messages, last_sequence) = buckets::bucket_extent(&self.presence).await?;
         let mut watch = self.presence.watch_with_history(">").await?;
@@ -225,7 +229,7 @@ impl Engine {
                     }
                 },
                 Some((app, msg)) = queries.next() => self.on_query(&mut run, app, msg).await,
-                Some(command) = self.commands.recv() => self.on_command(command),
+                Some(command) = commands.recv() => self.on_command(command),
                 _ = sweep.tick() => self.sweep(&mut run).await,
                 _ = expiry.tick(), if !run.pending.is_empty() => self.expire_queries(&mut run).await,
             }

@@ -17,12 +17,17 @@
 //! A second task ([`typing`]) turns quiet `client-typing` senders into
 //! `herald:typing_stopped`, and a REST API serves members and user presence.
 //!
-//! Run one instance per NATS deployment: two would each publish every event.
+//! Several instances may run for availability: one is active and the
+//! others stand by, decided by a lease in a KV bucket ([`leader`]). A
+//! standby instance takes over within the lease TTL when the active one
+//! stops or dies, rebuilding its state and diffing it against the view the
+//! way a restart does.
 
 mod buckets;
 mod config;
 mod engine;
 mod error;
+pub mod leader;
 mod routes;
 mod state;
 mod typing;
@@ -55,6 +60,8 @@ pub(crate) struct Shared {
     pub last_seen: kv::Store,
     /// Longest wait for the engine's answer.
     pub timeout: Duration,
+    /// Whether this instance holds the lease (a standby answers 503 at once).
+    pub active: Arc<AtomicBool>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -64,12 +71,24 @@ pub struct Application {
     listener: TcpListener,
     port: u16,
     router: Router,
-    engine: engine::Engine,
-    queries: engine::Queries,
-    typing: typing::Typing,
-    writer: writer::Writer,
-    writes: mpsc::Receiver<writer::WriteOp>,
+    /// What every term of office needs to start its engine.
+    parts: Parts,
     shutdown: CancellationToken,
+}
+
+/// The connections, buckets and settings a term of office is built from.
+struct Parts {
+    nats: async_nats::Client,
+    config: Config,
+    presence: kv::Store,
+    view: kv::Store,
+    last_seen: kv::Store,
+    lease: kv::Store,
+    lease_settings: leader::LeaseSettings,
+    instance: String,
+    commands: Arc<tokio::sync::Mutex<mpsc::Receiver<engine::Command>>>,
+    live: Arc<AtomicBool>,
+    active: Arc<AtomicBool>,
 }
 
 impl Application {
@@ -95,76 +114,45 @@ impl Application {
         )
         .await?;
 
-        // Subscribe now, so queries sent while the state loads wait in the
-        // subscription instead of being lost.
-        let mut queries = Vec::new();
-        for app in config.apps.iter() {
-            let app_id = app.id.clone();
-            let subscription = nats
-                .subscribe(config.subjects.presence_members(&app_id))
-                .await
-                .context("subscribing to member queries")?;
-            queries.push(subscription.map(move |msg| (app_id.clone(), msg)));
-        }
-        let queries: engine::Queries = futures::stream::select_all(queries).boxed();
-        let ephemeral = nats
-            .subscribe(config.subjects.ephemeral_filter())
-            .await
-            .context("subscribing to ephemeral events")?;
-
-        let (writes_tx, writes) = mpsc::channel(writer::QUEUE);
+        let mut lease_settings = leader::LeaseSettings::new(config.lease_ttl);
+        let lease = leader::open_bucket(
+            &js,
+            &leader::lease_bucket(&config.subjects),
+            &mut lease_settings,
+            config.kv_replicas,
+        )
+        .await?;
         let (commands_tx, commands) = mpsc::channel(1024);
         let live = Arc::new(AtomicBool::new(false));
-        let engine = engine::Engine {
-            client: nats.clone(),
-            subjects: config.subjects.clone(),
-            presence: presence.clone(),
-            view: view.clone(),
-            state: state::PresenceState::new(config.apps.clone()),
-            writes: writes_tx,
-            commands,
-            settings: engine::EngineSettings {
-                heartbeat_ttl: config.heartbeat_ttl,
-                sweep_interval: config.sweep_interval,
-                query_timeout: config.query_timeout,
-            },
-            live: live.clone(),
-        };
-        let typing = typing::Typing {
-            client: nats.clone(),
-            subjects: config.subjects.clone(),
-            subscription: ephemeral,
-            timeout: config.typing_timeout,
-        };
-        let writer = writer::Writer {
-            presence,
-            view,
-            last_seen: last_seen.clone(),
-        };
+        let active = Arc::new(AtomicBool::new(false));
 
         let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
         let state = Arc::new(Shared {
             apps: config.apps.clone(),
             commands: commands_tx,
-            last_seen,
+            last_seen: last_seen.clone(),
             timeout: config.query_timeout,
+            active: active.clone(),
         });
-        let loaded: herald_telemetry::ReadyCheck = Arc::new(move || {
-            let live = live.clone();
-            Box::pin(async move {
-                if live.load(Ordering::SeqCst) {
-                    Ok(())
-                } else {
-                    Err("presence state not loaded".to_owned())
-                }
+        let flag = |flag: &Arc<AtomicBool>, reason: &'static str| -> herald_telemetry::ReadyCheck {
+            let flag = flag.clone();
+            Arc::new(move || {
+                let up = flag.load(Ordering::SeqCst);
+                Box::pin(async move { up.then_some(()).ok_or_else(|| reason.to_owned()) })
             })
-        });
+        };
         let router = routes::router()
             .with_state(state)
             .layer(TraceLayer::new_for_http())
             .merge(herald_telemetry::ops_router(vec![
-                ("nats", herald_telemetry::nats_ready(nats)),
-                ("presence_state", loaded),
+                ("nats", herald_telemetry::nats_ready(nats.clone())),
+                // A standby instance is alive but not ready: it answers no
+                // queries until it holds the lease.
+                (
+                    "active_instance",
+                    flag(&active, "standing by: another instance is active"),
+                ),
+                ("presence_state", flag(&live, "presence state not loaded")),
             ]));
         tracing::info!(
             port,
@@ -176,11 +164,19 @@ impl Application {
             listener,
             port,
             router,
-            engine,
-            queries,
-            typing,
-            writer,
-            writes,
+            parts: Parts {
+                nats,
+                instance: uuid::Uuid::new_v4().to_string(),
+                config,
+                presence,
+                view,
+                last_seen,
+                lease,
+                lease_settings,
+                commands: Arc::new(tokio::sync::Mutex::new(commands)),
+                live,
+                active,
+            },
             shutdown: CancellationToken::new(),
         })
     }
@@ -197,38 +193,121 @@ impl herald_telemetry::Service for Application {
         self.shutdown.clone()
     }
 
-    /// Run the engine, the typing task, the writer and the HTTP server until
-    /// the shutdown token is cancelled.
+    /// Serve HTTP, and take turns at being the active instance, until the
+    /// shutdown token is cancelled.
+    async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let token = self.shutdown.clone();
+        let (served, active) = tokio::join!(
+            herald_telemetry::serve(self.listener, self.router, token.clone()),
+            self.parts.run(token.clone()),
+        );
+        served?;
+        active?;
+        tracing::info!("presence stopped");
+        Ok(())
+    }
+}
+
+impl Parts {
+    /// Stand by until this instance holds the lease, be the active instance
+    /// until it stops or loses the lease, and start over.
+    async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let Some(mut lease) =
+                leader::Lease::acquire(&self.lease, &self.instance, self.lease_settings, &token)
+                    .await
+            else {
+                return Ok(());
+            };
+            tracing::info!(instance = %self.instance, "this presence instance is active");
+            self.active.store(true, Ordering::SeqCst);
+            let term = token.child_token();
+            let (result, ()) = tokio::join!(self.serve_term(term.clone()), async {
+                lease.keep(&term).await
+            });
+            self.active.store(false, Ordering::SeqCst);
+            self.live.store(false, Ordering::SeqCst);
+            if let Err(err) = result {
+                tracing::error!(error = %format!("{err:#}"), "presence engine failed");
+                lease.release().await;
+                // Without its engine the service is useless: stop it all.
+                token.cancel();
+                return Err(err);
+            }
+            if token.is_cancelled() {
+                lease.release().await;
+                return Ok(());
+            }
+            // The lease was lost: stand by again.
+        }
+    }
+
+    /// One term of office: subscribe, then run the engine, the typing task
+    /// and the writer until `term` is cancelled.
     ///
     /// They all run inside this one future rather than as spawned tasks, so
     /// aborting it (a crash, in tests) stops everything at once, and a
     /// graceful stop drains the writer: it ends when the engine, its only
     /// sender, is gone.
-    async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let token = self.shutdown.clone();
-        let engine = {
-            let token = token.clone();
-            async move {
-                let result = self.engine.run(self.queries, token.clone()).await;
-                if let Err(err) = &result {
-                    tracing::error!(error = %format!("{err:#}"), "presence engine failed");
-                    // Without its engine the service is useless: stop it all.
-                    token.cancel();
-                }
-                result
-            }
+    async fn serve_term(&self, term: CancellationToken) -> anyhow::Result<()> {
+        let config = &self.config;
+        // Subscribe first, so queries sent while the state loads wait in the
+        // subscription instead of being lost.
+        let mut queries = Vec::new();
+        for app in config.apps.iter() {
+            let app_id = app.id.clone();
+            let subscription = self
+                .nats
+                .subscribe(config.subjects.presence_members(&app_id))
+                .await
+                .context("subscribing to member queries")?;
+            queries.push(subscription.map(move |msg| (app_id.clone(), msg)));
+        }
+        let queries: engine::Queries = futures::stream::select_all(queries).boxed();
+        let ephemeral = self
+            .nats
+            .subscribe(config.subjects.ephemeral_filter())
+            .await
+            .context("subscribing to ephemeral events")?;
+
+        let (writes_tx, writes) = mpsc::channel(writer::QUEUE);
+        let engine = engine::Engine {
+            client: self.nats.clone(),
+            subjects: config.subjects.clone(),
+            presence: self.presence.clone(),
+            view: self.view.clone(),
+            state: state::PresenceState::new(config.apps.clone()),
+            writes: writes_tx,
+            commands: self.commands.clone(),
+            settings: engine::EngineSettings {
+                heartbeat_ttl: config.heartbeat_ttl,
+                sweep_interval: config.sweep_interval,
+                query_timeout: config.query_timeout,
+            },
+            live: self.live.clone(),
         };
-        let (served, engine, typing, written) = tokio::join!(
-            herald_telemetry::serve(self.listener, self.router, token.clone()),
-            engine,
-            self.typing.run(token.clone()),
-            self.writer.run(self.writes),
-        );
-        served?;
+        let typing = typing::Typing {
+            client: self.nats.clone(),
+            subjects: config.subjects.clone(),
+            subscription: ephemeral,
+            timeout: config.typing_timeout,
+        };
+        let writer = writer::Writer {
+            presence: self.presence.clone(),
+            view: self.view.clone(),
+            last_seen: self.last_seen.clone(),
+        };
+        let engine = async {
+            let result = engine.run(queries, term.clone()).await;
+            // Whatever ended the engine ends the term.
+            term.cancel();
+            result
+        };
+        let (engine, typing, written) =
+            tokio::join!(engine, typing.run(term.clone()), writer.run(writes),);
         engine?;
         typing?;
         written?;
-        tracing::info!("presence stopped");
         Ok(())
     }
 }

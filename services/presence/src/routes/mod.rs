@@ -64,6 +64,11 @@ async fn ask<T>(
     state: &AppState,
     command: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, ApiError> {
+    if !state.active.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::Unavailable(
+            "this presence instance is standing by; another one is active".into(),
+        ));
+    }
     let unavailable = || ApiError::Unavailable("presence state is not available yet".into());
     let (tx, rx) = oneshot::channel();
     let deadline = tokio::time::Instant::now() + state.timeout;

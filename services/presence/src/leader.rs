@@ -1,0 +1,232 @@
+//! Which presence instance is active: a lease in a JetStream KV bucket.
+//!
+//! Every instance may run, but only one may fold the presence bucket into
+//! events, answer member queries and sweep dead gateways: two would each
+//! publish every `member_added`. The active one holds the lease, a key in a
+//! bucket whose entries expire after the lease TTL (the bucket's `max_age`)
+//! and that it rewrites every renew interval, conditionally on its own last
+//! revision. The others try to create the key every renew interval; they
+//! succeed once the holder has released it (a clean stop) or the key has
+//! expired (a crash, or an instance cut off from NATS).
+//!
+//! An instance steps down when a renewal is refused (someone else holds the
+//! key) or when it has not managed to renew for the TTL minus one renew
+//! interval, so it stops acting before its key can expire and another take
+//! over. Everything an active instance does goes through NATS, so one that
+//! cannot reach NATS cannot act on its stale belief either.
+
+use anyhow::Context;
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The one key of the lease bucket.
+const KEY: &str = "active";
+
+/// Name of the lease bucket.
+pub fn lease_bucket(subjects: &herald_proto::Subjects) -> String {
+    format!("{}_PRESENCE_LEADER", subjects.prefix().to_ascii_uppercase())
+}
+
+/// How long a lease lasts without renewal, and how often it is renewed (and
+/// how often a standby instance tries to take it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseSettings {
+    pub ttl: Duration,
+    pub renew: Duration,
+}
+
+impl LeaseSettings {
+    /// A lease of `ttl`, renewed five times per TTL.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            renew: ttl / 5,
+        }
+    }
+}
+
+/// Open (or create) the lease bucket. Its `max_age` is the lease TTL; a
+/// bucket made earlier with another TTL keeps its own, which then wins.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    settings: &mut LeaseSettings,
+    replicas: usize,
+) -> anyhow::Result<kv::Store> {
+    let store = match js.get_key_value(bucket).await {
+        Ok(store) => store,
+        Err(_) => {
+            let created = js
+                .create_key_value(kv::Config {
+                    bucket: bucket.to_owned(),
+                    description: "Herald presence: the active instance's lease".to_owned(),
+                    history: 1,
+                    max_age: settings.ttl,
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(store) => store,
+                // Another instance created it in the meantime.
+                Err(_) => js
+                    .get_key_value(bucket)
+                    .await
+                    .with_context(|| format!("opening KV bucket {bucket}"))?,
+            }
+        }
+    };
+    let age = store
+        .status()
+        .await
+        .with_context(|| format!("reading KV bucket {bucket}"))?
+        .max_age();
+    if age != settings.ttl && !age.is_zero() {
+        tracing::warn!(
+            bucket,
+            configured_ms = settings.ttl.as_millis() as u64,
+            bucket_ms = age.as_millis() as u64,
+            "the lease bucket has another TTL; using the bucket's"
+        );
+        *settings = LeaseSettings::new(age);
+    }
+    Ok(store)
+}
+
+/// Wait for the next change of the lease key: `true` when it was deleted or
+/// purged (released), waiting on for other changes; `false` if the watch
+/// ended. Without a watch, never resolves.
+async fn next_change(watch: &mut Option<kv::Watch>) -> bool {
+    let Some(watch) = watch else {
+        return std::future::pending().await;
+    };
+    while let Some(entry) = futures::StreamExt::next(watch).await {
+        match entry {
+            Ok(entry) if entry.operation != kv::Operation::Put => return true,
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "presence lease watch error"),
+        }
+    }
+    false
+}
+
+/// The lease, held by this instance.
+pub struct Lease {
+    store: kv::Store,
+    id: String,
+    revision: u64,
+    /// When the last successful write was sent (no later than the server
+    /// stamped it, so the key expires no earlier than this plus the TTL).
+    renewed: Instant,
+    settings: LeaseSettings,
+}
+
+impl Lease {
+    /// Wait until this instance (`id`) holds the lease; `None` if `token` is
+    /// cancelled first.
+    pub async fn acquire(
+        store: &kv::Store,
+        id: &str,
+        settings: LeaseSettings,
+        token: &CancellationToken,
+    ) -> Option<Lease> {
+        let mut waiting = false;
+        // A released lease shows up on a watch of the key, so a standby takes
+        // over at once after a clean stop; an expired one does not (expiry
+        // leaves no marker), hence the polling as well.
+        let mut watch = match store.watch(KEY).await {
+            Ok(watch) => Some(watch),
+            Err(err) => {
+                tracing::warn!(%err, "cannot watch the presence lease; polling only");
+                None
+            }
+        };
+        loop {
+            let sent = Instant::now();
+            match store.create(KEY, Bytes::from(id.to_owned())).await {
+                Ok(revision) => {
+                    return Some(Lease {
+                        store: store.clone(),
+                        id: id.to_owned(),
+                        revision,
+                        renewed: sent,
+                        settings,
+                    })
+                }
+                Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    if !waiting {
+                        tracing::info!("another presence instance is active: standing by");
+                        waiting = true;
+                    }
+                }
+                Err(err) => tracing::warn!(%err, "could not try to take the presence lease"),
+            }
+            tokio::select! {
+                _ = token.cancelled() => return None,
+                _ = tokio::time::sleep(settings.renew) => {}
+                released = next_change(&mut watch) => {
+                    if !released {
+                        // The watch ended: poll from now on.
+                        watch = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renew the lease until `term` is cancelled; cancel `term` when the
+    /// lease is lost or could not be renewed in time.
+    pub async fn keep(&mut self, term: &CancellationToken) {
+        let give_up_after = self.settings.ttl.saturating_sub(self.settings.renew);
+        loop {
+            tokio::select! {
+                _ = term.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.renew) => {}
+            }
+            let sent = Instant::now();
+            let update = self
+                .store
+                .update(KEY, Bytes::from(self.id.clone()), self.revision);
+            // A slow renewal (a busy server) is waited for as long as the
+            // lease is still safely ours.
+            let deadline = self.renewed + give_up_after;
+            match tokio::time::timeout_at(deadline.max(sent + self.settings.renew), update).await {
+                Ok(Ok(revision)) => {
+                    self.revision = revision;
+                    self.renewed = sent;
+                    continue;
+                }
+                Ok(Err(err)) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!("the presence lease was taken over: stepping down");
+                    metrics::counter!("herald_presence_lease_lost_total").increment(1);
+                    term.cancel();
+                    return;
+                }
+                Ok(Err(err)) => tracing::warn!(%err, "could not renew the presence lease"),
+                Err(_) => tracing::warn!("renewing the presence lease timed out"),
+            }
+            if self.renewed.elapsed() >= give_up_after {
+                tracing::warn!("presence lease not renewed in time: stepping down");
+                metrics::counter!("herald_presence_lease_lost_total").increment(1);
+                term.cancel();
+                return;
+            }
+        }
+    }
+
+    /// Give the lease up (on a clean stop), so that a standby instance takes
+    /// over at once rather than after the TTL.
+    pub async fn release(self) {
+        if let Err(err) = self
+            .store
+            .delete_expect_revision(KEY, Some(self.revision))
+            .await
+        {
+            tracing::warn!(%err, "could not release the presence lease");
+        }
+    }
+}
