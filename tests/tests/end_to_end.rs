@@ -400,3 +400,48 @@ async fn history_serves_its_openapi_document() {
     assert!(path["responses"]["200"].is_object(), "{doc}");
     assert!(doc["components"]["schemas"]["Page"].is_object());
 }
+
+#[tokio::test]
+async fn events_a_crashed_projector_had_received_but_not_stored_are_projected_by_the_next_one() {
+    use futures::StreamExt;
+    let stack = Stack::start();
+    let db = TestDatabase::create().await.unwrap();
+    let gw = stack.gateway().await;
+    let history = stack.history(&db).await;
+    publish_n(&stack, &gw, "held", 0, 10).await;
+    eventually(WAIT, "10 rows", || async {
+        (stored_seqs(&db, "held").await.len() == 10).then_some(())
+    })
+    .await;
+
+    // The crashed projector's last act: it pulled the next events from its
+    // durable consumer and died holding them, unacknowledged.
+    history.kill().await;
+    publish_n(&stack, &gw, "held", 10, 20).await;
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(stack.subjects.channels_stream())
+        .await
+        .unwrap()
+        .get_consumer(&stack.subjects.durable("history"))
+        .await
+        .unwrap();
+    let mut held = consumer.fetch().max_messages(5).messages().await.unwrap();
+    let mut count = 0;
+    while let Some(msg) = held.next().await {
+        msg.unwrap();
+        count += 1;
+    }
+    assert_eq!(count, 5);
+
+    // The next projector stores them and everything after, in order, well
+    // before their redelivery (the consumer's ack wait is 60 s).
+    let _history = stack.history(&db).await;
+    publish_n(&stack, &gw, "held", 20, 30).await;
+    let seqs = eventually(WAIT, "30 rows", || async {
+        let seqs = stored_seqs(&db, "held").await;
+        (seqs.len() == 30).then_some(seqs)
+    })
+    .await;
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}

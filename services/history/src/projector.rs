@@ -123,7 +123,7 @@ impl Projector {
             }
         }
         tracing::info!(projection = %self.name, "projector leading");
-        let consumer = self.ensure_consumer().await?;
+        let consumer = self.fresh_consumer().await?;
         let mut batches = consumer.messages().await?.ready_chunks(self.batch);
         let mut lock_check = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -152,25 +152,24 @@ impl Projector {
         Ok(seq.unwrap_or(0))
     }
 
-    /// Get the durable consumer, re-creating it from the checkpoint when it
-    /// is ahead of the database (for example after the database was reset).
-    async fn ensure_consumer(&self) -> anyhow::Result<consumer::PullConsumer> {
+    /// The durable consumer, created afresh to deliver, in order, everything
+    /// after the checkpoint.
+    ///
+    /// It is re-created every time this instance starts leading (at start-up,
+    /// after taking over, and after a failed batch). Reusing it would be
+    /// wrong: messages it had delivered to a leader that crashed, or in a
+    /// batch that failed, come back only after `ack_wait`, by which time
+    /// newer events have moved the checkpoint past them and they would be
+    /// skipped, lost to the read model. A fresh consumer starts at the first
+    /// event not stored and needs no redelivery. (A previous leader still
+    /// applying a batch it already holds is harmless: its batch continues the
+    /// checkpoint in order, and the checkpoint row lock makes whichever
+    /// commits second skip it.)
+    async fn fresh_consumer(&self) -> anyhow::Result<consumer::PullConsumer> {
         let stream = self.js.get_stream(self.subjects.channels_stream()).await?;
         let checkpoint = self.checkpoint().await? as u64;
-        if let Ok(info) = stream.consumer_info(&self.name).await {
-            if info.ack_floor.stream_sequence > checkpoint {
-                tracing::warn!(
-                    ack_floor = info.ack_floor.stream_sequence,
-                    checkpoint,
-                    "consumer is ahead of the database; replaying from the checkpoint"
-                );
-                stream.delete_consumer(&self.name).await?;
-            } else {
-                return stream
-                    .get_consumer(&self.name)
-                    .await
-                    .map_err(|e| anyhow!("get consumer: {e}"));
-            }
+        if stream.consumer_info(&self.name).await.is_ok() {
+            stream.delete_consumer(&self.name).await?;
         }
         let deliver_policy = if checkpoint == 0 {
             consumer::DeliverPolicy::All
