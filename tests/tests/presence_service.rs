@@ -1055,3 +1055,57 @@ async fn a_clean_stop_hands_the_lease_over_without_waiting_for_it_to_expire() {
     first.stop().await;
     second.wait_ready().await;
 }
+
+#[tokio::test]
+async fn the_delete_markers_of_gone_sockets_are_purged_and_a_restart_after_that_is_calm() {
+    let stack = Stack::start();
+    let short = |config: &mut herald_presence::Config| {
+        quick(config);
+        config.tombstone_age = Duration::from_millis(300);
+    };
+    let presence = Presence::start(&stack, short).await;
+    let gw = FakeGateway::new(&stack, "gw1", "app-id").await;
+    let _beat = gw.keep_alive();
+    let mut listener = Listener::new(&stack, "app-id", "presence-reap").await;
+    gw.join("presence-reap", "1.1", "stays").await;
+    gw.join("presence-reap", "1.2", "brief").await;
+    gw.sign_in("brief", "1.2").await;
+    gw.leave("presence-reap", "1.2").await;
+    gw.sign_out("brief", "1.2").await;
+    let rev = gw.revision().await;
+    assert_eq!(
+        describe(&listener.drain_up_to(rev).await),
+        ["+stays", "+brief", "-brief"]
+    );
+
+    // Nothing at all is left of the gone socket's keys, not even a marker;
+    // the live socket's key and the gateway's heartbeat stay.
+    let stream = gw.kv.stream.clone();
+    let subject = |key: String| format!("{}{key}", gw.kv.prefix);
+    let gone = [
+        subject(gw.sub_key("presence-reap", "1.2")),
+        subject(gw.conn_key("brief", "1.2")),
+    ];
+    eventually(WAIT, "the markers purged", || async {
+        for subject in &gone {
+            if stream
+                .get_last_raw_message_by_subject(subject)
+                .await
+                .is_ok()
+            {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    assert!(gw.exists(&gw.sub_key("presence-reap", "1.1")).await);
+    assert!(gw.exists(&format!("gw.{}", gw.id)).await);
+
+    // A restart reads a bucket without them and has nothing to say.
+    presence.kill().await;
+    let _presence = Presence::start(&stack, short).await;
+    let rev = gw.revision().await;
+    assert!(listener.drain_up_to(rev).await.is_empty());
+    assert_eq!(user_ids(&listener.members(rev, None).await), ["stays"]);
+}

@@ -19,6 +19,8 @@ pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the active instance's lease lasts without renewal: the longest a
 /// standby waits to take over from a crashed instance.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long the delete marker of a socket's presence key is kept.
+pub const DEFAULT_TOMBSTONE_AGE: Duration = Duration::from_secs(60);
 
 /// `herald-presence`: presence channels, join/leave across devices, last-seen.
 #[derive(Debug, Parser)]
@@ -53,6 +55,10 @@ pub struct Cli {
     /// takes over at most this long after the active instance dies.
     #[arg(long, env = "HERALD_PRESENCE_LEASE_SECS", default_value_t = 10)]
     pub lease_secs: u64,
+    /// Seconds a socket's deleted presence keys stay in the bucket as delete
+    /// markers before they are purged.
+    #[arg(long, env = "HERALD_PRESENCE_TOMBSTONE_SECS", default_value_t = 60)]
+    pub tombstone_secs: u64,
     #[arg(long, env = "HERALD_KV_REPLICAS", default_value_t = 1)]
     pub kv_replicas: usize,
 }
@@ -82,6 +88,8 @@ pub struct Config {
     pub kv_replicas: usize,
     /// The active instance's lease TTL (see [`crate::leader`]).
     pub lease_ttl: Duration,
+    /// How long a socket key's delete marker is kept before it is purged.
+    pub tombstone_age: Duration,
 }
 
 impl Config {
@@ -99,6 +107,7 @@ impl Config {
             query_timeout: DEFAULT_QUERY_TIMEOUT,
             kv_replicas: 1,
             lease_ttl: DEFAULT_LEASE_TTL,
+            tombstone_age: DEFAULT_TOMBSTONE_AGE,
         }
     }
 }
@@ -139,6 +148,7 @@ impl TryFrom<Cli> for Config {
             )?),
             kv_replicas: positive("HERALD_KV_REPLICAS", cli.kv_replicas as u64)? as usize,
             lease_ttl: Duration::from_secs(positive("HERALD_PRESENCE_LEASE_SECS", cli.lease_secs)?),
+            tombstone_age: Duration::from_secs(cli.tombstone_secs),
         })
     }
 }
@@ -156,6 +166,7 @@ mod tests {
         assert_eq!(config.typing_timeout, DEFAULT_TYPING_TIMEOUT);
         assert_eq!(config.query_timeout, DEFAULT_QUERY_TIMEOUT);
         assert_eq!(config.lease_ttl, DEFAULT_LEASE_TTL);
+        assert_eq!(config.tombstone_age, DEFAULT_TOMBSTONE_AGE);
         assert!(config.heartbeat_ttl + config.sweep_interval <= Duration::from_secs(30));
     }
 

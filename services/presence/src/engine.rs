@@ -32,7 +32,7 @@ use futures::StreamExt;
 use herald_proto::presence::{GatewayHeartbeat, MembersReply, MembersRequest, PresenceEvent};
 use herald_proto::{now_ms, AppId, ChannelKind, ChannelName, Subjects};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,6 +65,9 @@ pub struct EngineSettings {
     pub heartbeat_ttl: Duration,
     pub sweep_interval: Duration,
     pub query_timeout: Duration,
+    /// How long a deleted socket key's marker stays in the bucket before it
+    /// is purged (see [`Engine::reap`]).
+    pub tombstone_age: Duration,
 }
 
 /// A member query waiting for the state to reach its `min_revision`.
@@ -127,6 +130,19 @@ struct Run {
     sweeping: HashMap<String, (u64, i64)>,
     /// Gateways already warned about a heartbeat interval too long for the TTL.
     warned: HashSet<String>,
+    /// Delete markers of socket keys, oldest first: (seen, key, revision).
+    tombstones: VecDeque<(i64, String, u64)>,
+}
+
+/// Whether a deleted key's marker may be purged: socket keys only (`sub.`
+/// and `conn.`; socket ids are never reused). `gw.` markers stay, since
+/// gateways watch them to learn that a peer is gone.
+fn reapable(key: &str) -> bool {
+    matches!(
+        herald_proto::presence::PresenceKey::parse(key),
+        Ok(herald_proto::presence::PresenceKey::Subscription { .. }
+            | herald_proto::presence::PresenceKey::Connection { .. })
+    )
 }
 
 impl Engine {
@@ -146,6 +162,7 @@ impl Engine {
             next_pending: 0,
             sweeping: HashMap::new(),
             warned: HashSet::new(),
+            tombstones: VecDeque::new(),
         };
         let commands = self.commands.clone();
         let mut commands = commands.lock().await;
@@ -170,6 +187,10 @@ impl Engine {
                 // view decides what subscribers must hear.
                 self.state
                     .apply(&entry.key, value.map(|v| v.as_ref()), entry.revision, seen);
+                if value.is_none() && reapable(&entry.key) {
+                    run.tombstones
+                        .push_back((seen, entry.key.clone(), entry.revision));
+                }
                 if value.is_none() {
                     // Deletes of `conn.` keys tell when users who went
                     // offline while the service was down were last seen.
@@ -215,6 +236,9 @@ impl Engine {
                         let seen = run.clock.now();
                         self.check_interval(&mut run, &entry);
                         self.apply_live(&entry, seen).await;
+                        if entry.operation != kv::Operation::Put && reapable(&entry.key) {
+                            run.tombstones.push_back((seen, entry.key.clone(), entry.revision));
+                        }
                         self.answer_ready(&mut run).await;
                     }
                     Some(Err(err)) => {
@@ -230,7 +254,10 @@ impl Engine {
                 },
                 Some((app, msg)) = queries.next() => self.on_query(&mut run, app, msg).await,
                 Some(command) = commands.recv() => self.on_command(command),
-                _ = sweep.tick() => self.sweep(&mut run).await,
+                _ = sweep.tick() => {
+                    self.sweep(&mut run).await;
+                    self.reap(&mut run).await;
+                }
                 _ = expiry.tick(), if !run.pending.is_empty() => self.expire_queries(&mut run).await,
             }
         }
@@ -636,6 +663,24 @@ impl Engine {
     }
 
     /// Hand the keys of dead gateways to the writer for deletion.
+    /// Purge the delete markers of socket keys once they are older than the
+    /// tombstone age. Every socket leaves one marker per key, and with one
+    /// value kept per key they would pile up for ever, each read again at
+    /// every start-up. By then every watcher has seen the delete, and a key
+    /// that is absent means the same as a deleted one. The purge is bounded
+    /// by the marker's revision, so a newer write of the key would survive.
+    async fn reap(&self, run: &mut Run) {
+        let age = self.settings.tombstone_age.as_millis() as i64;
+        let now = run.clock.now();
+        while let Some((seen, _, _)) = run.tombstones.front() {
+            if now - seen < age {
+                break;
+            }
+            let (_, key, revision) = run.tombstones.pop_front().expect("front exists");
+            self.write(WriteOp::Reap { key, revision }).await;
+        }
+    }
+
     async fn sweep(&self, run: &mut Run) {
         let now = run.clock.now();
         let stale = self.state.stale_keys(now, self.settings.heartbeat_ttl);

@@ -283,6 +283,7 @@ impl Parts {
                 heartbeat_ttl: config.heartbeat_ttl,
                 sweep_interval: config.sweep_interval,
                 query_timeout: config.query_timeout,
+                tombstone_age: config.tombstone_age,
             },
             live: self.live.clone(),
         };

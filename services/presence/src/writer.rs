@@ -29,6 +29,9 @@ pub enum WriteOp {
     LastSeen { key: String, at: i64 },
     /// Delete a dead gateway's presence key, only if still at `revision`.
     Expire { key: String, revision: u64 },
+    /// Purge a presence key's delete marker at `revision` (and anything
+    /// older), leaving any newer write.
+    Reap { key: String, revision: u64 },
 }
 
 /// The three buckets written.
@@ -60,6 +63,22 @@ impl Writer {
                 {
                     Ok(()) => metrics::counter!("herald_presence_keys_expired_total").increment(1),
                     Err(err) => tracing::debug!(key, %err, "expiring a key skipped"),
+                }
+            }
+            WriteOp::Reap { key, revision } => {
+                // No retry: a marker left behind costs little and is read,
+                // and scheduled again, at the next start-up.
+                let subject = format!("{}{key}", self.presence.prefix);
+                match self
+                    .presence
+                    .stream
+                    .purge()
+                    .filter(subject)
+                    .sequence(revision + 1)
+                    .await
+                {
+                    Ok(_) => metrics::counter!("herald_presence_markers_purged_total").increment(1),
+                    Err(err) => tracing::debug!(key, %err, "purging a delete marker skipped"),
                 }
             }
             WriteOp::ViewPut { key, value } => {
