@@ -454,3 +454,73 @@ async fn a_thousand_members_join_and_leave_with_correct_counts() {
     }
     observer_task.abort();
 }
+
+#[tokio::test]
+async fn a_gateway_whose_keys_were_expired_while_it_lived_announces_its_members_again() {
+    use herald_proto::presence::PresenceKey;
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let mut config = stack.gateway_config();
+    config.heartbeat_interval = Duration::from_millis(200);
+    let id = config.gateway_id.clone();
+    let gw1 = stack.gateway_with(config).await;
+    let gw2 = stack.gateway().await;
+    let mut alice = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
+    join(&mut alice, "presence-revive", "alice").await;
+    let mut bob = PusherSocket::connect(gw2.port, "app-key").await.unwrap();
+    join(&mut bob, "presence-revive", "bob").await;
+
+    // What the presence service does to a gateway silent for longer than
+    // the TTL (here without waiting for one): delete its keys, then its
+    // heartbeat. The gateway and its sockets are alive all along.
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let kv = js
+        .get_key_value(stack.subjects.presence_bucket())
+        .await
+        .unwrap();
+    let keys: Vec<String> = kv
+        .keys()
+        .await
+        .unwrap()
+        .filter_map(|k| async move { k.ok() })
+        .collect()
+        .await;
+    let of_gw1 = |key: &String| match PresenceKey::parse(key) {
+        Ok(PresenceKey::Subscription { gateway, .. } | PresenceKey::Connection { gateway, .. }) => {
+            gateway == id
+        }
+        _ => false,
+    };
+    let doomed: Vec<&String> = keys.iter().filter(|k| of_gw1(k)).collect();
+    assert_eq!(doomed.len(), 1, "{keys:?}");
+    for key in doomed {
+        kv.delete(key).await.unwrap();
+    }
+    kv.delete(format!("gw.{id}")).await.unwrap();
+
+    // Bob is told alice left, then, once her gateway's next heartbeat finds
+    // its key gone, that she is back.
+    let removed = bob
+        .next_event_of(&["pusher_internal:member_removed"])
+        .await
+        .unwrap();
+    assert_eq!(data_of(&removed)["user_id"], "alice");
+    let added = bob
+        .next_event_of(&["pusher_internal:member_added"])
+        .await
+        .unwrap();
+    assert_eq!(data_of(&added)["user_id"], "alice");
+    let (_, body) = stack
+        .api(&gw2)
+        .get("/channels/presence-revive/users", &[])
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["alice", "bob"]);
+}

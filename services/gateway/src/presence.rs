@@ -2,6 +2,12 @@
 //! it announces presence memberships and signed-in connections as keys in
 //! the presence KV bucket, keeps its heartbeat key fresh, and asks the
 //! presence service for member lists.
+//!
+//! A gateway that was silent longer than the presence TTL (stalled, or cut
+//! off from NATS) while its sockets stayed connected has had its keys
+//! expired by the presence service, and its members were announced as gone.
+//! The heartbeat notices (its conditional update finds the key changed) and
+//! announces every key it holds again.
 
 use async_nats::jetstream::kv;
 use herald_proto::presence::{
@@ -32,6 +38,9 @@ pub(crate) struct PresenceClient {
     heartbeat: Duration,
     /// `gw.<id>` key → last heartbeat time (ms), from the KV watch.
     peers: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// The keys this gateway announced and has not forgotten, with their
+    /// values, to announce again after an expiry.
+    owned: std::sync::Mutex<std::collections::HashMap<String, bytes::Bytes>>,
 }
 
 impl PresenceClient {
@@ -49,6 +58,7 @@ impl PresenceClient {
             gateway_id,
             heartbeat,
             peers: Default::default(),
+            owned: Default::default(),
         }
     }
 
@@ -80,10 +90,8 @@ impl PresenceClient {
             at: herald_proto::now_ms(),
         };
         let revision = self
-            .kv
-            .put(&key, serde_json::to_vec(&value).unwrap_or_default().into())
-            .await
-            .map_err(|e| PresenceError::Kv(e.to_string()))?;
+            .announce(&key, serde_json::to_vec(&value).unwrap_or_default().into())
+            .await?;
         Ok((key, revision))
     }
 
@@ -104,17 +112,64 @@ impl PresenceClient {
         let value = UserConnection {
             at: herald_proto::now_ms(),
         };
-        self.kv
-            .put(&key, serde_json::to_vec(&value).unwrap_or_default().into())
+        self.announce(&key, serde_json::to_vec(&value).unwrap_or_default().into())
+            .await?;
+        Ok(key)
+    }
+
+    /// Put one of this gateway's keys and remember it.
+    async fn announce(&self, key: &str, value: bytes::Bytes) -> Result<u64, PresenceError> {
+        let revision = self
+            .kv
+            .put(key, value.clone())
             .await
             .map_err(|e| PresenceError::Kv(e.to_string()))?;
-        Ok(key)
+        self.owned
+            .lock()
+            .expect("owned keys lock")
+            .insert(key.to_owned(), value);
+        Ok(revision)
+    }
+
+    /// Put every key this gateway holds again (after the presence service
+    /// expired them). A key forgotten meanwhile is deleted again: `forget`
+    /// drops it from `owned` before deleting it, so either its delete comes
+    /// after our put, or we see it gone here.
+    async fn reannounce(&self) {
+        let owned: Vec<(String, bytes::Bytes)> = self
+            .owned
+            .lock()
+            .expect("owned keys lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        tracing::warn!(
+            keys = owned.len(),
+            "this gateway's presence keys were expired (it was silent for longer than the \
+             presence TTL): announcing them again"
+        );
+        metrics::counter!("herald_gateway_presence_reannounced_total").increment(1);
+        for (key, value) in owned {
+            if let Err(err) = self.kv.put(&key, value).await {
+                tracing::warn!(%err, key, "could not announce a presence key again");
+                continue;
+            }
+            let forgotten = !self
+                .owned
+                .lock()
+                .expect("owned keys lock")
+                .contains_key(&key);
+            if forgotten {
+                self.forget(&key).await;
+            }
+        }
     }
 
     /// Remove a key this gateway wrote. Failures are logged: the presence
     /// service expires the keys of a gateway that stops heartbeating, but a
     /// live gateway's stray key would linger, so make them visible.
     pub async fn forget(&self, key: &str) {
+        self.owned.lock().expect("owned keys lock").remove(key);
         if let Err(err) = self.kv.delete(key).await {
             tracing::warn!(%err, key, "could not remove presence key");
         }
@@ -182,15 +237,42 @@ impl PresenceClient {
         }
         .render();
         let mut tick = tokio::time::interval(self.heartbeat);
+        // The revision of our last beat: each beat is conditional on it, so a
+        // beat that finds the key changed or deleted tells us we were expired.
+        let mut last: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    let beat = GatewayHeartbeat { at: herald_proto::now_ms(), interval_ms: self.heartbeat.as_millis() as u64 };
-                    if let Err(err) = self.kv.put(&key, serde_json::to_vec(&beat).unwrap_or_default().into()).await {
-                        tracing::warn!(%err, "gateway heartbeat failed");
+                _ = tick.tick() => {}
+            }
+            let beat = GatewayHeartbeat {
+                at: herald_proto::now_ms(),
+                interval_ms: self.heartbeat.as_millis() as u64,
+            };
+            let value: bytes::Bytes = serde_json::to_vec(&beat).unwrap_or_default().into();
+            let result = match last {
+                None => self
+                    .kv
+                    .put(&key, value.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(revision) => match self.kv.update(&key, value.clone(), revision).await {
+                    Ok(revision) => Ok(revision),
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        // Expired: beat first (so the sweep spares what we
+                        // put next), then everything else.
+                        let beat = self.kv.put(&key, value).await.map_err(|e| e.to_string());
+                        if beat.is_ok() {
+                            self.reannounce().await;
+                        }
+                        beat
                     }
-                }
+                    Err(err) => Err(err.to_string()),
+                },
+            };
+            match result {
+                Ok(revision) => last = Some(revision),
+                Err(err) => tracing::warn!(%err, "gateway heartbeat failed"),
             }
         }
         self.forget(&key).await;
