@@ -14,6 +14,7 @@ import {
   collect,
   connect,
   dataOf,
+  eventually,
   nacl,
   nextEvent,
   openRaw,
@@ -219,5 +220,36 @@ describe('private-encrypted channels', () => {
   test('the SDK refuses to encrypt to several channels at once (as with Pusher)', async () => {
     const server = sdk(gw1, { encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY_BASE64 });
     assert.throws(() => server.trigger([unique('private-encrypted-'), unique('public-')], 'e', {}));
+  });
+});
+
+describe('cache channels', () => {
+  let gw1, gw2;
+  before(() => ({ gateway1: gw1, gateway2: gw2 } = ports()));
+  afterEach(closeAll);
+  after(closeAll);
+
+  test('pusher-js gets pusher:cache_miss on a cache channel with no event yet', async () => {
+    const client = await connect(gw1);
+    const channel = client.subscribe(unique('cache-'));
+    const miss = nextEvent(channel, 'pusher:cache_miss', 'pusher:cache_miss');
+    await miss;
+  });
+
+  test('pusher-js gets the last event of a cache channel on subscribe, then live ones', async () => {
+    const name = unique('cache-');
+    await sdk(gw2).trigger(name, 'price', { v: 1 });
+    await sdk(gw2).trigger(name, 'price', { v: 2 });
+    const client = await connect(gw1);
+    const channel = client.subscribe(name);
+    const prices = collect(channel, 'price');
+    const misses = collect(channel, 'pusher:cache_miss');
+    await eventually(() => prices.length === 1, 'the cached event');
+    assert.deepEqual(prices, [{ v: 2 }]);
+    await sdk(gw2).trigger(name, 'price', { v: 3 });
+    await eventually(() => prices.length === 2, 'the live event');
+    await sleep(QUIET_MS);
+    assert.deepEqual(prices, [{ v: 2 }, { v: 3 }]);
+    assert.equal(misses.length, 0);
   });
 });

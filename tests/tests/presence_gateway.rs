@@ -524,3 +524,22 @@ async fn a_gateway_whose_keys_were_expired_while_it_lived_announces_its_members_
     ids.sort();
     assert_eq!(ids, ["alice", "bob"]);
 }
+
+#[tokio::test]
+async fn a_presence_cache_channel_sends_the_member_list_then_the_last_event() {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let gw = stack.gateway().await;
+    let (status, body) = stack
+        .api(&gw)
+        .trigger(&["presence-cache-room"], "topic", "{\"t\":\"hello\"}")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let mut alice = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let presence = join(&mut alice, "presence-cache-room", "alice").await;
+    assert_eq!(presence["ids"], json!(["alice"]));
+    let cached = alice.next_frame().await.unwrap();
+    assert_eq!(cached["event"], "topic", "{cached}");
+    assert_eq!(data_of(&cached)["t"], "hello");
+}

@@ -454,3 +454,55 @@ async fn terminate_connections_also_answers_without_the_apps_prefix() {
         .unwrap();
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_cache_channel_without_events_answers_a_subscribe_with_cache_miss() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    socket.subscribe("cache-empty").await.unwrap();
+    let frame = socket.next_frame().await.unwrap();
+    assert_eq!(frame["event"], "pusher:cache_miss", "{frame}");
+    assert_eq!(frame["channel"], "cache-empty");
+    // A plain channel has no such thing.
+    socket.subscribe("plain").await.unwrap();
+    assert!(quiet(&mut socket).await);
+}
+
+#[tokio::test]
+async fn a_cache_channel_sends_its_last_event_on_subscribe_then_only_newer_ones() {
+    let stack = Stack::start();
+    let gw = stack.gateway().await;
+    let api = stack.api(&gw);
+    for n in 1..=2 {
+        let (status, body) = api
+            .trigger(&["cache-score"], "score", &format!("{{\"n\":{n}}}"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    socket.subscribe("cache-score").await.unwrap();
+    let cached = socket.next_frame().await.unwrap();
+    assert_eq!(cached["event"], "score", "{cached}");
+    assert_eq!(cached["channel"], "cache-score");
+    assert_eq!(data_of(&cached)["n"], 2);
+    let seq = cached["seq"].as_u64().unwrap();
+
+    api.trigger(&["cache-score"], "score", "{\"n\":3}")
+        .await
+        .unwrap();
+    let live = socket.next_frame().await.unwrap();
+    assert_eq!(data_of(&live)["n"], 3, "{live}");
+    assert!(live["seq"].as_u64().unwrap() > seq);
+    assert!(quiet(&mut socket).await, "nothing sent twice");
+
+    // Private cache channels too, after their auth.
+    api.trigger(&["private-cache-x"], "state", "{\"on\":true}")
+        .await
+        .unwrap();
+    subscribe_private(&mut socket, "private-cache-x").await;
+    let cached = socket.next_frame().await.unwrap();
+    assert_eq!(cached["event"], "state", "{cached}");
+    assert_eq!(data_of(&cached)["on"], true);
+}

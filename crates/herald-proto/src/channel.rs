@@ -92,6 +92,20 @@ impl ChannelName {
         }
     }
 
+    /// Whether this is a Pusher cache channel (`cache-`, `private-cache-`,
+    /// `private-encrypted-cache-`, `presence-cache-`): a new subscriber gets
+    /// the channel's last event, or `pusher:cache_miss`.
+    pub fn is_cache(&self) -> bool {
+        [
+            "cache-",
+            "private-cache-",
+            "private-encrypted-cache-",
+            "presence-cache-",
+        ]
+        .iter()
+        .any(|prefix| self.0.starts_with(prefix))
+    }
+
     /// The NATS subject token for this channel (see the module docs).
     pub fn to_token(&self) -> String {
         self.0.replace('.', "~")
@@ -233,6 +247,26 @@ mod tests {
         assert_eq!(kind("private-encrypted-x"), ChannelKind::PrivateEncrypted);
         assert_eq!(kind("presence-x"), ChannelKind::Presence);
         assert_eq!(kind("privatex"), ChannelKind::Public);
+    }
+
+    #[test]
+    fn cache_channels_are_the_four_pusher_cache_prefixes() {
+        let cache = |n: &str| ChannelName::parse(n).unwrap().is_cache();
+        for yes in [
+            "cache-x",
+            "private-cache-x",
+            "private-encrypted-cache-x",
+            "presence-cache-x",
+        ] {
+            assert!(cache(yes), "{yes}");
+        }
+        for no in ["x-cache-y", "private-x", "cachex", "presence-x"] {
+            assert!(!cache(no), "{no}");
+        }
+        assert_eq!(
+            ChannelName::parse("presence-cache-x").unwrap().kind(),
+            ChannelKind::Presence
+        );
     }
 
     #[test]

@@ -33,6 +33,34 @@ pub enum StreamError {
     /// Sending a publish failed before an ack could be awaited.
     #[error("publish failed: {0}")]
     Publish(#[from] async_nats::jetstream::context::PublishError),
+    /// Reading a stored event failed.
+    #[error("reading the stream failed: {0}")]
+    Read(String),
+}
+
+/// The last stored event of a channel and its stream sequence, if any (what
+/// a Pusher cache channel sends a new subscriber). An event that cannot be
+/// decoded counts as none.
+pub async fn last_event(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    app: &AppId,
+    channel: &ChannelName,
+) -> Result<Option<(u64, Envelope)>, StreamError> {
+    let stream = js
+        .get_stream_no_info(subjects.channels_stream())
+        .await
+        .map_err(|e| StreamError::Read(e.to_string()))?;
+    match stream
+        .get_last_raw_message_by_subject(&subjects.channel(app, channel))
+        .await
+    {
+        Ok(msg) => Ok(Envelope::decode(&msg.payload)
+            .ok()
+            .map(|envelope| (msg.sequence, envelope))),
+        Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(err) => Err(StreamError::Read(err.to_string())),
+    }
 }
 
 /// Retention and de-duplication settings of the channel stream.

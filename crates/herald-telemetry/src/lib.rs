@@ -156,16 +156,33 @@ pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::C
     // Install the metrics recorder before anything is counted: the first
     // NATS events come before the service builds its `/metrics` route.
     metrics_handle();
-    let service = name.to_owned();
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .event_callback(move |event| {
-            let service = service.clone();
-            async move { log_nats_event(&service, &event) }
-        })
-        .connect(url)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))
+    // A server that is still starting (a compose stack coming up, a test's
+    // fresh nats-server) may refuse or reset the first connections: retry
+    // for a few seconds before giving up.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        let service = name.to_owned();
+        let attempt = async_nats::ConnectOptions::new()
+            .name(name)
+            .event_callback(move |event| {
+                let service = service.clone();
+                async move { log_nats_event(&service, &event) }
+            })
+            .connect(url)
+            .await;
+        match attempt {
+            Ok(client) => return Ok(client),
+            Err(err) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::warn!(%err, url, "cannot connect to NATS yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            Err(err) => {
+                return Err(err).with_context(|| format!("connecting to NATS at {url}"));
+            }
+        }
+    }
 }
 
 /// Log what the NATS client reports, and count it. A slow consumer matters

@@ -12,7 +12,9 @@
 //!
 //! A presence subscriber starts *pending*: its frames are buffered until the
 //! member list it is sent is known, so that it never sees a member event
-//! older than that list, nor misses a newer one.
+//! older than that list, nor misses a newer one. A cache-channel subscriber
+//! is pending likewise until the channel's last event is read, so that it
+//! gets that event first and then only newer ones.
 
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
@@ -75,6 +77,8 @@ type UserKey = (AppId, Arc<str>);
 struct Held {
     /// Presence events carry their KV revision; others are always delivered.
     revision: Option<u64>,
+    /// Stored events carry their stream sequence.
+    seq: Option<u64>,
     /// The member the event is about (not sent to that member's own sockets).
     about_user: Option<Arc<str>>,
     frame: Utf8Bytes,
@@ -87,12 +91,21 @@ struct Subscriber {
     /// Member events at or below this revision are already reflected in the
     /// member list the socket got.
     since_revision: u64,
+    /// Stored events at or below this sequence are older than (or are) the
+    /// cached event the socket got.
+    since_seq: u64,
     /// `Some` while a presence subscriber waits for its member list.
     pending: Option<Vec<Held>>,
 }
 
 impl Subscriber {
-    fn offer(&mut self, revision: Option<u64>, about_user: Option<&Arc<str>>, frame: &Utf8Bytes) {
+    fn offer(
+        &mut self,
+        revision: Option<u64>,
+        seq: Option<u64>,
+        about_user: Option<&Arc<str>>,
+        frame: &Utf8Bytes,
+    ) {
         if let (Some(me), Some(about)) = (&self.user_id, about_user) {
             if me == about {
                 return;
@@ -101,12 +114,15 @@ impl Subscriber {
         if let Some(held) = &mut self.pending {
             held.push(Held {
                 revision,
+                seq,
                 about_user: about_user.cloned(),
                 frame: frame.clone(),
             });
             return;
         }
-        if revision.is_some_and(|r| r <= self.since_revision) {
+        if revision.is_some_and(|r| r <= self.since_revision)
+            || seq.is_some_and(|s| s <= self.since_seq)
+        {
             return;
         }
         self.conn.deliver(frame.clone());
@@ -165,6 +181,18 @@ pub(crate) struct Join {
     pub presence_user: Option<Arc<str>>,
     /// The subscription-succeeded frame, for non-presence channels.
     pub first: Option<Utf8Bytes>,
+    /// Start pending (frames held) until [`Hub::ready`], as for presence.
+    pub hold: bool,
+}
+
+/// What a pending subscriber is sent when it goes live.
+pub(crate) struct Ready {
+    /// Member events at or below this KV revision are not sent.
+    pub revision: u64,
+    /// Stored events at or below this stream sequence are not sent.
+    pub seq: u64,
+    /// Sent first, in order (subscription succeeded, the cached event).
+    pub frames: Vec<Utf8Bytes>,
 }
 
 impl Hub {
@@ -212,7 +240,7 @@ impl Hub {
             // subscription; then go round again with a fresh one.
             if channels.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
                 let mut subs = entry.subscribers.write().expect("subscribers lock");
-                let pending = join.presence_user.is_some().then(Vec::new);
+                let pending = (join.presence_user.is_some() || join.hold).then(Vec::new);
                 if let Some(first) = join.first {
                     join.conn.deliver(first);
                 }
@@ -222,6 +250,7 @@ impl Hub {
                         conn: join.conn,
                         user_id: join.presence_user,
                         since_revision: 0,
+                        since_seq: 0,
                         pending,
                     },
                 );
@@ -230,16 +259,10 @@ impl Hub {
         }
     }
 
-    /// A pending presence subscriber got its member list (as of `revision`):
-    /// queue `first`, then every held frame newer than the list, and go live.
-    pub fn presence_ready(
-        &self,
-        app: &AppId,
-        channel: &ChannelName,
-        conn_id: u64,
-        revision: u64,
-        first: Utf8Bytes,
-    ) {
+    /// A pending subscriber is ready (it got its member list, its cached
+    /// event): queue `ready.frames`, then every held frame newer than them,
+    /// and go live.
+    pub fn ready(&self, app: &AppId, channel: &ChannelName, conn_id: u64, ready: Ready) {
         let key = (app.clone(), channel.clone());
         let channels = self.channels.lock().expect("hub lock");
         let Some(entry) = channels.get(&key) else {
@@ -249,10 +272,18 @@ impl Hub {
         let Some(sub) = subs.get_mut(&conn_id) else {
             return;
         };
-        sub.since_revision = revision;
-        sub.conn.deliver(first);
+        sub.since_revision = ready.revision;
+        sub.since_seq = ready.seq;
+        for frame in ready.frames {
+            sub.conn.deliver(frame);
+        }
         for held in sub.pending.take().unwrap_or_default() {
-            sub.offer(held.revision, held.about_user.as_ref(), &held.frame);
+            sub.offer(
+                held.revision,
+                held.seq,
+                held.about_user.as_ref(),
+                &held.frame,
+            );
         }
     }
 
@@ -428,7 +459,7 @@ fn fan_out_stored(entry: &ChannelEntry, channel: &ChannelName, event: &LiveEvent
                 continue;
             }
         }
-        sub.offer(None, None, &frame);
+        sub.offer(None, Some(event.seq), None, &frame);
         delivered += 1;
     }
     metrics::counter!("herald_gateway_deliveries_total").increment(delivered);
@@ -445,7 +476,7 @@ fn fan_out_ephemeral(entry: &ChannelEntry, channel: &ChannelName, event: &Epheme
         if event.socket_id.as_deref() == Some(&*sub.conn.socket_id) {
             continue;
         }
-        sub.offer(None, None, &frame);
+        sub.offer(None, None, None, &frame);
     }
 }
 
@@ -475,6 +506,6 @@ fn fan_out_presence(entry: &ChannelEntry, channel: &ChannelName, event: &Presenc
     let user: Arc<str> = Arc::from(user.as_str());
     let mut subs = entry.subscribers.write().expect("subscribers lock");
     for sub in subs.values_mut() {
-        sub.offer(Some(revision), Some(&user), &frame);
+        sub.offer(Some(revision), None, Some(&user), &frame);
     }
 }

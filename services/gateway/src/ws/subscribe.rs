@@ -3,7 +3,8 @@
 //! subscriptions made on the server's authority (Herald extension).
 
 use super::connection::{Connection, PresenceMembership};
-use crate::hub::Join;
+use crate::hub::{Join, Ready};
+use axum::extract::ws::Utf8Bytes;
 use herald_proto::presence::{pusher_presence_data, MAX_USER_ID_LEN, MAX_USER_INFO_BYTES};
 use herald_proto::pusher::{self, ClientFrame};
 use herald_proto::{ChannelKind, ChannelName};
@@ -13,6 +14,10 @@ use std::sync::Arc;
 /// Pusher's prefix of the per-user channel `pusher-js` subscribes to after
 /// signing in.
 pub(crate) const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+
+/// How old a cache channel's last event may be and still be sent to a new
+/// subscriber: Pusher keeps cached events for 30 minutes.
+const CACHE_TTL_MS: i64 = 30 * 60 * 1000;
 
 /// Who vouches for a subscription.
 enum Authority<'a> {
@@ -235,10 +240,13 @@ impl Connection {
     }
 
     async fn join_plain(&mut self, channel: &ChannelName) -> Result<(), Refusal> {
+        let succeeded: Utf8Bytes = pusher::subscription_succeeded(channel.as_str()).into();
+        let cache = channel.is_cache();
         let join = Join {
             conn: self.handle.clone(),
             presence_user: None,
-            first: Some(pusher::subscription_succeeded(channel.as_str()).into()),
+            first: (!cache).then(|| succeeded.clone()),
+            hold: cache,
         };
         self.state
             .hub
@@ -248,8 +256,53 @@ impl Connection {
                 tracing::error!(%err, %channel, "live subscription failed");
                 Refusal::new("ServerError", "Subscription failed; retry", 503)
             })?;
+        if cache {
+            // Live first (held), then read the last event: nothing published
+            // in between is missed, and nothing is sent twice.
+            let (seq, cached) = self.cached_event(channel).await;
+            let ready = Ready {
+                revision: 0,
+                seq,
+                frames: vec![succeeded, cached],
+            };
+            self.state
+                .hub
+                .ready(&self.app.id, channel, self.handle.id, ready);
+        }
         self.channels.insert(channel.clone(), None);
         Ok(())
+    }
+
+    /// For a cache channel: the frame of its last stored event (if younger
+    /// than Pusher's 30-minute cache lifetime) or `pusher:cache_miss`, with
+    /// the stream sequence of that last event (0 if none).
+    async fn cached_event(&self, channel: &ChannelName) -> (u64, Utf8Bytes) {
+        let state = &self.state;
+        let miss = || -> Utf8Bytes {
+            serde_json::json!({ "event": "pusher:cache_miss", "channel": channel.as_str() })
+                .to_string()
+                .into()
+        };
+        match herald_stream::last_event(&state.js, &state.subjects, &self.app.id, channel).await {
+            Ok(Some((seq, env))) if herald_proto::now_ms() - env.at <= CACHE_TTL_MS => {
+                let frame = pusher::channel_event(
+                    &env.event,
+                    channel.as_str(),
+                    &env.data,
+                    &env.id,
+                    seq,
+                    env.at,
+                );
+                (seq, frame.into())
+            }
+            Ok(Some((seq, _))) => (seq, miss()),
+            Ok(None) => (0, miss()),
+            Err(err) => {
+                // Reading the cache is best effort: the subscription works.
+                tracing::warn!(%err, %channel, "could not read a cache channel's last event");
+                (0, miss())
+            }
+        }
     }
 
     /// Join a presence channel: register as a pending subscriber, announce
@@ -273,6 +326,7 @@ impl Connection {
             conn: self.handle.clone(),
             presence_user: Some(user_id.clone()),
             first: None,
+            hold: false,
         };
         self.state
             .hub
@@ -331,13 +385,19 @@ impl Connection {
             "data": pusher_presence_data(&reply.members).to_string(),
         })
         .to_string();
-        self.state.hub.presence_ready(
-            &self.app.id,
-            channel,
-            self.handle.id,
-            reply.revision,
-            first.into(),
-        );
+        let mut ready = Ready {
+            revision: reply.revision,
+            seq: 0,
+            frames: vec![first.into()],
+        };
+        if channel.is_cache() {
+            let (seq, cached) = self.cached_event(channel).await;
+            ready.seq = seq;
+            ready.frames.push(cached);
+        }
+        self.state
+            .hub
+            .ready(&self.app.id, channel, self.handle.id, ready);
         self.channels
             .insert(channel.clone(), Some(PresenceMembership { user_id, key }));
         Ok(())
