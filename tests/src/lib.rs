@@ -165,16 +165,7 @@ impl Stack {
         let running = Running::spawn(app, port).await;
         // Member queries are answered once it is the active instance with
         // its state loaded, which `/readyz` reports.
-        let ready = format!("http://127.0.0.1:{port}/readyz");
-        eventually(
-            std::time::Duration::from_secs(30),
-            "presence readiness",
-            || async {
-                let status = reqwest::get(&ready).await.ok()?.status();
-                (status == 200).then_some(())
-            },
-        )
-        .await;
+        wait_ready(port, std::time::Duration::from_secs(30)).await;
         running
     }
 }
@@ -249,4 +240,14 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Wait until the service on `port` answers `/readyz` with 200.
+pub async fn wait_ready(port: u16, timeout: std::time::Duration) {
+    let ready = format!("http://127.0.0.1:{port}/readyz");
+    eventually(timeout, "readiness", || async {
+        let status = reqwest::get(&ready).await.ok()?.status();
+        (status == 200).then_some(())
+    })
+    .await;
 }

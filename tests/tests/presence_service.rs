@@ -75,10 +75,7 @@ impl Presence {
 
     /// Wait until it is the active instance with its state loaded.
     async fn wait_ready(&self) {
-        eventually(WAIT, "presence readiness", || async {
-            (self.readiness().await?.0 == 200).then_some(())
-        })
-        .await;
+        herald_tests::wait_ready(self.port, WAIT).await;
     }
 
     /// A clean stop (what SIGTERM does).

@@ -94,12 +94,15 @@ pub fn last_seen_key(app: &AppId, user_id: &str) -> String {
     format!("{app}.{}", hex::encode(user_id))
 }
 
-/// Open `bucket`, creating it (history 1, file storage) when missing.
+/// Open `bucket`, creating it (history 1, file storage, entries expiring
+/// after `max_age`, zero for never) when missing. An existing bucket is
+/// opened as it is.
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     bucket: &str,
     description: &str,
     replicas: usize,
+    max_age: std::time::Duration,
 ) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(bucket).await {
         return Ok(store);
@@ -111,6 +114,7 @@ pub async fn ensure_bucket(
             history: 1,
             storage: jetstream::stream::StorageType::File,
             num_replicas: replicas,
+            max_age,
             ..Default::default()
         })
         .await;

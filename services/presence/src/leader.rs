@@ -56,30 +56,14 @@ pub async fn open_bucket(
     settings: &mut LeaseSettings,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    let store = match js.get_key_value(bucket).await {
-        Ok(store) => store,
-        Err(_) => {
-            let created = js
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_owned(),
-                    description: "Herald presence: the active instance's lease".to_owned(),
-                    history: 1,
-                    max_age: settings.ttl,
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas,
-                    ..Default::default()
-                })
-                .await;
-            match created {
-                Ok(store) => store,
-                // Another instance created it in the meantime.
-                Err(_) => js
-                    .get_key_value(bucket)
-                    .await
-                    .with_context(|| format!("opening KV bucket {bucket}"))?,
-            }
-        }
-    };
+    let store = crate::buckets::ensure_bucket(
+        js,
+        bucket,
+        "Herald presence: the active instance's lease",
+        replicas,
+        settings.ttl,
+    )
+    .await?;
     let age = store
         .status()
         .await

@@ -104,6 +104,7 @@ impl Application {
             &view_bucket(&config.subjects),
             "Herald presence: members and online users subscribers were told about",
             config.kv_replicas,
+            std::time::Duration::ZERO,
         )
         .await?;
         let last_seen = buckets::ensure_bucket(
@@ -111,6 +112,7 @@ impl Application {
             &last_seen_bucket(&config.subjects),
             "Herald presence: when each user's last connection went",
             config.kv_replicas,
+            std::time::Duration::ZERO,
         )
         .await?;
 
