@@ -4,7 +4,7 @@
 
 use herald_config::AppRegistry;
 use herald_proto::Subjects;
-use herald_telemetry::Service;
+use herald_server::Service;
 use herald_testkit::{NatsServer, TestDatabase};
 use tokio_util::sync::CancellationToken;
 

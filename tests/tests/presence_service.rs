@@ -12,7 +12,7 @@ use herald_proto::presence::{
     PresenceSubscription, UserConnection,
 };
 use herald_proto::{now_ms, AppId, ChannelName, Subjects};
-use herald_telemetry::Service;
+use herald_server::Service;
 use herald_tests::{dev_app, eventually, Stack};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

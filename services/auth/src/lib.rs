@@ -75,14 +75,14 @@ pub struct Application {
 impl Application {
     /// Connect to NATS and bind.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = herald_telemetry::connect_nats(&config.nats_url, "herald-auth").await?;
-        let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
+        let nats = herald_server::connect_nats(&config.nats_url, "herald-auth").await?;
+        let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let router =
             Router::new()
                 .layer(TraceLayer::new_for_http())
-                .merge(herald_telemetry::ops_router(vec![(
+                .merge(herald_server::ops_router(vec![(
                     "nats",
-                    herald_telemetry::nats_ready(nats),
+                    herald_server::nats_ready(nats),
                 )]));
         tracing::info!(port, apps = config.apps.iter().count(), "auth listening");
         Ok(Self {
@@ -99,13 +99,13 @@ impl Application {
     }
 }
 
-impl herald_telemetry::Service for Application {
+impl herald_server::Service for Application {
     fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
 
     async fn run_until_stopped(self) -> anyhow::Result<()> {
-        herald_telemetry::serve(self.listener, self.router, self.shutdown).await?;
+        herald_server::serve(self.listener, self.router, self.shutdown).await?;
         tracing::info!("auth stopped");
         Ok(())
     }

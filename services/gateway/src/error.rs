@@ -32,8 +32,8 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::Internal(err) => return herald_telemetry::http::internal_error_response(err),
+            ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
-        herald_telemetry::http::error_response(status, code, &self.to_string())
+        herald_server::http::error_response(status, code, &self.to_string())
     }
 }

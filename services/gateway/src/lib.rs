@@ -60,7 +60,7 @@ pub struct Application {
 impl Application {
     /// Connect to NATS, make sure the channel stream exists, and bind.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = herald_telemetry::connect_nats(&config.nats_url, "herald-gateway").await?;
+        let nats = herald_server::connect_nats(&config.nats_url, "herald-gateway").await?;
         let js = async_nats::jetstream::new(nats.clone());
         herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
         let kv =
@@ -74,7 +74,7 @@ impl Application {
             config.heartbeat_interval,
         );
 
-        let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
+        let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             apps: config.apps.clone(),
@@ -95,9 +95,9 @@ impl Application {
             .merge(api::router())
             .with_state(shared.clone())
             .layer(TraceLayer::new_for_http())
-            .merge(herald_telemetry::ops_router(vec![(
+            .merge(herald_server::ops_router(vec![(
                 "nats",
-                herald_telemetry::nats_ready(nats.clone()),
+                herald_server::nats_ready(nats.clone()),
             )]));
         tracing::info!(port, "gateway listening");
         Ok(Self {
@@ -116,7 +116,7 @@ impl Application {
     }
 }
 
-impl herald_telemetry::Service for Application {
+impl herald_server::Service for Application {
     /// Cancelling this token stops the gateway: connections are closed with
     /// Pusher's 4200 (reconnect) and the listener stops.
     fn shutdown_token(&self) -> CancellationToken {
@@ -137,7 +137,7 @@ impl herald_telemetry::Service for Application {
                 tokio::join!(heartbeat, peers, control);
             }
         });
-        herald_telemetry::serve(self.listener, self.router, token.clone()).await?;
+        herald_server::serve(self.listener, self.router, token.clone()).await?;
         let _ = background.await;
         tracing::info!("gateway stopped");
         Ok(())

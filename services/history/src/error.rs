@@ -29,8 +29,8 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Internal(err) => return herald_telemetry::http::internal_error_response(err),
+            ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
-        herald_telemetry::http::error_response(status, code, &self.to_string())
+        herald_server::http::error_response(status, code, &self.to_string())
     }
 }

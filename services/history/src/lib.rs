@@ -41,6 +41,12 @@ pub(crate) struct Shared {
 
 pub(crate) type AppState = Arc<Shared>;
 
+impl herald_server::auth::HasApps for Shared {
+    fn apps(&self) -> &AppRegistry {
+        &self.apps
+    }
+}
+
 /// A built history service, listening but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -88,12 +94,12 @@ pub struct PgOptionsAndPool {
 impl Application {
     /// Connect to NATS and Postgres, migrate, and bind.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = herald_telemetry::connect_nats(&config.nats_url, "herald-history").await?;
+        let nats = herald_server::connect_nats(&config.nats_url, "herald-history").await?;
         let js = async_nats::jetstream::new(nats.clone());
         herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
         let db = connect_database(&config.database_url, config.db_max_connections).await?;
 
-        let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
+        let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
         let projector = projector::Projector::new(
             js,
@@ -107,7 +113,7 @@ impl Application {
             apps: config.apps.clone(),
         });
         let pool = db.pool.clone();
-        let postgres_ready: herald_telemetry::ReadyCheck = Arc::new(move || {
+        let postgres_ready: herald_server::ReadyCheck = Arc::new(move || {
             let pool = pool.clone();
             Box::pin(async move {
                 pool.execute("SELECT 1")
@@ -119,8 +125,8 @@ impl Application {
         let router = routes::router()
             .with_state(state)
             .layer(TraceLayer::new_for_http())
-            .merge(herald_telemetry::ops_router(vec![
-                ("nats", herald_telemetry::nats_ready(nats)),
+            .merge(herald_server::ops_router(vec![
+                ("nats", herald_server::nats_ready(nats)),
                 ("postgres", postgres_ready),
             ]));
         tracing::info!(port, "history listening");
@@ -139,7 +145,7 @@ impl Application {
     }
 }
 
-impl herald_telemetry::Service for Application {
+impl herald_server::Service for Application {
     /// Cancelling this token stops the projector and the HTTP server.
     fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -151,7 +157,7 @@ impl herald_telemetry::Service for Application {
         // Both run inside this future (not spawned), so that aborting it
         // stops the projector too, as a crash would.
         let (served, projected) = tokio::join!(
-            herald_telemetry::serve(self.listener, self.router, token.clone()),
+            herald_server::serve(self.listener, self.router, token.clone()),
             self.projector.run(token.clone()),
         );
         served?;

@@ -5,7 +5,7 @@ use herald_history::{Application, Cli, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    herald_telemetry::init_tracing();
+    herald_server::init_tracing();
     let config = Config::try_from(Cli::parse())?;
-    herald_telemetry::run_main(Application::build(config)).await
+    herald_server::run_main(Application::build(config)).await
 }

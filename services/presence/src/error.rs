@@ -13,6 +13,9 @@ pub enum ApiError {
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// The request body is over the size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The presence state is not loaded yet (or the engine is stopping).
     #[error("{0}")]
     Unavailable(String),
@@ -26,9 +29,22 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Internal(err) => return herald_telemetry::http::internal_error_response(err),
+            ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
-        herald_telemetry::http::error_response(status, code, &self.to_string())
+        herald_server::http::error_response(status, code, &self.to_string())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    /// A body axum could not read as JSON: too large is 413 (as on every
+    /// Herald service), anything else a 400 with axum's description.
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(rejection.body_text())
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
     }
 }

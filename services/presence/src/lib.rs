@@ -66,6 +66,12 @@ pub(crate) struct Shared {
 
 pub(crate) type AppState = Arc<Shared>;
 
+impl herald_server::auth::HasApps for Shared {
+    fn apps(&self) -> &AppRegistry {
+        &self.apps
+    }
+}
+
 /// A built presence service, listening but not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -94,7 +100,7 @@ struct Parts {
 impl Application {
     /// Connect to NATS, open the buckets, subscribe, and bind.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = herald_telemetry::connect_nats(&config.nats_url, "herald-presence").await?;
+        let nats = herald_server::connect_nats(&config.nats_url, "herald-presence").await?;
         let js = async_nats::jetstream::new(nats.clone());
         let presence =
             herald_stream::ensure_presence_bucket(&js, &config.subjects, config.kv_replicas)
@@ -128,7 +134,7 @@ impl Application {
         let live = Arc::new(AtomicBool::new(false));
         let active = Arc::new(AtomicBool::new(false));
 
-        let (listener, port) = herald_telemetry::bind(&config.host, config.port).await?;
+        let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let state = Arc::new(Shared {
             apps: config.apps.clone(),
             commands: commands_tx,
@@ -136,7 +142,7 @@ impl Application {
             timeout: config.query_timeout,
             active: active.clone(),
         });
-        let flag = |flag: &Arc<AtomicBool>, reason: &'static str| -> herald_telemetry::ReadyCheck {
+        let flag = |flag: &Arc<AtomicBool>, reason: &'static str| -> herald_server::ReadyCheck {
             let flag = flag.clone();
             Arc::new(move || {
                 let up = flag.load(Ordering::SeqCst);
@@ -146,8 +152,8 @@ impl Application {
         let router = routes::router()
             .with_state(state)
             .layer(TraceLayer::new_for_http())
-            .merge(herald_telemetry::ops_router(vec![
-                ("nats", herald_telemetry::nats_ready(nats.clone())),
+            .merge(herald_server::ops_router(vec![
+                ("nats", herald_server::nats_ready(nats.clone())),
                 // A standby instance is alive but not ready: it answers no
                 // queries until it holds the lease.
                 (
@@ -189,7 +195,7 @@ impl Application {
     }
 }
 
-impl herald_telemetry::Service for Application {
+impl herald_server::Service for Application {
     /// Cancelling this token stops every loop and the HTTP server.
     fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -200,7 +206,7 @@ impl herald_telemetry::Service for Application {
     async fn run_until_stopped(self) -> anyhow::Result<()> {
         let token = self.shutdown.clone();
         let (served, active) = tokio::join!(
-            herald_telemetry::serve(self.listener, self.router, token.clone()),
+            herald_server::serve(self.listener, self.router, token.clone()),
             self.parts.run(token.clone()),
         );
         served?;

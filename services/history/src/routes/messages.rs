@@ -1,14 +1,13 @@
 //! `GET /v1/apps/{app}/channels/{channel}/messages?limit=&before=`: a
 //! channel's history, newest first, keyset-paginated by stream sequence.
 
-use super::auth::authorize_app;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_proto::ChannelName;
+use herald_server::auth::AuthorizedApp;
 use serde::{Deserialize, Serialize};
 
 /// Page size when `limit` is not given.
@@ -79,11 +78,10 @@ fn parse_positive(name: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    AuthorizedApp(app): AuthorizedApp,
     Path((app_id, channel)): Path<(String, String)>,
     Query(query): Query<PageQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Page>, ApiError> {
-    let app = authorize_app(&state, &headers, &app_id)?;
     let channel =
         ChannelName::parse(&channel).map_err(|e| ApiError::BadRequest(format!("Channel: {e}")))?;
     let limit = parse_positive("limit", query.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);

@@ -1,7 +1,6 @@
 //! REST routes of the history service, under `/v1`, and their OpenAPI
 //! document at `/v1/openapi.json`.
 
-mod auth;
 mod messages;
 
 use crate::AppState;

@@ -3,15 +3,14 @@
 //! sorted by user id.
 
 use super::ask;
-use super::auth::authorize_app;
 use crate::engine::Command;
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_proto::{ChannelKind, ChannelName};
+use herald_server::auth::AuthorizedApp;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -54,10 +53,9 @@ pub(crate) struct Members {
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
 pub(crate) async fn members(
     State(state): State<AppState>,
+    AuthorizedApp(app): AuthorizedApp,
     Path((app_id, channel)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<Members>, ApiError> {
-    let app = authorize_app(&state, &headers, &app_id)?;
     let channel =
         ChannelName::parse(&channel).map_err(|e| ApiError::BadRequest(format!("Channel: {e}")))?;
     if channel.kind() != ChannelKind::Presence {

@@ -2,7 +2,6 @@
 //! authorized with the app's key and secret (HTTP Basic), and their OpenAPI
 //! document at `/v1/openapi.json`.
 
-mod auth;
 mod members;
 mod users;
 

@@ -12,7 +12,6 @@
 //! never seen.
 
 use super::ask;
-use super::auth::authorize_app;
 use crate::buckets::{last_seen_key, LastSeen};
 use crate::engine::Command;
 use crate::error::ApiError;
@@ -21,12 +20,12 @@ use crate::AppState;
 use anyhow::Context;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use herald_proto::presence::MAX_USER_ID_LEN;
 use herald_proto::{now_ms, AppId};
+use herald_server::auth::AuthorizedApp;
 use serde::{Deserialize, Serialize};
 
 /// Most users in one batch query.
@@ -97,10 +96,9 @@ fn check_user_id(user_id: &str) -> Result<(), ApiError> {
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 pub(crate) async fn one(
     State(state): State<AppState>,
+    AuthorizedApp(app): AuthorizedApp,
     Path((app_id, user_id)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<UserPresence>, ApiError> {
-    let app = authorize_app(&state, &headers, &app_id)?;
     check_user_id(&user_id)?;
     let mut users = lookup(&state, app.id.clone(), vec![user_id]).await?;
     Ok(Json(users.remove(0)))
@@ -123,12 +121,11 @@ pub(crate) async fn one(
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 pub(crate) async fn batch(
     State(state): State<AppState>,
+    AuthorizedApp(app): AuthorizedApp,
     Path(app_id): Path<String>,
-    headers: HeaderMap,
     body: Result<Json<BatchRequest>, JsonRejection>,
 ) -> Result<Json<BatchReply>, ApiError> {
-    let app = authorize_app(&state, &headers, &app_id)?;
-    let Json(body) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = body.map_err(ApiError::from)?;
     if body.user_ids.len() > MAX_BATCH_USERS {
         return Err(ApiError::BadRequest(format!(
             "at most {MAX_BATCH_USERS} user_ids per request, got {}",
