@@ -10,6 +10,13 @@
 //   HERALD_HISTORY_PORT    history service
 //   HERALD_PRESENCE_PORT   presence service
 //
+// Absence ("nothing else arrives") is checked against a marker, never a bare
+// sleep: after the action that must have no effect, make something happen
+// that is ordered after the unwanted frame would have been (an event on the
+// same channel, a ping answered on the same connection, a member joining
+// through the same presence pipeline), wait for it, then assert. `pong`
+// and `raw.pong()` are such markers for one connection.
+//
 // Every wait is bounded (`withTimeout`) and every client or socket a test
 // opens is registered here and closed by `closeAll()` (call it in `after` and
 // `afterEach`), so a broken server makes the tests fail, never hang.
@@ -47,6 +54,25 @@ export function ports() {
     gateway1: port('HERALD_GATEWAY_PORT'),
     gateway2: port('HERALD_GATEWAY2_PORT'),
   };
+}
+
+/** Basic credentials (key:secret) of the app, as the REST services take them. */
+export function basicAuth(key = APP.key, secret = APP.secret) {
+  return `Basic ${Buffer.from(`${key}:${secret}`).toString('base64')}`;
+}
+
+/**
+ * GET a page of a channel's history from the history service:
+ * `{status, body}`. `query` is appended as is (`?limit=10`); `authorization`
+ * is the header to send (`null`: none).
+ */
+export async function historyPage(historyPort, channel, query = '', authorization = basicAuth()) {
+  const headers = authorization === null ? {} : { authorization };
+  const url =
+    `http://${HOST}:${historyPort}/v1/apps/${encodeURIComponent(APP.id)}` +
+    `/channels/${encodeURIComponent(channel)}/messages${query}`;
+  const res = await fetch(url, { headers, signal: AbortSignal.timeout(TIMEOUT_MS) });
+  return bodyOf(res);
 }
 
 /** A channel (or user) name no other test uses. */
@@ -189,6 +215,29 @@ export function collect(emitter, event) {
   return got;
 }
 
+/**
+ * A marker for one pusher-js connection: send `pusher:ping` and wait for the
+ * `pusher:pong`. The gateway answers frames in order and queues the pong
+ * behind every frame it had queued for this socket, so anything it sent
+ * before has been received once this resolves.
+ */
+export function pong(client, what = 'pusher:pong') {
+  const got = withTimeout(
+    new Promise((resolve) => {
+      const handler = (message) => {
+        if (message.event === 'pusher:pong') {
+          client.connection.unbind('message', handler);
+          resolve(message);
+        }
+      };
+      client.connection.bind('message', handler);
+    }),
+    what,
+  );
+  assert.ok(client.connection.send_event('pusher:ping', {}), 'pusher-js sent the ping');
+  return got;
+}
+
 /** Every frame the pusher-js connection receives, from now on. */
 export function collectFrames(client) {
   const frames = [];
@@ -315,6 +364,12 @@ export async function openRaw(wsPort, { path, established = true } = {}) {
     },
     sendText(text) {
       ws.send(text);
+    },
+    /** A marker: ping, and resolve with the pong (every earlier frame is in). */
+    pong(what = 'pusher:pong on the raw socket') {
+      const got = socket.upcoming((f) => f.event === 'pusher:pong', what);
+      socket.send('pusher:ping', {});
+      return got;
     },
     /** `{code, reason}` once the socket closed. */
     closed(what = 'the socket to close') {
