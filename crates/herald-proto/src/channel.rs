@@ -17,6 +17,32 @@ pub const MAX_APP_ID_LEN: usize = 64;
 /// The byte that stands for `.` inside a subject token.
 const DOT_ESCAPE: char = '~';
 
+/// Name prefixes of the channel kinds, defined here and nowhere else.
+pub mod prefix {
+    /// Private channels.
+    pub const PRIVATE: &str = "private-";
+    /// Private channels with end-to-end encrypted payloads.
+    pub const PRIVATE_ENCRYPTED: &str = "private-encrypted-";
+    /// Presence channels.
+    pub const PRESENCE: &str = "presence-";
+    /// Pusher's per-user channel a signed-in connection subscribes to
+    /// (`#server-to-user-<user id>`); not a channel name Pusher's rules allow,
+    /// so it is never a [`super::ChannelName`].
+    pub const SERVER_TO_USER: &str = "#server-to-user-";
+    /// The prefixes of cache channels (one per kind).
+    pub const CACHE: [&str; 4] = [
+        "cache-",
+        "private-cache-",
+        "private-encrypted-cache-",
+        "presence-cache-",
+    ];
+}
+
+/// The user id of Pusher's `#server-to-user-<id>` channel name, if it is one.
+pub fn server_to_user(name: &str) -> Option<&str> {
+    name.strip_prefix(prefix::SERVER_TO_USER)
+}
+
 /// Whether `c` may appear in a Pusher channel name.
 pub fn is_channel_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '@' | ',' | '.' | ';')
@@ -81,11 +107,11 @@ impl ChannelName {
 
     /// The kind of channel, from its prefix.
     pub fn kind(&self) -> ChannelKind {
-        if self.0.starts_with("private-encrypted-") {
+        if self.0.starts_with(prefix::PRIVATE_ENCRYPTED) {
             ChannelKind::PrivateEncrypted
-        } else if self.0.starts_with("private-") {
+        } else if self.0.starts_with(prefix::PRIVATE) {
             ChannelKind::Private
-        } else if self.0.starts_with("presence-") {
+        } else if self.0.starts_with(prefix::PRESENCE) {
             ChannelKind::Presence
         } else {
             ChannelKind::Public
@@ -96,14 +122,7 @@ impl ChannelName {
     /// `private-encrypted-cache-`, `presence-cache-`): a new subscriber gets
     /// the channel's last event, or `pusher:cache_miss`.
     pub fn is_cache(&self) -> bool {
-        [
-            "cache-",
-            "private-cache-",
-            "private-encrypted-cache-",
-            "presence-cache-",
-        ]
-        .iter()
-        .any(|prefix| self.0.starts_with(prefix))
+        prefix::CACHE.iter().any(|p| self.0.starts_with(p))
     }
 
     /// The NATS subject token for this channel (see the module docs).

@@ -13,6 +13,12 @@ pub enum ErrorKind {
     InvalidAppId,
     /// A subject does not belong to the layout this prefix describes.
     InvalidSubject,
+    /// A user id is empty or too long.
+    InvalidUserId,
+    /// A socket id is not two integers joined by a dot.
+    InvalidSocketId,
+    /// An event name is empty or too long.
+    InvalidEventName,
     /// An envelope could not be decoded (bad JSON, missing field).
     InvalidEnvelope,
     /// An envelope carries a version this build does not know.

@@ -7,12 +7,14 @@
 //! * [`envelope`] — the versioned event envelope stored in JetStream.
 //! * [`pusher`] — Pusher protocol 7 frames and the HMAC signatures of the
 //!   Pusher HTTP API and channel authorization.
+//! * [`id`] — user ids, socket ids and event names, each validated once.
 //! * [`error`] — matchable error kinds shared by all of the above.
 
 pub mod channel;
 pub mod control;
 pub mod envelope;
 pub mod error;
+pub mod id;
 pub mod presence;
 pub mod pusher;
 pub mod subject;
@@ -20,6 +22,7 @@ pub mod subject;
 pub use channel::{AppId, ChannelKind, ChannelName};
 pub use envelope::{Envelope, EventKind};
 pub use error::{Error, ErrorKind};
+pub use id::{EventName, SocketId, UserId};
 pub use subject::{ControlVerb, Subjects};
 
 /// Milliseconds since the Unix epoch, the unit of every Herald timestamp.

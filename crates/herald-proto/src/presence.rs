@@ -37,8 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-/// Pusher's limit on a presence `user_id`, in bytes.
-pub const MAX_USER_ID_LEN: usize = 128;
+pub use crate::id::MAX_USER_ID_LEN;
 /// Pusher's limit on a presence `user_info`, serialized, in bytes.
 pub const MAX_USER_INFO_BYTES: usize = 1024;
 

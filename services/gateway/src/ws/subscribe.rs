@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 /// Pusher's prefix of the per-user channel `pusher-js` subscribes to after
 /// signing in.
-pub(crate) const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+pub(crate) use herald_proto::channel::prefix::SERVER_TO_USER as USER_CHANNEL_PREFIX;
 
 /// How old a cache channel's last event may be and still be sent to a new
 /// subscriber: Pusher keeps cached events for 30 minutes.
