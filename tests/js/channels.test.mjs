@@ -8,19 +8,19 @@ import http from 'node:http';
 import {
   APP,
   ENCRYPTION_MASTER_KEY_BASE64,
-  QUIET_MS,
   channelAuthorizer,
   closeAll,
   collect,
+  collectFrames,
   connect,
   dataOf,
   eventually,
   nacl,
   nextEvent,
   openRaw,
+  pong,
   ports,
   sdk,
-  sleep,
   subscribe,
   subscription,
   track,
@@ -60,13 +60,20 @@ describe('public channels', () => {
     const goneChannel = await subscribe(client, gone);
     const keptChannel = await subscribe(client, kept);
     const goneEvents = collect(goneChannel, 'e');
+    const frames = collectFrames(client);
     client.unsubscribe(gone);
-    await sleep(200); // the unsubscribe frame has no reply
+    await pong(client); // the unsubscribe has no reply; the pong comes after it was handled
+    // An observer still on `gone`, on the same gateway: once it has the event,
+    // the gateway has fanned it out; the client's pong after that is the marker.
+    const observer = await openRaw(gw1);
+    await observer.subscribe(gone);
     const keptEvent = nextEvent(keptChannel, 'e');
     await sdk(gw1).trigger(gone, 'e', { n: 1 });
     await sdk(gw1).trigger(kept, 'e', { n: 2 });
     assert.deepEqual(await keptEvent, { n: 2 });
-    await sleep(QUIET_MS);
+    await observer.event('e', gone);
+    await pong(client);
+    assert.deepEqual(frames.filter((f) => f.channel === gone), [], 'no frame for the channel left');
     assert.deepEqual(goneEvents, []);
     // And subscribing again works.
     const again = await subscribe(client, gone);
@@ -247,9 +254,12 @@ describe('cache channels', () => {
     await eventually(() => prices.length === 1, 'the cached event');
     assert.deepEqual(prices, [{ v: 2 }]);
     await sdk(gw2).trigger(name, 'price', { v: 3 });
-    await eventually(() => prices.length === 2, 'the live event');
-    await sleep(QUIET_MS);
-    assert.deepEqual(prices, [{ v: 2 }, { v: 3 }]);
+    await eventually(() => prices.length >= 2, 'the live event');
+    // Marker: a later event on the same channel; a duplicate or a late
+    // cache_miss would have come before it.
+    await sdk(gw2).trigger(name, 'price', { v: 4 });
+    await eventually(() => prices.length >= 3, 'the marker event');
+    assert.deepEqual(prices, [{ v: 2 }, { v: 3 }, { v: 4 }]);
     assert.equal(misses.length, 0);
   });
 });

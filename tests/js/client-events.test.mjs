@@ -5,7 +5,6 @@
 import { describe, test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  QUIET_MS,
   channelAuthorizer,
   closeAll,
   collect,
@@ -15,6 +14,7 @@ import {
   eventually,
   nextEvent,
   openRaw,
+  pong,
   ports,
   sdk,
   sleep,
@@ -49,7 +49,9 @@ describe('client events', () => {
     assert.ok(senderChannel.trigger('client-typing', { from: 'sender', text: 'héllo' }), 'pusher-js sent it');
     assert.deepEqual(await gotFar, { from: 'sender', text: 'héllo' });
     assert.deepEqual(await gotNear, { from: 'sender', text: 'héllo' });
-    await sleep(QUIET_MS);
+    // Marker: gateway 1 has relayed it to `near`; an echo to the sender would
+    // be queued on the sender's socket before the pong to a later ping.
+    await pong(sender);
     assert.deepEqual(echoed, [], 'never echoed to the sender');
   });
 
@@ -69,7 +71,8 @@ describe('client events', () => {
     const name = unique('public-chat-');
     const sender = await connect(gw1);
     const channel = await subscribe(sender, name);
-    const listener = await subscribe(await connect(gw2), name);
+    const listenerClient = await connect(gw2);
+    const listener = await subscribe(listenerClient, name);
     const delivered = collect(listener, 'client-x');
     const errors = [];
     sender.connection.bind('error', (err) => errors.push(err));
@@ -79,7 +82,14 @@ describe('client events', () => {
     await eventually(() => errors.length > 0, 'a pusher:error reported by pusher-js');
     assert.equal(errors[0].type, 'PusherError', JSON.stringify(errors));
     assert.match(errors[0].data.message, /private and presence/);
-    await sleep(QUIET_MS);
+    // Marker: an event triggered through gateway 1 after the refusal, on the
+    // same channel; it travels further (stored, then republished) than a
+    // relayed client event would have, and the listener's pong after it
+    // flushes anything gateway 2 had queued.
+    const marker = nextEvent(listener, 'marker');
+    await sdk(gw1).trigger(name, 'marker', {});
+    await marker;
+    await pong(listenerClient);
     assert.deepEqual(delivered, [], 'not relayed');
     assert.equal(sender.connection.state, 'connected', 'the connection stays open');
   });

@@ -12,19 +12,19 @@
 import { describe, test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  QUIET_MS,
   closeAll,
   collectFrames,
   connect,
   dataOf,
   eventually,
   frameIn,
+  openRaw,
   outcome,
+  pong,
   ports,
   sdk,
   signedIn,
   signedRequest,
-  sleep,
   subscribe,
   unique,
   withTimeout,
@@ -82,7 +82,9 @@ describe('Herald extension: server-side subscriptions', () => {
       assert.deepEqual(frame.data, { text: 'team only' });
     }
     await eventually(() => phoneGlobal.some((e) => e.event === 'memo'), 'memo through bind_global');
-    await sleep(QUIET_MS);
+    // Marker: the laptop, on Bob's gateway, has the memo; Bob's pong after
+    // that comes behind anything the gateway had queued for him.
+    await pong(bob);
     assert.deepEqual(framesOf(bobFrames, 'memo'), [], 'another user is not subscribed');
     assert.deepEqual(framesOf(bobFrames, 'pusher_internal:subscription_succeeded', team), []);
 
@@ -123,6 +125,8 @@ describe('Herald extension: server-side subscriptions', () => {
       );
     }
 
+    const observers = [await openRaw(gw1), await openRaw(gw2)];
+    for (const observer of observers) await observer.subscribe(gone);
     const res = await signedRequest(gw2, 'DELETE', `/users/${user}/subscriptions`, { channels: [gone] });
     assert.equal(res.status, 200, JSON.stringify(res.body));
     assert.deepEqual(res.body, { connections: 2 });
@@ -135,7 +139,11 @@ describe('Herald extension: server-side subscriptions', () => {
     for (const frames of [aFrames, bFrames]) {
       await frameIn(frames, (f) => f.event === 'after' && f.channel === kept, 'the event on the kept channel');
     }
-    await sleep(QUIET_MS);
+    // Marker: observers still on `gone` on both gateways got the event, so
+    // each gateway has fanned it out; the clients' pongs come after.
+    for (const observer of observers) await observer.event('after', gone);
+    await pong(a);
+    await pong(b);
     assert.deepEqual(framesOf(aFrames, 'after', gone), []);
     assert.deepEqual(framesOf(bFrames, 'after', gone), []);
   });
@@ -157,7 +165,9 @@ describe('Herald extension: server-side subscriptions', () => {
     await frameIn(frames, (f) => f.event === 'pusher_internal:subscription_succeeded' && f.channel === name, 'success');
     await server.trigger(name, 'once', {});
     await frameIn(frames, (f) => f.event === 'once', 'the event');
-    await sleep(QUIET_MS);
+    // Marker: a later event on the same channel; a second copy would be first.
+    await server.trigger(name, 'marker', {});
+    await frameIn(frames, (f) => f.event === 'marker', 'the marker event');
     assert.equal(framesOf(frames, 'once').length, 1);
   });
 
@@ -213,7 +223,14 @@ describe('Herald extension: de-duplicated fan-out', () => {
       () => [...counts.values()].every((got) => got.some((e) => e.event === 'once')),
       'the event on every client',
     );
-    await sleep(QUIET_MS);
+    // Marker: a plain event on both channels after it; a second copy through
+    // either channel would arrive before that channel's marker.
+    await server.trigger([a, b], 'marker1', {});
+    const subscribedTo = { both1: 2, both2: 2, onlyB: 1 };
+    await eventually(
+      () => [...counts].every(([name, got]) => got.filter((e) => e.event === 'marker1').length === subscribedTo[name]),
+      'the marker on every channel of every client',
+    );
     for (const [name, got] of counts) {
       assert.deepEqual(
         got.filter((e) => e.event === 'once').map((e) => e.data),
@@ -229,7 +246,8 @@ describe('Herald extension: de-duplicated fan-out', () => {
       'the plain multi-channel event twice',
     );
     await eventually(() => counts.get('both2').filter((e) => e.event === 'twice').length === 2, 'twice on gateway 2');
-    await sleep(QUIET_MS);
+    await server.trigger(b, 'marker2', {});
+    await eventually(() => counts.get('onlyB').some((e) => e.event === 'marker2'), 'the marker on b');
     assert.equal(counts.get('onlyB').filter((e) => e.event === 'twice').length, 1);
   });
 });

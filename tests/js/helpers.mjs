@@ -31,8 +31,6 @@ import WebSocket from 'ws';
 export const HOST = '127.0.0.1';
 export const APP = { id: 'app-id', key: 'app-key', secret: 'app-secret' };
 export const TIMEOUT_MS = 10_000;
-/** How long "nothing arrives" is watched for. */
-export const QUIET_MS = 500;
 /** A 32-byte master key for end-to-end encrypted channels (base64). */
 export const ENCRYPTION_MASTER_KEY_BASE64 = Buffer.alloc(32, 7).toString('base64');
 

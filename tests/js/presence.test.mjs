@@ -7,7 +7,6 @@
 import { describe, test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  QUIET_MS,
   channelAuthorizer,
   closeAll,
   collect,
@@ -22,7 +21,6 @@ import {
   ports,
   sdk,
   signedIn,
-  sleep,
   subscribe,
   subscription,
   unique,
@@ -37,6 +35,26 @@ function membersOf(channel) {
   });
   return members;
 }
+
+/**
+ * The member events a pusher-js client receives on `room`, in arrival order,
+ * as frames (pusher-js itself drops a member_removed for a member it no
+ * longer has, which would hide a duplicate).
+ */
+function memberLog(client, room) {
+  const log = [];
+  client.connection.bind('message', (frame) => {
+    if (frame.channel !== room) return;
+    if (frame.event === 'pusher_internal:member_added') {
+      log.push({ op: 'added', id: frame.data.user_id, info: frame.data.user_info });
+    } else if (frame.event === 'pusher_internal:member_removed') {
+      log.push({ op: 'removed', id: frame.data.user_id });
+    }
+  });
+  return log;
+}
+
+const opId = (e) => `${e.op} ${e.id}`;
 
 describe('presence channels', () => {
   let gw1, gw2, server;
@@ -56,13 +74,38 @@ describe('presence channels', () => {
     });
   }
 
+  /**
+   * A marker for absence checks on a presence channel: a new member joins on
+   * `gateway` and its member_added reaches the observer's `log`. Presence
+   * facts are folded in the order the gateways wrote them, so an unwanted
+   * member event caused by anything done before this join has arrived by then.
+   */
+  async function markerMember(gateway, room, log) {
+    const id = unique('marker-');
+    const client = await member(gateway, { id, info: {} });
+    await subscribe(client, room);
+    await eventually(() => log.some((e) => e.op === 'added' && e.id === id), `member_added for the marker ${id}`);
+    return { id, client };
+  }
+
+  /** The marker leaves; resolves once its member_removed is in `log`. */
+  async function leaveMarker(marker, log) {
+    marker.client.disconnect();
+    await eventually(
+      () => log.some((e) => e.op === 'removed' && e.id === marker.id),
+      `member_removed for the marker ${marker.id}`,
+    );
+  }
+
   test('members, member_added and member_removed across gateways; a second device is invisible to others', async () => {
     const room = unique('presence-room-');
     const alice = { id: unique('alice-'), info: { name: 'Alice' } };
     const bob = { id: unique('bob-'), info: { name: 'Bob', emoji: '✓' } };
 
-    // Alice joins first, on gateway 1: she is alone.
+    // Alice joins first, on gateway 1: she is alone. She observes everything
+    // after, as one log of member events in the order they arrived.
     const aliceClient = await member(gw1, alice);
+    const aliceSocket = aliceClient.connection.socket_id;
     const aliceResult = await subscription(aliceClient, room);
     assert.ok(aliceResult.ok, JSON.stringify(aliceResult.status));
     const aliceChannel = aliceResult.channel;
@@ -70,26 +113,36 @@ describe('presence channels', () => {
     assert.equal(aliceChannel.members.count, 1);
     assert.equal(aliceChannel.members.me.id, alice.id);
     assert.deepEqual(aliceChannel.members.me.info, alice.info);
-    const added = collect(aliceChannel, 'pusher:member_added');
-    const removed = collect(aliceChannel, 'pusher:member_removed');
+    const log = memberLog(aliceClient, room);
+    const aliceStillThere = () => {
+      assert.equal(aliceClient.connection.state, 'connected', 'the observer is still connected');
+      assert.equal(aliceClient.connection.socket_id, aliceSocket, 'on the same socket (no reconnect)');
+    };
 
     // Bob joins on gateway 2: he sees both; Alice sees him arrive.
     const bobClient = await member(gw2, bob);
     const bobChannel = await subscribe(bobClient, room);
     assert.equal(bobChannel.members.count, 2);
     assert.deepEqual(membersOf(bobChannel), { [alice.id]: alice.info, [bob.id]: bob.info });
-    await eventually(() => added.length === 1, 'member_added for Bob on Alice’s side');
-    assert.equal(added[0].id, bob.id);
-    assert.deepEqual(added[0].info, bob.info);
+    await eventually(() => log.length === 1, 'member_added for Bob on Alice’s side');
+    assert.deepEqual(log[0], { op: 'added', id: bob.id, info: bob.info });
     assert.equal(aliceChannel.members.count, 2);
 
-    // Bob's second device, on gateway 1: same member, no member_added.
+    // Bob's second device, on gateway 1: same member, no member_added. The
+    // marker joins (and leaves) after the phone's subscription succeeded, so
+    // a member_added for the phone would have reached Alice before it.
     const bobPhone = await member(gw1, bob);
     const bobPhoneChannel = await subscribe(bobPhone, room);
     assert.equal(bobPhoneChannel.members.count, 2);
     assert.deepEqual(membersOf(bobPhoneChannel), { [alice.id]: alice.info, [bob.id]: bob.info });
-    await sleep(QUIET_MS);
-    assert.equal(added.length, 1, 'a second connection of a member is not a new member');
+    const marker1 = await markerMember(gw1, room, log);
+    await leaveMarker(marker1, log);
+    assert.deepEqual(
+      log.map(opId),
+      [`added ${bob.id}`, `added ${marker1.id}`, `removed ${marker1.id}`],
+      'a second connection of a member is not a new member',
+    );
+    aliceStillThere();
 
     // The HTTP API sees two users (three subscriptions).
     const users = await outcome(server.get({ path: `/channels/${room}/users` }));
@@ -105,16 +158,36 @@ describe('presence channels', () => {
     const published = await outcome(server.trigger(room, 'hello', {}, { info: 'user_count,subscription_count' }));
     assert.deepEqual(published.body, { channels: { [room]: { user_count: 2, subscription_count: 3 } } });
 
-    // The second device leaves: Bob is still there.
+    // The second device leaves: Bob is still there. Once gateway 1 no longer
+    // counts the phone's subscription it has handled the close (and sent the
+    // phone's presence delete); a marker member joining on that gateway after
+    // is ordered behind it, so a member_removed for Bob would arrive first.
     bobPhone.disconnect();
-    await sleep(QUIET_MS * 2);
-    assert.equal(removed.length, 0, 'closing one of two connections is not a leave');
-    assert.equal(aliceChannel.members.count, 2);
+    await eventually(async () => {
+      const res = await outcome(server.get({ path: `/channels/${room}`, params: { info: 'subscription_count' } }));
+      return res.body.subscription_count === 2;
+    }, 'gateway 1 to drop the phone’s subscription');
+    const marker2 = await markerMember(gw1, room, log);
+    assert.deepEqual(
+      log.slice(3).map(opId),
+      [`added ${marker2.id}`],
+      'closing one of two connections is not a leave',
+    );
+    aliceStillThere();
+    assert.deepEqual(membersOf(aliceChannel), { [alice.id]: alice.info, [bob.id]: bob.info, [marker2.id]: {} });
 
-    // Bob's last device leaves: member_removed.
+    // Bob's last device leaves: member_removed, exactly once (checked against
+    // the marker leaving after it).
     bobClient.disconnect();
-    await eventually(() => removed.length === 1, 'member_removed for Bob');
-    assert.equal(removed[0].id, bob.id);
+    await eventually(() => log.length === 5, 'member_removed for Bob');
+    assert.deepEqual(log[4], { op: 'removed', id: bob.id });
+    await leaveMarker(marker2, log);
+    assert.deepEqual(
+      log.slice(3).map(opId),
+      [`added ${marker2.id}`, `removed ${bob.id}`, `removed ${marker2.id}`],
+      'Bob left once, when his last device left',
+    );
+    aliceStillThere();
     assert.equal(aliceChannel.members.count, 1);
     await eventually(async () => {
       const res = await outcome(server.get({ path: `/channels/${room}/users` }));
