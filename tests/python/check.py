@@ -10,7 +10,9 @@ stack configures an extra app for this check in HERALD_APPS:
      "enable_client_messages": true}
 
 Prints one line per check and a final "N passed, N failed" line; exits
-non-zero when any check failed. Every wait is bounded.
+non-zero when any check failed. Every wait is bounded, and absence
+("nothing else arrived") is checked against a marker (a later event on the
+same channel, or a ping answered on the same connection), never a bare sleep.
 """
 
 import json
@@ -25,13 +27,17 @@ import uuid
 
 import pusher
 import pysher
+from pysher.channel import Channel
 
 HOST = "127.0.0.1"
 APP_ID = "123456"
 KEY = "py-key"
 SECRET = "py-secret"
 TIMEOUT = 10.0
-QUIET = 0.5
+# Pusher's close code (and pusher:error code) for a connection the server
+# ends and that must not reconnect unchanged: terminate_connections, a bad
+# sign-in (crates/herald-proto pusher.rs; `UNAUTHORIZED` in the gateway).
+CLOSE_TERMINATED = 4009
 
 
 def port(name):
@@ -87,8 +93,20 @@ class Client(pysher.Pusher):
         )
         self.connection.bind("pusher:connection_established", self._established)
         self.connection_frames = []
-        for event in ("pusher:error", "pusher:signin_success"):
+        for event in ("pusher:error", "pusher:signin_success", "pusher:pong"):
             self.connection.bind(event, self._connection_frame, event)
+        # The close as websocket-client reports it: (ws, code, reason). pysher
+        # builds its WebSocketApp from `connection._on_close` when it
+        # connects, so wrapping the attribute here sees every close.
+        self.closes = []
+        pysher_on_close = self.connection._on_close
+
+        def on_close(*args):
+            with self.lock:
+                self.closes.append(tuple(args[1:3]) if len(args) >= 3 else (None, None))
+            pysher_on_close(*args)
+
+        self.connection._on_close = on_close
 
     def _established(self, data):
         with self.lock:
@@ -126,9 +144,41 @@ class Client(pysher.Pusher):
 
         return eventually(find, what or event)
 
-    def subscribed(self, channel, auth=None):
-        """Subscribe and wait for the server's answer; returns the pysher channel."""
-        handle = self.subscribe(channel, auth=auth)
+    def pong(self):
+        """A marker: ping and wait for the pong. The gateway queues the pong
+        behind every frame it queued for this socket before, so those frames
+        have all been handled once this returns."""
+        with self.lock:
+            before = sum(1 for e, _ in self.connection_frames if e == "pusher:pong")
+        self.connection.send_event("pusher:ping", {})
+
+        def answered():
+            with self.lock:
+                return sum(1 for e, _ in self.connection_frames if e == "pusher:pong") > before
+
+        eventually(answered, "pusher:pong")
+
+    def closed(self, what="the connection to close"):
+        """(code, reason) of the close, once the socket closed."""
+
+        def find():
+            with self.lock:
+                return self.closes[0] if self.closes else None
+
+        return eventually(find, what)
+
+    def subscribed(self, channel, auth=None, channel_data=None):
+        """Subscribe and wait for the server's answer; returns the pysher
+        channel. With `channel_data` (a presence channel authorized by the
+        app's server), the subscribe carries `auth` and `channel_data` as
+        given: pysher itself sends channel_data only when it signs."""
+        if channel_data is None:
+            handle = self.subscribe(channel, auth=auth)
+        else:
+            handle = self.channels[channel] = Channel(channel, self.connection)
+            self.connection.send_event(
+                "pusher:subscribe", {"channel": channel, "auth": auth, "channel_data": channel_data}
+            )
 
         def answer():
             with self.lock:
@@ -245,8 +295,11 @@ def socket_id_exclusion_skips_that_pysher_connection():
     other_events = Events(other.subscribed(name), "e")
     sdk().trigger(name, "e", {"n": 1}, socket_id=excluded.connection.socket_id)
     other_events.wait(what="the event on the other connection")
-    time.sleep(QUIET)
-    assert excluded_events.got == [], excluded_events.got
+    # Marker: a later event on the same channel, for everyone; the excluded
+    # one would have arrived before it.
+    sdk().trigger(name, "e", {"n": 2})
+    excluded_events.wait(what="the marker event on the excluded connection")
+    assert [json.loads(d) for d in excluded_events.got] == [{"n": 2}], excluded_events.got
 
 
 @check
@@ -276,42 +329,77 @@ def trigger_batch_delivers_every_event():
 def client_events_from_pysher_reach_the_other_gateway_not_the_sender():
     name = unique("private-py-chat-")
     server = sdk()
-    sender, receiver = client(GATEWAY1), client(GATEWAY2)
+    sender, receiver, near = client(GATEWAY1), client(GATEWAY2), client(GATEWAY1)
     sender_channel = sender.subscribed(name, auth=server.authenticate(name, sender.connection.socket_id)["auth"])
     receiver_events = Events(
         receiver.subscribed(name, auth=server.authenticate(name, receiver.connection.socket_id)["auth"]),
+        "client-typing",
+    )
+    near_events = Events(
+        near.subscribed(name, auth=server.authenticate(name, near.connection.socket_id)["auth"]),
         "client-typing",
     )
     sender_events = Events(sender_channel, "client-typing")
     sender_channel.trigger("client-typing", {"typing": True})
     (data,) = receiver_events.wait(what="the client event on the other gateway")
     assert (json.loads(data) if isinstance(data, str) else data) == {"typing": True}, data
-    time.sleep(QUIET)
+    # Marker: `near`, on the sender's gateway, has it too, so that gateway has
+    # fanned it out; an echo would be queued on the sender before its pong.
+    near_events.wait(what="the client event on the sender's gateway")
+    sender.pong()
     assert sender_events.got == [], "not echoed to the sender"
 
 
 @check
-def presence_channel_members_and_the_sdk_users_and_user_count():
+def presence_channel_with_sdk_signed_auth_members_users_and_user_count():
     room = unique("presence-py-")
+    server = sdk()
+    # Alice's pysher signs presence channels itself (it is given the secret).
     alice = client(GATEWAY1, secret=SECRET, user_data={"user_id": "alice", "user_info": {"name": "Alice"}})
-    bob = client(GATEWAY2, secret=SECRET, user_data={"user_id": "bob"})
-    alice.subscribed(room)  # pysher signs presence channels itself with the secret
-    bob_channel = bob.subscribed(room)
-    assert bob_channel is not None
+    alice.subscribed(room)
+    # Bob's pysher has no secret: the app's server signs with the SDK's
+    # authenticate (socket id, channel, custom_data), as an auth endpoint does,
+    # and Bob subscribes with exactly the auth and channel_data it returned.
+    bob = client(GATEWAY2)
+    signed = server.authenticate(room, bob.connection.socket_id, {"user_id": "bob", "user_info": {"lang": "py"}})
+    assert set(signed) == {"auth", "channel_data"}, signed
+    assert signed["auth"].startswith(f"{KEY}:"), signed
+    assert json.loads(signed["channel_data"]) == {"user_id": "bob", "user_info": {"lang": "py"}}, signed
+    bob.subscribed(room, auth=signed["auth"], channel_data=signed["channel_data"])
     _, _, data = bob.frame("pusher_internal:subscription_succeeded", room)
     presence = json.loads(data)["presence"]
     assert presence["count"] == 2 and sorted(presence["ids"]) == ["alice", "bob"], presence
-    assert presence["hash"]["alice"] == {"name": "Alice"}, presence
-    alice.frame("pusher_internal:member_added", room, "member_added for bob")
-    users = sdk().users_info(room)
+    assert presence["hash"] == {"alice": {"name": "Alice"}, "bob": {"lang": "py"}}, presence
+    _, _, added = alice.frame("pusher_internal:member_added", room, "member_added for bob")
+    assert json.loads(added) == {"user_id": "bob", "user_info": {"lang": "py"}}, added
+    users = server.users_info(room)
     assert sorted(u["id"] for u in users["users"]) == ["alice", "bob"], users
     info = sdk(GATEWAY2).channel_info(room, ["user_count"])
     assert info == {"occupied": True, "user_count": 2}, info
-    # An SDK-signed presence authorization (custom_data) verifies too.
-    raw_auth = sdk().authenticate(room, bob.connection.socket_id, {"user_id": "bob"})
-    assert set(raw_auth) == {"auth", "channel_data"}, raw_auth
+
+    # The signature is checked: channel_data changed after signing, or an
+    # authorization made for another socket, is refused.
+    mallory = client(GATEWAY1)
+    forged = server.authenticate(room, mallory.connection.socket_id, {"user_id": "mallory"})
+    for i, data in enumerate(
+        [
+            {"channel": room, "auth": forged["auth"], "channel_data": json.dumps({"user_id": "admin"})},
+            {"channel": room, "auth": signed["auth"], "channel_data": signed["channel_data"]},  # Bob's socket's
+        ],
+        start=1,
+    ):
+        mallory.connection.send_event("pusher:subscribe", data)
+        eventually(
+            lambda i=i: len(mallory.received("pusher:subscription_error", room)) >= i,
+            f"subscription_error #{i} for {data}",
+        )
+    for _, _, error in mallory.received("pusher:subscription_error", room):
+        assert json.loads(error)["status"] == 401, error
+    assert len(server.users_info(room)["users"]) == 2, "no member was added by the refused ones"
+
     bob.disconnect(timeout=0.1)
-    alice.frame("pusher_internal:member_removed", room, "member_removed for bob")
+    _, _, removed = alice.frame("pusher_internal:member_removed", room, "member_removed for bob")
+    assert json.loads(removed)["user_id"] == "bob", removed
 
 
 @check
@@ -328,21 +416,49 @@ def sign_in_with_authenticate_user_and_send_to_user():
     assert json.loads(data) == {"for": user}, data
 
 
-@check
-def terminate_user_connections_closes_the_users_connection():
-    # pusher-http-python posts this one without the /apps/{id} prefix; the
-    # gateway accepts that form too.
-    user = unique("py-term-")
-    c = client(GATEWAY1)
+def signed_in(gateway, user):
+    """A pysher connection signed in as `user` (SDK authenticate_user)."""
+    c = client(gateway)
     signed = sdk().authenticate_user(c.connection.socket_id, {"id": user})
     c.connection.send_event("pusher:signin", {"auth": signed["auth"], "user_data": signed["user_data"]})
     c.connection_event("pusher:signin_success")
-    sdk(GATEWAY2).terminate_user_connections(user)
-    error = c.connection_event("pusher:error", "the termination notice")
-    payload = json.loads(error) if isinstance(error, str) else error
-    assert payload["code"] == 4009, payload
-    # (pysher's own thread then logs "cannot join current thread" while it
-    # handles the close; that is pysher's noise, not a failure.)
+    return c
+
+
+@check
+def terminate_user_connections_closes_the_users_connections_with_4009():
+    # pusher-http-python posts this one without the /apps/{id} prefix; the
+    # gateway accepts that form too.
+    user = unique("py-term-")
+    phone, laptop = signed_in(GATEWAY1, user), signed_in(GATEWAY2, user)
+    other_user = unique("py-other-")
+    other = signed_in(GATEWAY1, other_user)
+    other_socket = other.connection.socket_id
+    other_events = Events(other.subscribed(f"#server-to-user-{other_user}"), "still")
+
+    answer = sdk(GATEWAY2).terminate_user_connections(user)
+    assert answer == {"connections": 2}, answer
+    for c, where in ((phone, "gateway 1"), (laptop, "gateway 2")):
+        error = c.connection_event("pusher:error", f"the termination notice on {where}")
+        payload = json.loads(error) if isinstance(error, str) else error
+        assert payload["code"] == CLOSE_TERMINATED, payload
+        # Then the server closes the socket with the same code (and the
+        # notice's message as the reason), whatever pysher does meanwhile.
+        code, reason = c.closed(f"the terminated connection on {where} to close")
+        assert code == CLOSE_TERMINATED, f"{where}: closed with {code} {reason!r}"
+        assert reason == payload["message"], f"{where}: close reason {reason!r}, notice {payload!r}"
+    # (pysher's own thread logs "cannot join current thread" while it handles
+    # the 4009; that is pysher's noise, not a failure.)
+
+    # The other user is untouched: an event to them afterwards arrives, on
+    # the same socket.
+    sdk().send_to_user(other_user, "still", {"here": True})
+    (data,) = other_events.wait(what="the event to the other user")
+    assert json.loads(data) == {"here": True}, data
+    assert other.connection.state == "connected" and other.connection.socket_id == other_socket
+    assert other.closes == [], other.closes
+
+    assert sdk().terminate_user_connections(unique("py-ghost-")) == {"connections": 0}
 
 
 @check
