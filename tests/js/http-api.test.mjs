@@ -153,7 +153,7 @@ describe('HTTP API: publishing', () => {
     }
   });
 
-  test('a wrong secret or key is refused with 401; an unknown app id with 404', async () => {
+  test('a wrong secret or key is refused with 401, and an unknown app id answers the same (no oracle for app ids)', async () => {
     const wrongSecret = await outcome(sdk(gw1, { secret: 'not-the-secret' }).trigger('c', 'e', {}));
     assert.equal(wrongSecret.status, 401);
     const wrongKey = await outcome(sdk(gw2, { key: 'not-the-key' }).trigger('c', 'e', {}));
@@ -161,7 +161,8 @@ describe('HTTP API: publishing', () => {
     const get = await outcome(sdk(gw1, { secret: 'not-the-secret' }).get({ path: '/channels' }));
     assert.equal(get.status, 401);
     const unknownApp = await outcome(sdk(gw1, { appId: 'no-such-app' }).trigger('c', 'e', {}));
-    assert.equal(unknownApp.status, 404);
+    assert.equal(unknownApp.status, 401);
+    assert.deepEqual(unknownApp.body, wrongKey.body);
   });
 
   test('events triggered with the SDK carry Herald’s seq (ignored by pusher-js)', async () => {

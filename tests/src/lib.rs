@@ -209,7 +209,7 @@ impl GatewayProcess {
             .env("HERALD_PORT", port.to_string())
             .env("HERALD_APPS", serde_json::Value::Array(apps).to_string())
             .env("HERALD_HEARTBEAT_SECS", heartbeat_secs.to_string())
-            .env("HERALD_GATEWAY_TTL_SECS", ttl_secs.to_string())
+            .env("HERALD_PRESENCE_TTL_SECS", ttl_secs.to_string())
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()

@@ -352,7 +352,7 @@ async fn the_http_api_rejects_bad_signatures_stale_timestamps_and_unknown_apps()
     // Unknown app.
     let other = "/apps/nope/events".to_string();
     let q = good.signed_query("POST", &other, Some(&body), &[], now);
-    assert_eq!(post(other, q, body.clone()).await, 404);
+    assert_eq!(post(other, q, body.clone()).await, 401);
 }
 
 #[tokio::test]

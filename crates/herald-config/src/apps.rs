@@ -91,7 +91,23 @@ impl AppConfig {
             limits: AppLimits::default(),
         }
     }
+
+    /// The development app of `HERALD_DEV` (`app-id`, `app-key`,
+    /// `app-secret`). Unlike a production app it has client events on:
+    /// typing indicators and every chat app a newcomer tries rely on them.
+    pub fn development() -> Self {
+        let mut app = Self::new(DEV_APP_ID, DEV_APP_KEY, DEV_APP_SECRET);
+        app.limits.enable_client_messages = true;
+        app
+    }
 }
+
+/// Id of the development app.
+pub const DEV_APP_ID: &str = "app-id";
+/// Key of the development app.
+pub const DEV_APP_KEY: &str = "app-key";
+/// Secret of the development app (public knowledge: development only).
+pub const DEV_APP_SECRET: &str = "app-secret";
 
 #[derive(Deserialize)]
 struct RawApp {

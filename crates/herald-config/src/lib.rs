@@ -8,7 +8,9 @@
 
 mod apps;
 
-pub use apps::{AppConfig, AppLimits, AppRegistry, ConfigError};
+pub use apps::{
+    AppConfig, AppLimits, AppRegistry, ConfigError, DEV_APP_ID, DEV_APP_KEY, DEV_APP_SECRET,
+};
 
 use clap::Args;
 use herald_proto::Subjects;
@@ -29,6 +31,21 @@ impl NatsArgs {
     pub fn subjects(&self) -> Result<Subjects, ConfigError> {
         Subjects::new(&self.prefix).map_err(|e| ConfigError::Invalid(format!("HERALD_PREFIX: {e}")))
     }
+}
+
+/// Default of [`PresenceTtlArgs`], in seconds.
+pub const DEFAULT_PRESENCE_TTL_SECS: u64 = 15;
+
+/// How long a gateway may stay silent before its presence facts (members,
+/// signed-in connections) count as gone. Gateways (who stop counting a
+/// silent peer in occupancy queries) and the presence service (who removes
+/// its members) must agree, so both read this one setting.
+#[derive(Debug, Clone, Args)]
+pub struct PresenceTtlArgs {
+    /// Seconds after which a gateway whose heartbeat is older counts as gone
+    /// (the same setting for gateways and the presence service).
+    #[arg(long, env = "HERALD_PRESENCE_TTL_SECS", default_value_t = DEFAULT_PRESENCE_TTL_SECS)]
+    pub presence_ttl_secs: u64,
 }
 
 /// Where a service's HTTP listener binds.
@@ -93,7 +110,10 @@ impl AppsArgs {
             apps.extend(AppRegistry::parse_list(&text)?);
         }
         let single = [&self.app_id, &self.app_key, &self.app_secret];
-        if single.iter().any(|v| v.is_some()) || (self.dev && apps.is_empty()) {
+        let explicit = single.iter().any(|v| v.is_some());
+        if self.dev && apps.is_empty() && !explicit {
+            apps.push(AppConfig::development());
+        } else if explicit {
             let pick = |v: &Option<String>, dev: &str, name: &str| match (v, self.dev) {
                 (Some(v), _) => Ok(v.clone()),
                 (None, true) => Ok(dev.to_owned()),
@@ -102,9 +122,9 @@ impl AppsArgs {
                 ))),
             };
             apps.push(AppConfig::new(
-                &pick(&self.app_id, "app-id", "HERALD_APP_ID")?,
-                &pick(&self.app_key, "app-key", "HERALD_APP_KEY")?,
-                &pick(&self.app_secret, "app-secret", "HERALD_APP_SECRET")?,
+                &pick(&self.app_id, DEV_APP_ID, "HERALD_APP_ID")?,
+                &pick(&self.app_key, DEV_APP_KEY, "HERALD_APP_KEY")?,
+                &pick(&self.app_secret, DEV_APP_SECRET, "HERALD_APP_SECRET")?,
             ));
         }
         if apps.is_empty() {
@@ -143,6 +163,23 @@ mod tests {
         let app = reg.by_key("app-key").unwrap();
         assert_eq!(app.id.as_str(), "app-id");
         assert_eq!(app.secret, "app-secret");
+        assert!(
+            app.limits.enable_client_messages,
+            "the development app has client events on"
+        );
+    }
+
+    #[test]
+    fn an_app_given_by_id_key_and_secret_keeps_pushers_default_of_no_client_events() {
+        let reg = AppsArgs {
+            app_id: Some("x".into()),
+            app_key: Some("k".into()),
+            app_secret: Some("s".into()),
+            ..args()
+        }
+        .registry()
+        .unwrap();
+        assert!(!reg.by_id("x").unwrap().limits.enable_client_messages);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct UserEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TerminateRequest {
     /// Whose connections to close.
-    pub user_id: String,
+    pub user_id: crate::UserId,
 }
 
 /// `subscriptions` control request: subscribe (or unsubscribe) every live
@@ -48,7 +48,7 @@ pub struct TerminateRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubscriptionsRequest {
     /// The user.
-    pub user_id: String,
+    pub user_id: crate::UserId,
     /// Channel names.
     pub channels: Vec<String>,
     /// `true` to subscribe, `false` to unsubscribe.

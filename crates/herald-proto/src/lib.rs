@@ -5,7 +5,8 @@
 //! * [`subject`] — every NATS subject and stream name Herald uses, derived from
 //!   one configurable prefix. No other crate formats a subject by hand.
 //! * [`envelope`] — the versioned event envelope stored in JetStream.
-//! * [`pusher`] — Pusher protocol 7 frames and the HMAC signatures of the
+//! * [`frame`] — every frame the gateway sends, and the one serializer.
+//! * [`pusher`] — Pusher protocol 7 client frames, codes, and the HMAC signatures of the
 //!   Pusher HTTP API and channel authorization.
 //! * [`id`] — user ids, socket ids and event names, each validated once.
 //! * [`error`] — matchable error kinds shared by all of the above.
@@ -14,6 +15,7 @@ pub mod channel;
 pub mod control;
 pub mod envelope;
 pub mod error;
+pub mod frame;
 pub mod id;
 pub mod presence;
 pub mod pusher;
@@ -22,7 +24,8 @@ pub mod subject;
 pub use channel::{AppId, ChannelKind, ChannelName};
 pub use envelope::{Envelope, EventKind};
 pub use error::{Error, ErrorKind};
-pub use id::{EventName, SocketId, UserId};
+pub use frame::{ServerFrame, SubscriptionErrorKind};
+pub use id::{EventName, SocketId, UserId, MAX_USER_ID_LEN};
 pub use subject::{ControlVerb, Subjects};
 
 /// Milliseconds since the Unix epoch, the unit of every Herald timestamp.

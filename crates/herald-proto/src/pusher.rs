@@ -1,13 +1,14 @@
-//! Pusher Channels protocol 7: the frames the gateway sends and receives, and
-//! the HMAC-SHA256 signatures of the HTTP API and of channel authorization.
+//! Pusher Channels protocol 7: its version and error codes, the frames a
+//! client sends, and the HMAC-SHA256 signatures of the HTTP API and of
+//! channel authorization. (The frames the server sends are
+//! [`crate::frame::ServerFrame`].)
 //!
-//! Server-to-client frames carry `data` as a JSON *string*, as Pusher does;
-//! clients may send `data` as an object or a string and both are accepted.
+//! Clients may send `data` as an object or a string and both are accepted.
 
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
@@ -32,6 +33,11 @@ pub mod codes {
     pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
     /// No `protocol` query parameter was given.
     pub const NO_PROTOCOL_VERSION: u16 = 4008;
+    /// The connection is no longer authorized: `terminate_connections`, a
+    /// failed sign-in.
+    pub const UNAUTHORIZED: u16 = 4009;
+    /// The server is over capacity: try again later (another server).
+    pub const OVER_CAPACITY: u16 = 4100;
     /// Generic "reconnect later" error.
     pub const GENERIC_RECONNECT: u16 = 4200;
     /// The client did not answer a ping in time.
@@ -68,82 +74,6 @@ impl ClientFrame {
             _ => None,
         }
     }
-}
-
-fn frame(event: &str, channel: Option<&str>, data: &Value) -> String {
-    let data = match data {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut obj = json!({ "event": event, "data": data });
-    if let Some(channel) = channel {
-        obj["channel"] = Value::String(channel.to_owned());
-    }
-    obj.to_string()
-}
-
-/// `pusher:connection_established`.
-pub fn connection_established(socket_id: &str, activity_timeout_secs: u64) -> String {
-    frame(
-        "pusher:connection_established",
-        None,
-        &json!({ "socket_id": socket_id, "activity_timeout": activity_timeout_secs }),
-    )
-}
-
-/// `pusher:error`; `code` is `None` for non-fatal errors that have no code.
-pub fn error(code: Option<u16>, message: &str) -> String {
-    // pusher:error carries an object, not a string, in Pusher's own server.
-    json!({ "event": "pusher:error", "data": { "code": code, "message": message } }).to_string()
-}
-
-/// `pusher:pong`, the answer to a client's `pusher:ping`.
-pub fn pong() -> String {
-    frame("pusher:pong", None, &json!({}))
-}
-
-/// `pusher:ping`, sent by the server to an idle client.
-pub fn ping() -> String {
-    frame("pusher:ping", None, &json!({}))
-}
-
-/// `pusher_internal:subscription_succeeded` for a non-presence channel.
-pub fn subscription_succeeded(channel: &str) -> String {
-    frame(
-        "pusher_internal:subscription_succeeded",
-        Some(channel),
-        &json!({}),
-    )
-}
-
-/// `pusher:subscription_error` with Pusher's `{type, error, status}` payload.
-pub fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> String {
-    frame(
-        "pusher:subscription_error",
-        Some(channel),
-        &json!({ "type": kind, "error": message, "status": status }),
-    )
-}
-
-/// A durable channel event as delivered to clients: Pusher's three fields
-/// plus Herald's `id`, `seq` and `ts` (ignored by plain Pusher clients).
-pub fn channel_event(
-    event: &str,
-    channel: &str,
-    data: &str,
-    id: &str,
-    seq: u64,
-    ts: i64,
-) -> String {
-    json!({
-        "event": event,
-        "channel": channel,
-        "data": data,
-        "id": id,
-        "seq": seq,
-        "ts": ts,
-    })
-    .to_string()
 }
 
 /// Hex MD5 of an HTTP request body, as in Pusher's `body_md5`.
@@ -318,19 +248,6 @@ mod tests {
             None,
             "no-colon"
         ));
-    }
-
-    #[test]
-    fn server_frames_carry_data_as_a_string() {
-        let v: Value = serde_json::from_str(&connection_established("1.2", 120)).unwrap();
-        assert_eq!(v["event"], "pusher:connection_established");
-        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
-        assert_eq!(data["socket_id"], "1.2");
-        assert_eq!(data["activity_timeout"], 120);
-        let v: Value =
-            serde_json::from_str(&channel_event("e", "c", "{\"a\":1}", "id", 7, 9)).unwrap();
-        assert_eq!(v["data"], "{\"a\":1}");
-        assert_eq!(v["seq"], 7);
     }
 
     #[test]

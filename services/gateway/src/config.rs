@@ -2,10 +2,28 @@
 //! and the plain [`Config`] that tests build directly.
 
 use clap::Parser;
-use herald_config::{AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs};
+use herald_config::{
+    AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs, PresenceTtlArgs,
+    DEFAULT_PRESENCE_TTL_SECS,
+};
 use herald_proto::Subjects;
 use herald_stream::{StreamArgs, StreamSettings};
 use std::time::Duration;
+
+/// Default HTTP and WebSocket port.
+pub const DEFAULT_PORT: u16 = 6001;
+/// Default seconds of silence before the server pings a client.
+pub const DEFAULT_ACTIVITY_TIMEOUT_SECS: u64 = 120;
+/// Default seconds to wait for a pong.
+pub const DEFAULT_PONG_TIMEOUT_SECS: u64 = 30;
+/// Default cap on connections per gateway.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// Default outbound queue per connection, in frames.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 512;
+/// Smallest outbound queue accepted.
+pub const MIN_OUTBOUND_QUEUE: usize = 8;
+/// Default seconds between presence heartbeats.
+pub const DEFAULT_HEARTBEAT_SECS: u64 = 5;
 
 /// `herald-gateway`: WebSocket connections (Pusher protocol 7) and the
 /// Pusher HTTP API.
@@ -15,7 +33,7 @@ pub struct Cli {
     #[command(flatten)]
     pub listen: ListenArgs,
     /// HTTP and WebSocket port.
-    #[arg(long, env = "HERALD_PORT", default_value_t = 6001)]
+    #[arg(long, env = "HERALD_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -25,17 +43,17 @@ pub struct Cli {
     pub stream: StreamArgs,
     /// Seconds of silence after which the server pings a client (sent to
     /// clients as `activity_timeout`).
-    #[arg(long, env = "HERALD_ACTIVITY_TIMEOUT_SECS", default_value_t = 120)]
+    #[arg(long, env = "HERALD_ACTIVITY_TIMEOUT_SECS", default_value_t = DEFAULT_ACTIVITY_TIMEOUT_SECS)]
     pub activity_timeout_secs: u64,
     /// Seconds to wait for a pong before closing with 4201.
-    #[arg(long, env = "HERALD_PONG_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "HERALD_PONG_TIMEOUT_SECS", default_value_t = DEFAULT_PONG_TIMEOUT_SECS)]
     pub pong_timeout_secs: u64,
     /// Most WebSocket connections this gateway holds, all apps together.
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = 100_000)]
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Frames queued for one connection before it counts as a slow consumer
     /// and is closed (it reconnects and resumes).
-    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = 512)]
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
     /// Worker threads of the delivery runtime that writes to the sockets,
     /// apart from the one serving the HTTP API, NATS and client frames
@@ -47,12 +65,10 @@ pub struct Cli {
     #[arg(long, env = "HERALD_GATEWAY_ID")]
     pub gateway_id: Option<String>,
     /// Seconds between this gateway's presence heartbeats.
-    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = 5)]
+    #[arg(long, env = "HERALD_HEARTBEAT_SECS", default_value_t = DEFAULT_HEARTBEAT_SECS)]
     pub heartbeat_secs: u64,
-    /// A gateway whose heartbeat is older than this many seconds counts as
-    /// gone (must match the presence service's TTL).
-    #[arg(long, env = "HERALD_GATEWAY_TTL_SECS", default_value_t = 15)]
-    pub gateway_ttl_secs: u64,
+    #[command(flatten)]
+    pub presence_ttl: PresenceTtlArgs,
 }
 
 /// Everything the gateway needs to start.
@@ -72,6 +88,7 @@ pub struct Config {
     pub delivery_threads: usize,
     pub gateway_id: String,
     pub heartbeat_interval: Duration,
+    /// `HERALD_PRESENCE_TTL_SECS`: a peer silent this long is gone.
     pub gateway_ttl: Duration,
 }
 
@@ -89,14 +106,14 @@ impl Config {
             subjects,
             apps,
             stream: StreamSettings::default(),
-            activity_timeout: Duration::from_secs(120),
-            pong_timeout: Duration::from_secs(30),
-            max_connections: 100_000,
-            outbound_queue: 512,
+            activity_timeout: Duration::from_secs(DEFAULT_ACTIVITY_TIMEOUT_SECS),
+            pong_timeout: Duration::from_secs(DEFAULT_PONG_TIMEOUT_SECS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             delivery_threads: 1,
             gateway_id: random_gateway_id(),
-            heartbeat_interval: Duration::from_secs(5),
-            gateway_ttl: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
+            gateway_ttl: Duration::from_secs(DEFAULT_PRESENCE_TTL_SECS),
         }
     }
 }
@@ -116,9 +133,10 @@ impl TryFrom<Cli> for Config {
                 "HERALD_GATEWAY_ID must be 1-64 letters, digits or '-'".into(),
             ));
         }
-        if cli.heartbeat_secs == 0 || cli.gateway_ttl_secs <= cli.heartbeat_secs {
+        let ttl_secs = cli.presence_ttl.presence_ttl_secs;
+        if cli.heartbeat_secs == 0 || ttl_secs <= cli.heartbeat_secs {
             return Err(ConfigError::Invalid(
-                "HERALD_HEARTBEAT_SECS must be positive and below HERALD_GATEWAY_TTL_SECS".into(),
+                "HERALD_HEARTBEAT_SECS must be positive and below HERALD_PRESENCE_TTL_SECS".into(),
             ));
         }
         Ok(Self {
@@ -131,13 +149,47 @@ impl TryFrom<Cli> for Config {
             activity_timeout: Duration::from_secs(cli.activity_timeout_secs),
             pong_timeout: Duration::from_secs(cli.pong_timeout_secs),
             max_connections: cli.max_connections,
-            outbound_queue: cli.outbound_queue.max(8),
+            outbound_queue: cli.outbound_queue.max(MIN_OUTBOUND_QUEUE),
             delivery_threads: cli
                 .delivery_threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             gateway_id,
             heartbeat_interval: Duration::from_secs(cli.heartbeat_secs),
-            gateway_ttl: Duration::from_secs(cli.gateway_ttl_secs),
+            gateway_ttl: Duration::from_secs(ttl_secs),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_defaults_are_the_config_defaults() {
+        let cli = Cli::try_parse_from(["herald-gateway", "--dev"]).unwrap();
+        let from_cli = Config::try_from(cli).unwrap();
+        let defaults = Config::new("nats://x", from_cli.subjects.clone(), from_cli.apps.clone());
+        assert_eq!(from_cli.port, DEFAULT_PORT);
+        assert_eq!(from_cli.activity_timeout, defaults.activity_timeout);
+        assert_eq!(from_cli.pong_timeout, defaults.pong_timeout);
+        assert_eq!(from_cli.max_connections, defaults.max_connections);
+        assert_eq!(from_cli.outbound_queue, defaults.outbound_queue);
+        assert_eq!(from_cli.heartbeat_interval, defaults.heartbeat_interval);
+        assert_eq!(from_cli.gateway_ttl, defaults.gateway_ttl);
+    }
+
+    #[test]
+    fn a_heartbeat_not_below_the_presence_ttl_is_refused() {
+        let cli = Cli::try_parse_from([
+            "herald-gateway",
+            "--dev",
+            "--heartbeat-secs",
+            "15",
+            "--presence-ttl-secs",
+            "15",
+        ])
+        .unwrap();
+        let err = Config::try_from(cli).unwrap_err();
+        assert!(err.to_string().contains("HERALD_PRESENCE_TTL_SECS"));
     }
 }

@@ -4,7 +4,6 @@
 //! HTTP API gathers the answers of every live gateway ([`gather`]).
 
 use crate::hub::Control;
-use crate::ws::USER_CHANNEL_PREFIX;
 use crate::AppState;
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
@@ -12,7 +11,7 @@ use herald_proto::control::{
     ControlReply, OccupancyReply, OccupancyRequest, SubscriptionsRequest, TerminateRequest,
     UserEvent,
 };
-use herald_proto::{AppId, ChannelName, ControlVerb};
+use herald_proto::{AppId, ChannelName, ControlVerb, ServerFrame, UserId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
@@ -68,17 +67,20 @@ fn deliver_user_event(state: &AppState, msg: &async_nats::Message) {
         tracing::warn!("dropping unreadable user event");
         return;
     };
+    let Ok(user) = UserId::parse(&user) else {
+        return;
+    };
     let conns = state.hub.user_connections(&app, &user);
     if conns.is_empty() {
         return;
     }
     let frame = Utf8Bytes::from(
-        serde_json::json!({
-            "event": event.event,
-            "channel": format!("{USER_CHANNEL_PREFIX}{user}"),
-            "data": event.data,
-        })
-        .to_string(),
+        ServerFrame::ToUser {
+            user_id: user.as_str(),
+            event: &event.event,
+            data: &event.data,
+        }
+        .to_json(),
     );
     for conn in conns {
         conn.deliver(frame.clone());

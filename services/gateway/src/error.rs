@@ -14,9 +14,6 @@ pub enum ApiError {
     /// Missing or wrong authentication (signature, key, timestamp, body_md5).
     #[error("{0}")]
     Unauthorized(String),
-    /// The app does not exist.
-    #[error("{0}")]
-    NotFound(String),
     /// The payload is over the app's message size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -30,7 +27,6 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };

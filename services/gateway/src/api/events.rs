@@ -10,20 +10,16 @@
 use super::channels::{attributes_for, parse_info, Info};
 use super::signature::Signed;
 use crate::error::ApiError;
-use crate::ws::USER_CHANNEL_PREFIX;
 use crate::AppState;
 use axum::extract::State;
 use axum::Json;
 use herald_config::AppConfig;
+use herald_proto::channel::server_to_user;
 use herald_proto::control::UserEvent;
-use herald_proto::presence::MAX_USER_ID_LEN;
-use herald_proto::{ChannelName, Envelope, EventKind};
+use herald_proto::{ChannelName, Envelope, EventKind, EventName, SocketId, UserId};
 use herald_stream::PublishOptions;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-
-/// Longest event name Pusher accepts.
-const MAX_EVENT_NAME_LEN: usize = 200;
 
 /// One event in a publish request.
 #[derive(Debug, Deserialize)]
@@ -48,36 +44,24 @@ struct BatchRequest {
 /// Where an event goes.
 enum Target {
     Channel(ChannelName),
-    User(String),
+    User(UserId),
 }
 
 /// An event that passed validation, ready to store.
 struct ValidEvent {
-    name: String,
+    name: EventName,
     data: String,
     targets: Vec<Target>,
-    socket_id: Option<String>,
+    socket_id: Option<SocketId>,
     info: Info,
     deduplicate: bool,
 }
 
-fn is_socket_id(s: &str) -> bool {
-    s.split_once('.').is_some_and(|(a, b)| {
-        !a.is_empty()
-            && !b.is_empty()
-            && a.bytes().all(|c| c.is_ascii_digit())
-            && b.bytes().all(|c| c.is_ascii_digit())
-    })
-}
-
 fn parse_target(app: &AppConfig, name: &str) -> Result<Target, ApiError> {
-    if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
-        if user.is_empty() || user.len() > MAX_USER_ID_LEN {
-            return Err(ApiError::BadRequest(format!(
-                "User id in {name:?} must be 1-{MAX_USER_ID_LEN} bytes"
-            )));
-        }
-        return Ok(Target::User(user.to_owned()));
+    if let Some(user) = server_to_user(name) {
+        let user = UserId::parse(user)
+            .map_err(|e| ApiError::BadRequest(format!("User id in {name:?}: {e}")))?;
+        return Ok(Target::User(user));
     }
     let channel = ChannelName::parse(name)
         .map_err(|e| ApiError::BadRequest(format!("Channel {name:?}: {e}")))?;
@@ -98,11 +82,7 @@ fn validate(
     let name = req
         .name
         .ok_or_else(|| ApiError::BadRequest("Missing event name (\"name\")".into()))?;
-    if name.is_empty() || name.len() > MAX_EVENT_NAME_LEN {
-        return Err(ApiError::BadRequest(format!(
-            "Event name must be 1-{MAX_EVENT_NAME_LEN} characters"
-        )));
-    }
+    let name = EventName::parse(&name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     // Pusher's `data` is a string; SDKs encode objects themselves. Accept a
     // JSON value too and store its text.
     let data = match req.data {
@@ -142,18 +122,17 @@ fn validate(
             targets.push(parse_target(app, n)?);
         }
     }
-    if let Some(socket_id) = &req.socket_id {
-        if !is_socket_id(socket_id) {
-            return Err(ApiError::BadRequest(format!(
-                "Invalid socket_id {socket_id:?}"
-            )));
-        }
-    }
+    let socket_id = req
+        .socket_id
+        .as_deref()
+        .map(SocketId::parse)
+        .transpose()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(ValidEvent {
         name,
         data,
         targets,
-        socket_id: req.socket_id,
+        socket_id,
         info: parse_info(req.info.as_deref())?,
         deduplicate: req.deduplicate,
     })
@@ -172,7 +151,7 @@ async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Resu
         let group = (event.deduplicate && event.targets.len() > 1)
             .then(|| uuid::Uuid::now_v7().to_string());
         let options = PublishOptions {
-            exclude_socket: event.socket_id.as_deref(),
+            exclude_socket: event.socket_id.as_ref().map(SocketId::as_str),
             dedupe_group: group.as_deref(),
         };
         for target in &event.targets {
@@ -182,7 +161,7 @@ async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Resu
                         EventKind::Trigger,
                         app.id.as_str(),
                         channel.as_str(),
-                        &event.name,
+                        event.name.as_str(),
                         event.data.clone(),
                         None,
                     );
@@ -201,13 +180,16 @@ async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Resu
                 }
                 Target::User(user) => {
                     let payload = serde_json::to_vec(&UserEvent {
-                        event: event.name.clone(),
+                        event: event.name.as_str().to_owned(),
                         data: event.data.clone(),
                     })
                     .map_err(|e| ApiError::Internal(e.into()))?;
                     state
                         .nats
-                        .publish(state.subjects.user_events(&app.id, user), payload.into())
+                        .publish(
+                            state.subjects.user_events(&app.id, user.as_str()),
+                            payload.into(),
+                        )
                         .await
                         .map_err(|e| ApiError::Internal(e.into()))?;
                 }
@@ -293,17 +275,4 @@ pub(super) async fn trigger_batch(
         return Ok(Json(json!({ "batch": batch })));
     }
     Ok(Json(json!({})))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_ids_are_two_integers() {
-        assert!(is_socket_id("123.456"));
-        for bad in ["", "1", "1.", ".1", "a.1", "1.2.3"] {
-            assert!(!is_socket_id(bad), "{bad}");
-        }
-    }
 }

@@ -85,11 +85,9 @@ pub fn verify(
     params: &[(String, String)],
     body: &[u8],
 ) -> Result<Arc<AppConfig>, ApiError> {
-    let app = state
-        .apps
-        .by_id(app_id)
-        .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("Unknown app {app_id:?}")))?;
+    // An unknown app id is refused exactly like a known app with a wrong
+    // key, so the API tells a prober nothing about which app ids exist.
+    let app = state.apps.by_id(app_id).cloned();
     let get = |name: &str| {
         params
             .iter()
@@ -106,9 +104,9 @@ pub fn verify(
             "Missing auth_key, auth_timestamp, auth_version or auth_signature".into(),
         ));
     };
-    if !pusher::constant_time_eq(key, &app.key) {
+    let Some(app) = app.filter(|app| pusher::constant_time_eq(key, &app.key)) else {
         return Err(ApiError::Unauthorized("Unknown auth_key".into()));
-    }
+    };
     if version != "1.0" {
         return Err(ApiError::Unauthorized(
             "Unsupported auth_version; use 1.0".into(),

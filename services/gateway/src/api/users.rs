@@ -10,19 +10,14 @@ use crate::AppState;
 use axum::extract::State;
 use axum::Json;
 use herald_proto::control::{ControlReply, SubscriptionsRequest, TerminateRequest};
-use herald_proto::presence::MAX_USER_ID_LEN;
-use herald_proto::{ChannelName, ControlVerb};
+use herald_proto::{ChannelName, ControlVerb, UserId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-fn user_param(signed: &Signed) -> Result<String, ApiError> {
-    let user = signed.path.get("user_id").cloned().unwrap_or_default();
-    if user.is_empty() || user.len() > MAX_USER_ID_LEN {
-        return Err(ApiError::BadRequest(format!(
-            "User id must be 1-{MAX_USER_ID_LEN} bytes"
-        )));
-    }
-    Ok(user)
+fn user_param(signed: &Signed) -> Result<UserId, ApiError> {
+    let user = signed.path.get("user_id").map(String::as_str);
+    UserId::parse(user.unwrap_or_default())
+        .map_err(|e| ApiError::BadRequest(format!("User id: {e}")))
 }
 
 #[tracing::instrument(skip_all, fields(app = %signed.app.id))]

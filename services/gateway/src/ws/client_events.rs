@@ -5,7 +5,8 @@
 use super::connection::Connection;
 use governor::{Quota, RateLimiter};
 use herald_proto::control::EphemeralEvent;
-use herald_proto::pusher::{self, codes, ClientFrame};
+use herald_proto::pusher::{codes, ClientFrame};
+use herald_proto::ServerFrame;
 use herald_proto::{ChannelKind, ChannelName};
 use std::num::NonZeroU32;
 
@@ -13,20 +14,20 @@ impl Connection {
     pub(super) async fn on_client_event(&mut self, frame: &ClientFrame) {
         if !self.app.limits.enable_client_messages {
             return self
-                .send(pusher::error(
-                    None,
-                    "Client events are not enabled for this app",
-                ))
+                .send(ServerFrame::Error {
+                    code: None,
+                    message: "Client events are not enabled for this app",
+                })
                 .await;
         }
         let channel = match frame.channel.as_deref().map(ChannelName::parse) {
             Some(Ok(channel)) => channel,
             _ => {
                 return self
-                    .send(pusher::error(
-                        None,
-                        "A client event needs the channel it is sent on",
-                    ))
+                    .send(ServerFrame::Error {
+                        code: None,
+                        message: "A client event needs the channel it is sent on",
+                    })
                     .await
             }
         };
@@ -36,10 +37,7 @@ impl Connection {
         let allowed = matches!(channel.kind(), ChannelKind::Private | ChannelKind::Presence);
         if !allowed || !self.channels.contains_key(&channel) {
             return self
-                .send(pusher::error(
-                    None,
-                    "Client events are only allowed on private and presence channels this socket is subscribed to",
-                ))
+                .send(ServerFrame::Error { code: None, message: "Client events are only allowed on private and presence channels this socket is subscribed to" })
                 .await;
         }
         let per_second = self.app.limits.client_events_per_second;
@@ -52,10 +50,10 @@ impl Connection {
             metrics::counter!("herald_gateway_client_events_rejected_total").increment(1);
             let message = format!("Client event rejected: more than {per_second} per second");
             return self
-                .send(pusher::error(
-                    Some(codes::CLIENT_EVENT_RATE_LIMIT),
-                    &message,
-                ))
+                .send(ServerFrame::Error {
+                    code: Some(codes::CLIENT_EVENT_RATE_LIMIT),
+                    message: &message,
+                })
                 .await;
         }
         let event = EphemeralEvent {
@@ -70,10 +68,10 @@ impl Connection {
         if let Err(err) = self.state.nats.publish(subject, payload.into()).await {
             tracing::warn!(%err, "client event not relayed");
             return self
-                .send(pusher::error(
-                    None,
-                    "Client event could not be relayed; retry",
-                ))
+                .send(ServerFrame::Error {
+                    code: None,
+                    message: "Client event could not be relayed; retry",
+                })
                 .await;
         }
         metrics::counter!("herald_gateway_client_events_total").increment(1);

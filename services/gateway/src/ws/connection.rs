@@ -13,6 +13,7 @@ use futures::{SinkExt, StreamExt};
 use herald_config::AppConfig;
 use herald_proto::pusher::{self, codes, ClientFrame};
 use herald_proto::ChannelName;
+use herald_proto::{ServerFrame, SocketId, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,21 +22,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
-
-/// Pusher's close code for a connection the server no longer authorizes
-/// (also used for `terminate_connections` and failed sign-ins).
-pub(super) const UNAUTHORIZED: u16 = 4009;
-
-/// A Pusher-style socket id: two random integers joined by a dot.
-fn new_socket_id() -> String {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    format!(
-        "{}.{}",
-        rng.gen_range(1..u32::MAX),
-        rng.gen_range(1..u32::MAX)
-    )
-}
 
 /// Check the `protocol` query parameter the way Pusher does.
 fn check_protocol(protocol: Option<&str>) -> Result<(), (u16, &'static str)> {
@@ -56,7 +42,13 @@ fn check_protocol(protocol: Option<&str>) -> Result<(), (u16, &'static str)> {
 
 async fn refuse(mut socket: WebSocket, code: u16, message: &str) {
     let _ = socket
-        .send(Message::text(pusher::error(Some(code), message)))
+        .send(Message::text(
+            ServerFrame::Error {
+                code: Some(code),
+                message,
+            }
+            .to_json(),
+        ))
         .await;
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
@@ -112,7 +104,7 @@ pub(super) async fn run(
         return refuse(socket, codes::APP_NOT_FOUND, &message).await;
     };
     let Ok(_permit) = state.connection_permits.clone().try_acquire_owned() else {
-        return refuse(socket, 4100, "Over capacity").await;
+        return refuse(socket, codes::OVER_CAPACITY, "Over capacity").await;
     };
     let Some(_slot) = AppSlot::acquire(&state, &app) else {
         return refuse(
@@ -122,17 +114,17 @@ pub(super) async fn run(
         )
         .await;
     };
-    let socket_id: Arc<str> = new_socket_id().into();
+    let socket_id = SocketId::random();
     let span = tracing::info_span!("connection", app = %app.id, socket_id = %socket_id);
     tracing::Instrument::instrument(serve(socket, state, app, socket_id), span).await;
 }
 
-async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_id: Arc<str>) {
+async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_id: SocketId) {
     let (tx, rx) = mpsc::channel(state.config.outbound_queue);
     let (ctl_tx, ctl_rx) = mpsc::channel(16);
     let handle = ConnHandle {
         id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-        socket_id: socket_id.clone(),
+        socket_id: socket_id.as_arc().clone(),
         tx,
         ctl: ctl_tx,
         slow: CancellationToken::new(),
@@ -141,9 +133,11 @@ async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_i
     metrics::gauge!("herald_gateway_connections").increment(1.0);
 
     let (sink, stream) = socket.split();
-    let established =
-        pusher::connection_established(&socket_id, state.config.activity_timeout.as_secs());
-    handle.deliver(established.into());
+    let established = ServerFrame::ConnectionEstablished {
+        socket_id: socket_id.as_str(),
+        activity_timeout_secs: state.config.activity_timeout.as_secs(),
+    };
+    handle.deliver(established.to_json().into());
 
     let mut conn = Connection {
         state: state.clone(),
@@ -196,14 +190,14 @@ async fn write_loop(
 
 /// A presence channel membership of this socket.
 pub(super) struct PresenceMembership {
-    pub user_id: Arc<str>,
+    pub user_id: UserId,
     /// The KV key announcing it, deleted when the socket leaves.
     pub key: String,
 }
 
 /// The signed-in user of this socket (`pusher:signin`).
 pub(super) struct SignedIn {
-    pub id: Arc<str>,
+    pub id: UserId,
     pub user_data: serde_json::Value,
     /// The KV key announcing the connection, deleted on close.
     pub key: String,
@@ -244,7 +238,7 @@ impl Connection {
                         return (codes::PONG_NOT_RECEIVED, "Pong reply not received");
                     }
                     awaiting_pong = true;
-                    self.send(pusher::ping()).await;
+                    self.send(ServerFrame::Ping).await;
                     deadline = Instant::now() + pong_timeout;
                 }
                 Some(request) = ctl.recv() => {
@@ -263,7 +257,7 @@ impl Connection {
                     let outcome = match msg {
                         Message::Text(text) => self.on_text(text.as_str()).await,
                         Message::Binary(_) => {
-                            self.send(pusher::error(None, "Binary frames are not supported")).await;
+                            self.send(ServerFrame::Error { code: None, message: "Binary frames are not supported" }).await;
                             None
                         }
                         Message::Close(_) => return (1000, ""),
@@ -279,29 +273,28 @@ impl Connection {
 
     /// Queue a direct reply. Replies wait for queue space (backpressure on
     /// this client's own reads) rather than counting as a slow consumer.
-    pub(super) async fn send(&self, frame: String) {
-        let _ = self.handle.tx.send(Outbound::Frame(frame.into())).await;
+    pub(super) async fn send(&self, frame: ServerFrame<'_>) {
+        let frame = frame.to_json().into();
+        let _ = self.handle.tx.send(Outbound::Frame(frame)).await;
     }
 
     async fn on_control(&mut self, request: Control) -> Option<CloseReason> {
         match request {
             Control::Terminate => {
-                self.send(pusher::error(
-                    Some(UNAUTHORIZED),
-                    "Connection terminated by the server",
-                ))
+                self.send(ServerFrame::Error {
+                    code: Some(codes::UNAUTHORIZED),
+                    message: "Connection terminated by the server",
+                })
                 .await;
-                return Some((UNAUTHORIZED, "Connection terminated by the server"));
+                return Some((codes::UNAUTHORIZED, "Connection terminated by the server"));
             }
             Control::Subscribe(channel) => self.subscribe_on_server_authority(channel).await,
             Control::Unsubscribe(channel) => {
                 if self.leave(&channel).await {
-                    let frame = serde_json::json!({
-                        "event": "herald:unsubscribed",
-                        "channel": channel.as_str(),
-                        "data": "{}",
-                    });
-                    self.send(frame.to_string()).await;
+                    self.send(ServerFrame::Unsubscribed {
+                        channel: channel.as_str(),
+                    })
+                    .await;
                 }
             }
         }
@@ -315,22 +308,26 @@ impl Connection {
                 "Message of {} bytes exceeds the limit of {limit} bytes",
                 text.len()
             );
-            self.send(pusher::error(None, &message)).await;
+            self.send(ServerFrame::Error {
+                code: None,
+                message: &message,
+            })
+            .await;
             return None;
         }
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(frame) => frame,
             Err(_) => {
-                self.send(pusher::error(
-                    None,
-                    "Invalid message: expected a JSON object with an \"event\" string",
-                ))
+                self.send(ServerFrame::Error {
+                    code: None,
+                    message: "Invalid message: expected a JSON object with an \"event\" string",
+                })
                 .await;
                 return None;
             }
         };
         match frame.event.as_str() {
-            "pusher:ping" => self.send(pusher::pong()).await,
+            "pusher:ping" => self.send(ServerFrame::Pong).await,
             "pusher:pong" => {}
             "pusher:subscribe" => self.on_subscribe(&frame).await,
             "pusher:unsubscribe" => self.on_unsubscribe(&frame).await,
@@ -338,7 +335,11 @@ impl Connection {
             event if event.starts_with("client-") => self.on_client_event(&frame).await,
             other => {
                 let message = format!("Unsupported event {other:?}");
-                self.send(pusher::error(None, &message)).await
+                self.send(ServerFrame::Error {
+                    code: None,
+                    message: &message,
+                })
+                .await
             }
         }
         None
@@ -370,12 +371,5 @@ mod tests {
         assert_eq!(check_protocol(Some("99")).unwrap_err().0, 4007);
         assert_eq!(check_protocol(Some("4")).unwrap_err().0, 4007);
         assert!(check_protocol(Some("7")).is_ok());
-    }
-
-    #[test]
-    fn socket_ids_look_like_pushers() {
-        let id = new_socket_id();
-        let (a, b) = id.split_once('.').unwrap();
-        assert!(a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok());
     }
 }

@@ -5,8 +5,6 @@ mod connection;
 mod signin;
 mod subscribe;
 
-pub(crate) use subscribe::USER_CHANNEL_PREFIX;
-
 use crate::AppState;
 use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::response::Response;

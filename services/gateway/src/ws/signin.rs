@@ -2,11 +2,10 @@
 //! socket; a signed-in socket receives events sent to its user and can be
 //! terminated or subscribed by the app server.
 
-use super::connection::{CloseReason, Connection, SignedIn, UNAUTHORIZED};
-use herald_proto::presence::MAX_USER_ID_LEN;
-use herald_proto::pusher::{self, ClientFrame};
+use super::connection::{CloseReason, Connection, SignedIn};
+use herald_proto::pusher::{self, codes, ClientFrame};
+use herald_proto::{ServerFrame, UserId, MAX_USER_ID_LEN};
 use serde_json::Value;
-use std::sync::Arc;
 
 impl Connection {
     pub(super) async fn on_signin(&mut self, frame: &ClientFrame) -> Option<CloseReason> {
@@ -20,8 +19,11 @@ impl Connection {
             .and_then(|v| v.as_str())
             .unwrap_or_default();
         if self.user.is_some() {
-            self.send(pusher::error(None, "This connection is already signed in"))
-                .await;
+            self.send(ServerFrame::Error {
+                code: None,
+                message: "This connection is already signed in",
+            })
+            .await;
             return None;
         }
         let expected = format!(
@@ -33,28 +35,27 @@ impl Connection {
             return self.signin_failed("Invalid signature for user_data").await;
         }
         let parsed: Value = serde_json::from_str(user_data).unwrap_or(Value::Null);
-        let id = match parsed.get("id") {
-            Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_USER_ID_LEN => s.clone(),
-            _ => {
-                let message =
-                    format!("user_data needs an id (string of 1-{MAX_USER_ID_LEN} bytes)");
-                return self.signin_failed(&message).await;
-            }
+        let Some(id) = parsed
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|s| UserId::parse(s).ok())
+        else {
+            let message = format!("user_data needs an id (string of 1-{MAX_USER_ID_LEN} bytes)");
+            return self.signin_failed(&message).await;
         };
-        let id: Arc<str> = Arc::from(id.as_str());
         let key = match self
             .state
             .presence
-            .announce_connection(&self.app.id, &id, &self.handle.socket_id)
+            .announce_connection(&self.app.id, id.as_str(), &self.handle.socket_id)
             .await
         {
             Ok(key) => key,
             Err(err) => {
                 tracing::error!(%err, "sign-in not recorded");
-                self.send(pusher::error(
-                    None,
-                    "Sign-in is temporarily unavailable; retry",
-                ))
+                self.send(ServerFrame::Error {
+                    code: None,
+                    message: "Sign-in is temporarily unavailable; retry",
+                })
                 .await;
                 return None;
             }
@@ -67,16 +68,16 @@ impl Connection {
             user_data: parsed,
             key,
         });
-        let success = serde_json::json!({
-            "event": "pusher:signin_success",
-            "data": serde_json::json!({ "user_data": user_data }).to_string(),
-        });
-        self.send(success.to_string()).await;
+        self.send(ServerFrame::SigninSuccess { user_data }).await;
         None
     }
 
     async fn signin_failed(&self, message: &str) -> Option<CloseReason> {
-        self.send(pusher::error(Some(UNAUTHORIZED), message)).await;
-        Some((UNAUTHORIZED, "Sign-in failed"))
+        self.send(ServerFrame::Error {
+            code: Some(codes::UNAUTHORIZED),
+            message,
+        })
+        .await;
+        Some((codes::UNAUTHORIZED, "Sign-in failed"))
     }
 }

@@ -5,15 +5,14 @@
 use super::connection::{Connection, PresenceMembership};
 use crate::hub::{Join, Ready};
 use axum::extract::ws::Utf8Bytes;
-use herald_proto::presence::{pusher_presence_data, MAX_USER_ID_LEN, MAX_USER_INFO_BYTES};
+use herald_proto::channel::server_to_user;
+use herald_proto::presence::MAX_USER_INFO_BYTES;
 use herald_proto::pusher::{self, ClientFrame};
-use herald_proto::{ChannelKind, ChannelName};
+use herald_proto::SubscriptionErrorKind::{
+    AuthError, InvalidChannel, InvalidChannelData, LimitReached, ServerError,
+};
+use herald_proto::{ChannelKind, ChannelName, ServerFrame, SubscriptionErrorKind, UserId};
 use serde_json::Value;
-use std::sync::Arc;
-
-/// Pusher's prefix of the per-user channel `pusher-js` subscribes to after
-/// signing in.
-pub(crate) use herald_proto::channel::prefix::SERVER_TO_USER as USER_CHANNEL_PREFIX;
 
 /// How old a cache channel's last event may be and still be sent to a new
 /// subscriber: Pusher keeps cached events for 30 minutes.
@@ -33,13 +32,13 @@ enum Authority<'a> {
 /// A subscription refused: Pusher's `{type, error, status}`.
 #[derive(Debug)]
 struct Refusal {
-    kind: &'static str,
+    kind: SubscriptionErrorKind,
     message: String,
     status: u16,
 }
 
 impl Refusal {
-    fn new(kind: &'static str, message: impl Into<String>, status: u16) -> Self {
+    fn new(kind: SubscriptionErrorKind, message: impl Into<String>, status: u16) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -51,26 +50,24 @@ impl Refusal {
 /// A presence member as described by signed `channel_data`.
 #[derive(Debug)]
 struct Member {
-    user_id: String,
+    user_id: UserId,
     user_info: Value,
 }
 
 fn parse_member(channel_data: &str) -> Result<Member, Refusal> {
-    let bad = |m: &str| Refusal::new("InvalidChannelData", m, 400);
+    let bad = |m: &str| Refusal::new(InvalidChannelData, m, 400);
     let value: Value =
         serde_json::from_str(channel_data).map_err(|_| bad("channel_data is not JSON"))?;
     let user_id = match value.get("user_id") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => UserId::parse(s),
+        Some(Value::Number(n)) => UserId::parse(&n.to_string()),
         _ => return Err(bad("channel_data needs a user_id (string)")),
-    };
-    if user_id.is_empty() || user_id.len() > MAX_USER_ID_LEN {
-        return Err(bad(&format!("user_id must be 1-{MAX_USER_ID_LEN} bytes")));
     }
+    .map_err(|e| bad(&format!("user_id: {e}")))?;
     let user_info = value.get("user_info").cloned().unwrap_or(Value::Null);
     if user_info.to_string().len() > MAX_USER_INFO_BYTES {
         return Err(Refusal::new(
-            "InvalidChannelData",
+            InvalidChannelData,
             format!("user_info is larger than {MAX_USER_INFO_BYTES} bytes"),
             413,
         ));
@@ -83,13 +80,13 @@ impl Connection {
         let data = frame.data_object().unwrap_or_default();
         let Some(name) = data.get("channel").and_then(|c| c.as_str()) else {
             return self
-                .send(pusher::error(
-                    None,
-                    "pusher:subscribe needs data.channel, a string",
-                ))
+                .send(ServerFrame::Error {
+                    code: None,
+                    message: "pusher:subscribe needs data.channel, a string",
+                })
                 .await;
         };
-        if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
+        if let Some(user) = server_to_user(name) {
             return self.subscribe_user_channel(name, user).await;
         }
         let channel = match ChannelName::parse(name) {
@@ -100,12 +97,12 @@ impl Connection {
                     self.app.limits.max_channel_name_len
                 );
                 return self
-                    .refuse(name, Refusal::new("InvalidChannel", message, 400))
+                    .refuse(name, Refusal::new(InvalidChannel, message, 400))
                     .await;
             }
             Err(err) => {
                 return self
-                    .refuse(name, Refusal::new("InvalidChannel", err.message(), 400))
+                    .refuse(name, Refusal::new(InvalidChannel, err.message(), 400))
                     .await
             }
         };
@@ -129,12 +126,12 @@ impl Connection {
     }
 
     async fn refuse(&self, channel: &str, refusal: Refusal) {
-        self.send(pusher::subscription_error(
+        self.send(ServerFrame::SubscriptionError {
             channel,
-            refusal.kind,
-            &refusal.message,
-            refusal.status,
-        ))
+            kind: refusal.kind,
+            message: &refusal.message,
+            status: refusal.status,
+        })
         .await;
     }
 
@@ -143,12 +140,13 @@ impl Connection {
     /// that the socket is that user.
     async fn subscribe_user_channel(&mut self, name: &str, user: &str) {
         match &self.user {
-            Some(signed_in) if &*signed_in.id == user => {
-                self.send(pusher::subscription_succeeded(name)).await;
+            Some(signed_in) if signed_in.id == user => {
+                self.send(ServerFrame::SubscriptionSucceeded { channel: name })
+                    .await;
             }
             _ => {
                 let refusal = Refusal::new(
-                    "AuthError",
+                    AuthError,
                     "Sign in as this user before subscribing to its channel",
                     403,
                 );
@@ -165,14 +163,16 @@ impl Connection {
         if self.channels.contains_key(channel) {
             // Pusher answers a repeated subscribe with success again.
             if channel.kind() != ChannelKind::Presence {
-                self.send(pusher::subscription_succeeded(channel.as_str()))
-                    .await;
+                self.send(ServerFrame::SubscriptionSucceeded {
+                    channel: channel.as_str(),
+                })
+                .await;
             }
             return Ok(());
         }
         if self.channels.len() >= self.app.limits.max_channels_per_connection {
             return Err(Refusal::new(
-                "LimitReached",
+                LimitReached,
                 format!(
                     "Connection is already subscribed to {} channels, this app's limit",
                     self.app.limits.max_channels_per_connection
@@ -191,7 +191,7 @@ impl Connection {
                 };
                 if kind == ChannelKind::Presence && channel_data.is_none() {
                     return Err(Refusal::new(
-                        "AuthError",
+                        AuthError,
                         "Presence channels need channel_data",
                         401,
                     ));
@@ -210,20 +210,20 @@ impl Connection {
                     } else {
                         "Invalid signature: the auth string does not match this socket and channel"
                     };
-                    return Err(Refusal::new("AuthError", message, 401));
+                    return Err(Refusal::new(AuthError, message, 401));
                 }
                 channel_data.map(parse_member).transpose()?
             }
             (Authority::Server, ChannelKind::Presence) => {
                 let Some(user) = &self.user else {
                     return Err(Refusal::new(
-                        "AuthError",
+                        AuthError,
                         "Only signed-in connections join presence channels this way",
                         403,
                     ));
                 };
                 Some(Member {
-                    user_id: user.id.to_string(),
+                    user_id: user.id.clone(),
                     user_info: user
                         .user_data
                         .get("user_info")
@@ -240,7 +240,11 @@ impl Connection {
     }
 
     async fn join_plain(&mut self, channel: &ChannelName) -> Result<(), Refusal> {
-        let succeeded: Utf8Bytes = pusher::subscription_succeeded(channel.as_str()).into();
+        let succeeded: Utf8Bytes = ServerFrame::SubscriptionSucceeded {
+            channel: channel.as_str(),
+        }
+        .to_json()
+        .into();
         let cache = channel.is_cache();
         let join = Join {
             conn: self.handle.clone(),
@@ -254,7 +258,7 @@ impl Connection {
             .await
             .map_err(|err| {
                 tracing::error!(%err, %channel, "live subscription failed");
-                Refusal::new("ServerError", "Subscription failed; retry", 503)
+                Refusal::new(ServerError, "Subscription failed; retry", 503)
             })?;
         if cache {
             // Live first (held), then read the last event: nothing published
@@ -279,21 +283,23 @@ impl Connection {
     async fn cached_event(&self, channel: &ChannelName) -> (u64, Utf8Bytes) {
         let state = &self.state;
         let miss = || -> Utf8Bytes {
-            serde_json::json!({ "event": "pusher:cache_miss", "channel": channel.as_str() })
-                .to_string()
-                .into()
+            ServerFrame::CacheMiss {
+                channel: channel.as_str(),
+            }
+            .to_json()
+            .into()
         };
         match herald_stream::last_event(&state.js, &state.subjects, &self.app.id, channel).await {
             Ok(Some((seq, env))) if herald_proto::now_ms() - env.at <= CACHE_TTL_MS => {
-                let frame = pusher::channel_event(
-                    &env.event,
-                    channel.as_str(),
-                    &env.data,
-                    &env.id,
+                let frame = ServerFrame::Stored {
+                    event: &env.event,
+                    channel: channel.as_str(),
+                    data: &env.data,
+                    id: &env.id,
                     seq,
-                    env.at,
-                );
-                (seq, frame.into())
+                    ts: env.at,
+                };
+                (seq, frame.to_json().into())
             }
             Ok(Some((seq, _))) => (seq, miss()),
             Ok(None) => (0, miss()),
@@ -313,11 +319,11 @@ impl Connection {
         channel: &ChannelName,
         member: Member,
     ) -> Result<(), Refusal> {
-        let user_id: Arc<str> = Arc::from(member.user_id.as_str());
+        let user_id = member.user_id.clone();
         let unavailable = |err: &dyn std::fmt::Display| {
             tracing::error!(%err, %channel, "presence join failed");
             Refusal::new(
-                "ServerError",
+                ServerError,
                 "Presence is temporarily unavailable; retry",
                 503,
             )
@@ -339,17 +345,16 @@ impl Connection {
                 &self.app.id,
                 channel,
                 &self.handle.socket_id,
-                &member.user_id,
+                member.user_id.as_str(),
                 member.user_info,
             )
             .await;
         let (key, revision) = match announced {
             Ok(ok) => ok,
             Err(err) => {
-                self.state
-                    .hub
-                    .unsubscribe(&self.app.id, channel, self.handle.id);
-                return Err(unavailable(&err));
+                return Err(self
+                    .undo_presence_join(channel, None, unavailable(&err))
+                    .await)
             }
         };
         let reply = match presence
@@ -358,37 +363,29 @@ impl Connection {
         {
             Ok(reply) => reply,
             Err(err) => {
-                self.state
-                    .hub
-                    .unsubscribe(&self.app.id, channel, self.handle.id);
-                presence.forget(&key).await;
-                return Err(unavailable(&err));
+                let refusal = unavailable(&err);
+                return Err(self.undo_presence_join(channel, Some(&key), refusal).await);
             }
         };
         if !reply.admitted {
-            self.state
-                .hub
-                .unsubscribe(&self.app.id, channel, self.handle.id);
-            presence.forget(&key).await;
-            return Err(Refusal::new(
-                "LimitReached",
+            let full = Refusal::new(
+                LimitReached,
                 format!(
                     "Presence channel is full ({} members, this app's limit)",
                     self.app.limits.max_presence_members
                 ),
                 403,
-            ));
+            );
+            return Err(self.undo_presence_join(channel, Some(&key), full).await);
         }
-        let first = serde_json::json!({
-            "event": "pusher_internal:subscription_succeeded",
-            "channel": channel.as_str(),
-            "data": pusher_presence_data(&reply.members).to_string(),
-        })
-        .to_string();
+        let first = ServerFrame::PresenceSubscriptionSucceeded {
+            channel: channel.as_str(),
+            members: &reply.members,
+        };
         let mut ready = Ready {
             revision: reply.revision,
             seq: 0,
-            frames: vec![first.into()],
+            frames: vec![first.to_json().into()],
         };
         if channel.is_cache() {
             let (seq, cached) = self.cached_event(channel).await;
@@ -401,6 +398,23 @@ impl Connection {
         self.channels
             .insert(channel.clone(), Some(PresenceMembership { user_id, key }));
         Ok(())
+    }
+
+    /// Undo a presence join that failed part way: leave the hub and, once
+    /// the membership was announced, withdraw it. Returns `refusal`.
+    async fn undo_presence_join(
+        &self,
+        channel: &ChannelName,
+        announced: Option<&str>,
+        refusal: Refusal,
+    ) -> Refusal {
+        self.state
+            .hub
+            .unsubscribe(&self.app.id, channel, self.handle.id);
+        if let Some(key) = announced {
+            self.state.presence.forget(key).await;
+        }
+        refusal
     }
 
     pub(super) async fn on_unsubscribe(&mut self, frame: &ClientFrame) {
@@ -429,7 +443,7 @@ impl Connection {
     }
 
     /// The user id this socket is a member as, on a presence channel.
-    pub(super) fn member_id(&self, channel: &ChannelName) -> Option<Arc<str>> {
+    pub(super) fn member_id(&self, channel: &ChannelName) -> Option<UserId> {
         self.channels
             .get(channel)
             .and_then(|m| m.as_ref())
