@@ -14,6 +14,11 @@ use std::fmt;
 pub const MAX_CHANNEL_NAME_LEN: usize = 164;
 /// Longest app id Herald accepts; it is a subject token, so keep it short.
 pub const MAX_APP_ID_LEN: usize = 64;
+/// A channel name as a regular expression, for API documents (OpenAPI
+/// `pattern`); [`ChannelName::parse`] is the rule, this its description.
+pub const CHANNEL_NAME_PATTERN: &str = r"^[A-Za-z0-9_\-=@,.;]+$";
+/// An app id as a regular expression (see [`AppId::parse`]).
+pub const APP_ID_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
 /// The byte that stands for `.` inside a subject token.
 const DOT_ESCAPE: char = '~';
 

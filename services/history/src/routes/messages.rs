@@ -24,10 +24,10 @@ pub(crate) fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 pub(crate) struct PageQuery {
     /// Page size, 1-1000 (default 50).
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
     /// Return events with a sequence below this (the previous page's `next_before`).
-    #[param(value_type = Option<i64>)]
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
 }
 
@@ -64,8 +64,8 @@ fn parse_positive(name: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError
     get,
     path = "/v1/apps/{app}/channels/{channel}/messages",
     params(
-        ("app" = String, Path, description = "App id"),
-        ("channel" = String, Path, description = "Channel name"),
+        ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
+        ("channel" = String, Path, description = "Channel name", min_length = 1, max_length = 164, pattern = r"^[A-Za-z0-9_\-=@,.;]+$"),
         PageQuery,
     ),
     responses(

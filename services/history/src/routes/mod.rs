@@ -38,3 +38,34 @@ pub(crate) fn router() -> Router<AppState> {
         get(|| async { Json(ApiDoc::openapi()) }),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiDoc;
+    use herald_proto::channel::{
+        APP_ID_PATTERN, CHANNEL_NAME_PATTERN, MAX_APP_ID_LEN, MAX_CHANNEL_NAME_LEN,
+    };
+    use utoipa::OpenApi;
+
+    #[test]
+    fn the_document_states_the_rules_the_server_enforces() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let op = &doc["paths"]["/v1/apps/{app}/channels/{channel}/messages"]["get"];
+        let param = |name: &str| {
+            op["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["schema"]
+                .clone()
+        };
+        assert_eq!(param("channel")["pattern"], CHANNEL_NAME_PATTERN);
+        assert_eq!(param("channel")["maxLength"], MAX_CHANNEL_NAME_LEN);
+        assert_eq!(param("app")["pattern"], APP_ID_PATTERN);
+        assert_eq!(param("app")["maxLength"], MAX_APP_ID_LEN);
+        assert_eq!(param("limit")["minimum"], 1);
+        assert_eq!(param("limit")["maximum"], super::messages::MAX_LIMIT);
+        assert_eq!(param("before")["minimum"], 1);
+    }
+}
