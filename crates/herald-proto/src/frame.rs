@@ -71,8 +71,47 @@ pub enum ServerFrame<'a> {
         id: &'a str,
         /// The stream sequence.
         seq: u64,
+        /// The channel's previous stored event (`Nats-Last-Sequence`), when
+        /// known: sequences are not contiguous within a channel, so this is
+        /// how a client verifies it has every event.
+        prev_seq: Option<u64>,
         /// When it was stored, ms since the epoch.
         ts: i64,
+        /// The author (a user id), when a user published it.
+        user_id: Option<&'a str>,
+    },
+    /// `herald:resume_failed`: a `resume_from` that cannot be served from
+    /// the stream; the subscription is live, the client reloads history.
+    ResumeFailed {
+        /// The channel.
+        channel: &'a str,
+        /// The oldest stored sequence of the channel (0: none).
+        oldest_seq: u64,
+        /// Why (`retention`, `too_far_behind`, `unknown_position`, `unavailable`).
+        reason: &'a str,
+    },
+    /// `herald:ack`: a `herald:publish` is stored (a retry of one already
+    /// stored gets the original `id` and `seq`).
+    Ack {
+        /// The publisher's id for the message.
+        client_id: &'a str,
+        /// The channel.
+        channel: &'a str,
+        /// The stored envelope's id.
+        id: &'a str,
+        /// Its stream sequence.
+        seq: u64,
+        /// When it was stored.
+        ts: i64,
+    },
+    /// `herald:nack`: a `herald:publish` (or receipt) was refused.
+    Nack {
+        /// The publisher's id for the message (empty when it gave none).
+        client_id: &'a str,
+        /// A documented code (see `herald_proto::frame::nack`).
+        code: &'a str,
+        /// What went wrong.
+        message: &'a str,
     },
     /// A client event (or a service's ephemeral event), relayed verbatim;
     /// on presence channels Pusher adds the sender's `user_id`.
@@ -129,6 +168,24 @@ pub enum ServerFrame<'a> {
     },
 }
 
+/// The codes of `herald:nack`, documented in the README.
+pub mod nack {
+    /// The socket is not subscribed to the channel.
+    pub const NOT_SUBSCRIBED: &str = "not_subscribed";
+    /// Publishing is not allowed here (public channel, the app's setting,
+    /// or no user to attribute a receipt to).
+    pub const NOT_ALLOWED: &str = "not_allowed";
+    /// The frame is malformed (missing channel, event, client_id ...).
+    pub const INVALID: &str = "invalid";
+    /// The payload is over the app's message size limit.
+    pub const TOO_LARGE: &str = "too_large";
+    /// The connection publishes faster than its rate limit.
+    pub const RATE_LIMITED: &str = "rate_limited";
+    /// The event could not be stored; retrying with the same `client_id`
+    /// is safe.
+    pub const UNAVAILABLE: &str = "unavailable";
+}
+
 /// The `type` of a `pusher:subscription_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriptionErrorKind {
@@ -143,6 +200,8 @@ pub enum SubscriptionErrorKind {
     LimitReached,
     /// The server could not complete the subscription; retrying may work.
     ServerError,
+    /// A Herald field of the subscribe is malformed (`resume_from`).
+    InvalidRequest,
 }
 
 impl SubscriptionErrorKind {
@@ -154,6 +213,7 @@ impl SubscriptionErrorKind {
             SubscriptionErrorKind::AuthError => "AuthError",
             SubscriptionErrorKind::LimitReached => "LimitReached",
             SubscriptionErrorKind::ServerError => "ServerError",
+            SubscriptionErrorKind::InvalidRequest => "InvalidRequest",
         }
     }
 }
@@ -183,6 +243,8 @@ struct Wire<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    prev_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ts: Option<i64>,
 }
 
@@ -195,6 +257,7 @@ impl<'a> Wire<'a> {
             user_id: None,
             id: None,
             seq: None,
+            prev_seq: None,
             ts: None,
         }
     }
@@ -237,6 +300,9 @@ impl ServerFrame<'_> {
             ServerFrame::CacheMiss { .. } => "pusher:cache_miss",
             ServerFrame::SigninSuccess { .. } => "pusher:signin_success",
             ServerFrame::Unsubscribed { .. } => "herald:unsubscribed",
+            ServerFrame::ResumeFailed { .. } => "herald:resume_failed",
+            ServerFrame::Ack { .. } => "herald:ack",
+            ServerFrame::Nack { .. } => "herald:nack",
         }
     }
 
@@ -278,15 +344,41 @@ impl ServerFrame<'_> {
                 data,
                 id,
                 seq,
+                prev_seq,
                 ts,
+                user_id,
                 ..
             } => {
                 let mut wire = Wire::new(event).channel(channel).data_text(data);
                 wire.id = Some(id);
                 wire.seq = Some(seq);
+                wire.prev_seq = prev_seq;
                 wire.ts = Some(ts);
+                wire.user_id = user_id;
                 wire
             }
+            ServerFrame::ResumeFailed {
+                channel,
+                oldest_seq,
+                reason,
+            } => Wire::new(event).channel(channel).data_json(
+                json!({ "channel": channel, "oldest_seq": oldest_seq, "reason": reason }),
+            ),
+            ServerFrame::Ack {
+                client_id,
+                channel,
+                id,
+                seq,
+                ts,
+            } => Wire::new(event).channel(channel).data_json(json!({
+                "client_id": client_id, "channel": channel, "id": id, "seq": seq, "ts": ts
+            })),
+            ServerFrame::Nack {
+                client_id,
+                code,
+                message,
+            } => Wire::new(event)
+                .data_json(json!({ "client_id": client_id, "code": code, "message": message })),
             ServerFrame::Client {
                 channel,
                 data,
@@ -347,11 +439,40 @@ mod tests {
             data: "{\"a\":1}",
             id: "id",
             seq: 7,
+            prev_seq: Some(3),
             ts: 9,
+            user_id: Some("u1"),
         });
         assert_eq!(v["data"], "{\"a\":1}");
         assert_eq!((v["seq"].as_u64(), v["ts"].as_i64()), (Some(7), Some(9)));
-        assert_eq!(v["id"], "id");
+        assert_eq!(
+            (v["id"].as_str(), v["prev_seq"].as_u64()),
+            (Some("id"), Some(3))
+        );
+        assert_eq!(v["user_id"], "u1");
+
+        let v = parse(ServerFrame::ResumeFailed {
+            channel: "c",
+            oldest_seq: 4,
+            reason: "retention",
+        });
+        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (data["oldest_seq"].as_u64(), data["reason"].as_str()),
+            (Some(4), Some("retention"))
+        );
+        let v = parse(ServerFrame::Ack {
+            client_id: "m1",
+            channel: "private-c",
+            id: "id",
+            seq: 8,
+            ts: 1,
+        });
+        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            (data["client_id"].as_str(), data["seq"].as_u64()),
+            (Some("m1"), Some(8))
+        );
 
         let members = BTreeMap::from([("u1".to_owned(), json!({"n": 1}))]);
         let v = parse(ServerFrame::PresenceSubscriptionSucceeded {

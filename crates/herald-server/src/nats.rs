@@ -5,7 +5,22 @@
 
 /// Connect to NATS, naming the connection after the service.
 pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let (client, _) = connect_nats_watching(url, name).await?;
+    Ok(client)
+}
+
+/// Connect to NATS, and watch the connection: the value counts the times the
+/// client (re)connected, so a receiver's `changed()` fires after every
+/// reconnect. Core-NATS messages published while the client was away are
+/// gone; whoever relies on them (the gateway's live path) checks what it
+/// missed when this fires.
+pub async fn connect_nats_watching(
+    url: &str,
+    name: &str,
+) -> anyhow::Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>)> {
     use anyhow::Context;
+    let (connected_tx, connected_rx) = tokio::sync::watch::channel(0u64);
+    let connected_tx = std::sync::Arc::new(connected_tx);
     // Install the metrics recorder before anything is counted: the first
     // NATS events come before the service builds its `/metrics` route.
     crate::telemetry::metrics_handle();
@@ -16,16 +31,23 @@ pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::C
     let mut pause = std::time::Duration::from_millis(50);
     loop {
         let service = name.to_owned();
+        let connected = connected_tx.clone();
         let attempt = async_nats::ConnectOptions::new()
             .name(name)
             .event_callback(move |event| {
                 let service = service.clone();
-                async move { log_nats_event(&service, &event) }
+                let connected = connected.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Connected) {
+                        connected.send_modify(|n| *n += 1);
+                    }
+                    log_nats_event(&service, &event)
+                }
             })
             .connect(url)
             .await;
         match attempt {
-            Ok(client) => return Ok(client),
+            Ok(client) => return Ok((client, connected_rx)),
             Err(err) if tokio::time::Instant::now() + pause < deadline => {
                 tracing::warn!(%err, url = %redact_url(url), "cannot connect to NATS yet; retrying");
                 tokio::time::sleep(pause).await;

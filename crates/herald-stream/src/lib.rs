@@ -10,6 +10,8 @@ use herald_proto::envelope::{HEADER_KIND, HEADER_LAST_SEQUENCE, HEADER_SEQUENCE}
 use herald_proto::{AppId, ChannelName, Envelope, Subjects};
 use std::time::Duration;
 
+pub mod replay;
+
 /// Header grouping the per-channel copies of one multi-channel publish whose
 /// publisher asked for de-duplicated delivery (Herald extension).
 pub const HEADER_DEDUPE: &str = "Herald-Dedupe";

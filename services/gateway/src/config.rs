@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 512;
 /// Smallest outbound queue accepted.
 pub const MIN_OUTBOUND_QUEUE: usize = 8;
+/// Default bound on the events one `resume_from` replays.
+pub const DEFAULT_RESUME_MAX_EVENTS: u64 = 10_000;
 /// Default seconds between presence heartbeats.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 5;
 
@@ -69,6 +71,10 @@ pub struct Cli {
     pub heartbeat_secs: u64,
     #[command(flatten)]
     pub presence_ttl: PresenceTtlArgs,
+    /// Most events one `resume_from` replays; a client further behind gets
+    /// `herald:resume_failed` (reason `too_far_behind`) and reloads history.
+    #[arg(long, env = "HERALD_RESUME_MAX_EVENTS", default_value_t = DEFAULT_RESUME_MAX_EVENTS)]
+    pub resume_max_events: u64,
 }
 
 /// Everything the gateway needs to start.
@@ -90,6 +96,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// `HERALD_PRESENCE_TTL_SECS`: a peer silent this long is gone.
     pub gateway_ttl: Duration,
+    /// Most events one `resume_from` replays.
+    pub resume_max_events: u64,
 }
 
 fn random_gateway_id() -> String {
@@ -114,6 +122,7 @@ impl Config {
             gateway_id: random_gateway_id(),
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
             gateway_ttl: Duration::from_secs(DEFAULT_PRESENCE_TTL_SECS),
+            resume_max_events: DEFAULT_RESUME_MAX_EVENTS,
         }
     }
 }
@@ -156,6 +165,7 @@ impl TryFrom<Cli> for Config {
             gateway_id,
             heartbeat_interval: Duration::from_secs(cli.heartbeat_secs),
             gateway_ttl: Duration::from_secs(ttl_secs),
+            resume_max_events: cli.resume_max_events,
         })
     }
 }
@@ -176,6 +186,7 @@ mod tests {
         assert_eq!(from_cli.outbound_queue, defaults.outbound_queue);
         assert_eq!(from_cli.heartbeat_interval, defaults.heartbeat_interval);
         assert_eq!(from_cli.gateway_ttl, defaults.gateway_ttl);
+        assert_eq!(from_cli.resume_max_events, defaults.resume_max_events);
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub struct Application {
 impl Application {
     /// Connect to NATS, make sure the channel stream exists, and bind.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let nats = herald_server::connect_nats(&config.nats_url, "herald-gateway").await?;
+        let (nats, reconnects) =
+            herald_server::connect_nats_watching(&config.nats_url, "herald-gateway").await?;
         let js = async_nats::jetstream::new(nats.clone());
         herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
         let kv =
@@ -79,7 +80,7 @@ impl Application {
         let shared = Arc::new(Shared {
             apps: config.apps.clone(),
             subjects: config.subjects.clone(),
-            hub: hub::Hub::new(nats.clone(), config.subjects.clone()),
+            hub: hub::Hub::new(nats.clone(), reconnects, config.subjects.clone()),
             delivery: delivery::Delivery::new(config.delivery_threads)?,
             connection_permits: Arc::new(Semaphore::new(config.max_connections)),
             app_connections: Default::default(),

@@ -2,6 +2,13 @@
 //! (stored events' live subject, client events, presence member events),
 //! each message rendered once into a [`ServerFrame`] and the same bytes
 //! offered to every subscriber.
+//!
+//! The live path is core NATS, which may drop messages (a NATS reconnect, a
+//! subscription buffer overflow). Stored events carry the channel's previous
+//! sequence (`Nats-Last-Sequence`), so the task knows the last sequence it
+//! delivered and notices a gap: it reads the missing events from the stream
+//! and delivers them first, in order. After a NATS reconnect it compares the
+//! channel's newest stored sequence with its own and repairs likewise.
 
 use super::dedupe::Dedupe;
 use super::ChannelEntry;
@@ -9,7 +16,9 @@ use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use herald_proto::control::EphemeralEvent;
 use herald_proto::presence::PresenceEvent;
+use herald_proto::AppId;
 use herald_proto::{ChannelName, ServerFrame, UserId};
+use herald_stream::replay::{self, RangeReader};
 use herald_stream::LiveEvent;
 use std::sync::{Arc, Weak};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +31,27 @@ pub(super) struct ChannelSubscriptions {
     pub ephemeral: Option<async_nats::Subscriber>,
     /// Member events from the presence service (presence channels).
     pub presence: Option<async_nats::Subscriber>,
+}
+
+/// What the task needs to read missed events back from the stream.
+pub(super) struct Repairer {
+    pub js: async_nats::jetstream::Context,
+    pub subjects: herald_proto::Subjects,
+    pub app: AppId,
+    /// Counts NATS (re)connections; a change means core messages may be lost.
+    pub reconnects: tokio::sync::watch::Receiver<u64>,
+    /// The channel's newest stored sequence when the subscriptions went live
+    /// (`None` when it could not be read: the first live event then sets it).
+    pub last_seq: Option<u64>,
+}
+
+/// A durable event about to be offered, from the live path or the stream.
+struct Durable<'a> {
+    seq: u64,
+    prev_seq: Option<u64>,
+    exclude_socket: Option<&'a str>,
+    dedupe_group: Option<&'a str>,
+    envelope: &'a herald_proto::Envelope,
 }
 
 #[derive(Clone, Copy)]
@@ -39,11 +69,18 @@ pub(super) async fn run(
     entry: Weak<ChannelEntry>,
     channel: ChannelName,
     dedupe: Arc<Dedupe>,
+    mut repairer: Repairer,
     stop: CancellationToken,
 ) {
+    repairer.reconnects.borrow_and_update();
     loop {
         let (msg, source) = tokio::select! {
             _ = stop.cancelled() => break,
+            Ok(()) = repairer.reconnects.changed() => {
+                let Some(entry) = entry.upgrade() else { break };
+                repairer.after_reconnect(&entry, &channel, &dedupe).await;
+                continue;
+            }
             msg = subs.live.next() => (msg, Source::Live),
             Some(msg) = next_opt(&mut subs.ephemeral) => (Some(msg), Source::Ephemeral),
             Some(msg) = next_opt(&mut subs.presence) => (Some(msg), Source::Presence),
@@ -52,7 +89,7 @@ pub(super) async fn run(
         let Some(entry) = entry.upgrade() else { break };
         match source {
             Source::Live => match LiveEvent::from_message(&msg) {
-                Ok(event) => stored(&entry, &channel, &event, &dedupe),
+                Ok(event) => repairer.live(&entry, &channel, &event, &dedupe).await,
                 Err(err) => {
                     tracing::warn!(%err, subject = %msg.subject, "dropping unreadable live event")
                 }
@@ -76,27 +113,149 @@ async fn next_opt(sub: &mut Option<async_nats::Subscriber>) -> Option<async_nats
     }
 }
 
-fn stored(entry: &ChannelEntry, channel: &ChannelName, event: &LiveEvent, dedupe: &Dedupe) {
-    let env = &event.envelope;
-    // Serialize once per channel; every connection shares these bytes.
-    let frame = Utf8Bytes::from(
+impl Repairer {
+    /// A live stored event: deliver what was missed before it, then it.
+    async fn live(
+        &mut self,
+        entry: &ChannelEntry,
+        channel: &ChannelName,
+        event: &LiveEvent,
+        dedupe: &Dedupe,
+    ) {
+        if let Some(last) = self.last_seq {
+            if event.seq <= last {
+                // Already delivered (repaired from the stream before it came).
+                return;
+            }
+            if event.last_seq > last {
+                self.repair(entry, channel, dedupe, event.last_seq).await;
+            }
+        }
+        stored(
+            entry,
+            channel,
+            &Durable {
+                seq: event.seq,
+                prev_seq: Some(event.last_seq),
+                exclude_socket: event.exclude_socket.as_deref(),
+                dedupe_group: event.dedupe_group.as_deref(),
+                envelope: &event.envelope,
+            },
+            dedupe,
+        );
+        self.last_seq = Some(self.last_seq.map_or(event.seq, |l| l.max(event.seq)));
+    }
+
+    /// After a NATS reconnect: deliver whatever was stored while away.
+    async fn after_reconnect(
+        &mut self,
+        entry: &ChannelEntry,
+        channel: &ChannelName,
+        dedupe: &Dedupe,
+    ) {
+        match replay::last_seq(&self.js, &self.subjects, &self.app, channel).await {
+            Ok(newest) if self.last_seq.is_some_and(|last| newest > last) => {
+                self.repair(entry, channel, dedupe, newest).await;
+            }
+            Ok(newest) => {
+                self.last_seq.get_or_insert(newest);
+            }
+            Err(err) => {
+                tracing::warn!(%err, %channel, "cannot check a channel after a NATS reconnect")
+            }
+        }
+    }
+
+    /// Read and deliver the stored events after the last delivered one up to
+    /// `until`, in order.
+    async fn repair(
+        &mut self,
+        entry: &ChannelEntry,
+        channel: &ChannelName,
+        dedupe: &Dedupe,
+        until: u64,
+    ) {
+        let Some(last) = self.last_seq else { return };
+        let reader =
+            RangeReader::open(&self.js, &self.subjects, &self.app, channel, last, until).await;
+        let mut reader = match reader {
+            Ok(reader) => reader,
+            Err(err) => {
+                tracing::warn!(%err, %channel, last, until, "cannot repair a gap on the live path");
+                return;
+            }
+        };
+        metrics::counter!("herald_gateway_gaps_repaired_total").increment(1);
+        loop {
+            match reader.next().await {
+                Ok(Some(event)) => {
+                    metrics::counter!("herald_gateway_events_repaired_total").increment(1);
+                    stored(
+                        entry,
+                        channel,
+                        &Durable {
+                            seq: event.seq,
+                            prev_seq: Some(event.prev_seq),
+                            exclude_socket: event.exclude_socket.as_deref(),
+                            dedupe_group: event.dedupe_group.as_deref(),
+                            envelope: &event.envelope,
+                        },
+                        dedupe,
+                    );
+                    self.last_seq = Some(event.seq);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::warn!(%err, %channel, "gap repair stopped early");
+                    break;
+                }
+            }
+        }
+        self.last_seq = Some(self.last_seq.unwrap_or(0).max(until));
+    }
+}
+
+/// The frame of a stored event, as every subscriber gets it.
+pub(crate) fn stored_frame(channel: &ChannelName, event: &replay::StoredEvent) -> Utf8Bytes {
+    render(
+        channel,
+        &Durable {
+            seq: event.seq,
+            prev_seq: Some(event.prev_seq),
+            exclude_socket: None,
+            dedupe_group: None,
+            envelope: &event.envelope,
+        },
+    )
+}
+
+fn render(channel: &ChannelName, event: &Durable<'_>) -> Utf8Bytes {
+    let env = event.envelope;
+    Utf8Bytes::from(
         ServerFrame::Stored {
             event: &env.event,
             channel: channel.as_str(),
             data: &env.data,
             id: &env.id,
             seq: event.seq,
+            prev_seq: event.prev_seq,
             ts: env.at,
+            user_id: env.author.as_deref(),
         }
         .to_json(),
-    );
+    )
+}
+
+fn stored(entry: &ChannelEntry, channel: &ChannelName, event: &Durable<'_>, dedupe: &Dedupe) {
+    // Serialize once per channel; every connection shares these bytes.
+    let frame = render(channel, event);
     let mut subs = entry.subscribers.write().expect("subscribers lock");
     let mut delivered = 0u64;
     for sub in subs.values_mut() {
-        if event.exclude_socket.as_deref() == Some(&*sub.conn.socket_id) {
+        if event.exclude_socket == Some(&*sub.conn.socket_id) {
             continue;
         }
-        if let Some(group) = &event.dedupe_group {
+        if let Some(group) = event.dedupe_group {
             if !dedupe.first_time(group, sub.conn.id) {
                 continue;
             }

@@ -29,6 +29,7 @@ mod subscriber;
 mod users;
 
 pub(crate) use conn::{ConnHandle, Control, Outbound};
+pub(crate) use fanout::stored_frame;
 pub(crate) use subscriber::Ready;
 
 use axum::extract::ws::Utf8Bytes;
@@ -55,6 +56,9 @@ struct ChannelEntry {
 /// The channel → connections and user → connections index of one gateway.
 pub(crate) struct Hub {
     nats: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    /// Counts NATS (re)connections (see `herald_server::connect_nats_watching`).
+    reconnects: tokio::sync::watch::Receiver<u64>,
     subjects: Subjects,
     channels: Mutex<HashMap<ChannelKey, Arc<ChannelEntry>>>,
     users: Users,
@@ -74,9 +78,15 @@ pub(crate) struct Join {
 }
 
 impl Hub {
-    pub fn new(nats: async_nats::Client, subjects: Subjects) -> Self {
+    pub fn new(
+        nats: async_nats::Client,
+        reconnects: tokio::sync::watch::Receiver<u64>,
+        subjects: Subjects,
+    ) -> Self {
         Self {
+            js: async_nats::jetstream::new(nats.clone()),
             nats,
+            reconnects,
             subjects,
             channels: Mutex::new(HashMap::new()),
             users: Users::default(),
@@ -230,11 +240,30 @@ impl Hub {
             ephemeral: eph,
             presence,
         };
+        // Where the channel stands now that the live subscription is
+        // registered: any later stored event comes live, and a live event
+        // whose previous sequence is newer than this reveals a gap.
+        let last_seq =
+            match herald_stream::replay::last_seq(&self.js, &self.subjects, app, channel).await {
+                Ok(seq) => Some(seq),
+                Err(err) => {
+                    tracing::warn!(%err, %channel, "cannot read a channel's last sequence");
+                    None
+                }
+            };
+        let repairer = fanout::Repairer {
+            js: self.js.clone(),
+            subjects: self.subjects.clone(),
+            app: app.clone(),
+            reconnects: self.reconnects.clone(),
+            last_seq,
+        };
         tokio::spawn(fanout::run(
             subs,
             Arc::downgrade(entry),
             channel.clone(),
             self.dedupe.clone(),
+            repairer,
             entry.stop.clone(),
         ));
         Ok(())

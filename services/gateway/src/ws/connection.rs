@@ -273,6 +273,13 @@ impl Connection {
 
     /// Queue a direct reply. Replies wait for queue space (backpressure on
     /// this client's own reads) rather than counting as a slow consumer.
+    /// Queue an already rendered frame, waiting for queue space: used for
+    /// what a subscriber must get before its live frames (a replay), which
+    /// is bounded and paced by the client's own reading.
+    pub(super) async fn send_frame(&self, frame: Utf8Bytes) {
+        let _ = self.handle.tx.send(Outbound::Frame(frame)).await;
+    }
+
     pub(super) async fn send(&self, frame: ServerFrame<'_>) {
         let frame = frame.to_json().into();
         let _ = self.handle.tx.send(Outbound::Frame(frame)).await;

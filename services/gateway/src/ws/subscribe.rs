@@ -3,15 +3,16 @@
 //! subscriptions made on the server's authority (Herald extension).
 
 use super::connection::{Connection, PresenceMembership};
-use crate::hub::{Join, Ready};
+use crate::hub::{stored_frame, Join, Ready};
 use axum::extract::ws::Utf8Bytes;
 use herald_proto::channel::server_to_user;
 use herald_proto::presence::MAX_USER_INFO_BYTES;
 use herald_proto::pusher::{self, ClientFrame};
 use herald_proto::SubscriptionErrorKind::{
-    AuthError, InvalidChannel, InvalidChannelData, LimitReached, ServerError,
+    AuthError, InvalidChannel, InvalidChannelData, InvalidRequest, LimitReached, ServerError,
 };
 use herald_proto::{ChannelKind, ChannelName, ServerFrame, SubscriptionErrorKind, UserId};
+use herald_stream::replay::{self, RangeReader};
 use serde_json::Value;
 
 /// How old a cache channel's last event may be and still be sent to a new
@@ -52,6 +53,23 @@ impl Refusal {
 struct Member {
     user_id: UserId,
     user_info: Value,
+}
+
+/// `resume_from`: the last sequence the client has of the channel.
+fn parse_resume_from(value: Option<&Value>) -> Result<Option<u64>, Refusal> {
+    let bad = || {
+        Refusal::new(
+            InvalidRequest,
+            "resume_from must be a non-negative integer (a seq the client has)",
+            400,
+        )
+    };
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(bad),
+        Some(Value::String(s)) => s.parse::<u64>().map(Some).map_err(|_| bad()),
+        Some(_) => Err(bad()),
+    }
 }
 
 fn parse_member(channel_data: &str) -> Result<Member, Refusal> {
@@ -106,6 +124,10 @@ impl Connection {
                     .await
             }
         };
+        let resume = match parse_resume_from(data.get("resume_from")) {
+            Ok(resume) => resume,
+            Err(refusal) => return self.refuse(name, refusal).await,
+        };
         let authority = Authority::Client {
             auth: data
                 .get("auth")
@@ -113,14 +135,14 @@ impl Connection {
                 .unwrap_or_default(),
             channel_data: data.get("channel_data").and_then(|a| a.as_str()),
         };
-        if let Err(refusal) = self.subscribe(&channel, authority).await {
+        if let Err(refusal) = self.subscribe(&channel, authority, resume).await {
             self.refuse(name, refusal).await;
         }
     }
 
     /// Subscribe on the app server's behalf (`POST .../subscriptions`).
     pub(super) async fn subscribe_on_server_authority(&mut self, channel: ChannelName) {
-        if let Err(refusal) = self.subscribe(&channel, Authority::Server).await {
+        if let Err(refusal) = self.subscribe(&channel, Authority::Server, None).await {
             self.refuse(channel.as_str(), refusal).await;
         }
     }
@@ -159,6 +181,7 @@ impl Connection {
         &mut self,
         channel: &ChannelName,
         authority: Authority<'_>,
+        resume: Option<u64>,
     ) -> Result<(), Refusal> {
         if self.channels.contains_key(channel) {
             // Pusher answers a repeated subscribe with success again.
@@ -234,23 +257,29 @@ impl Connection {
             (Authority::Server, _) => None,
         };
         match member {
-            None => self.join_plain(channel).await,
-            Some(member) => self.join_presence(channel, member).await,
+            None => self.join_plain(channel, resume).await,
+            Some(member) => self.join_presence(channel, member, resume).await,
         }
     }
 
-    async fn join_plain(&mut self, channel: &ChannelName) -> Result<(), Refusal> {
+    async fn join_plain(
+        &mut self,
+        channel: &ChannelName,
+        resume: Option<u64>,
+    ) -> Result<(), Refusal> {
         let succeeded: Utf8Bytes = ServerFrame::SubscriptionSucceeded {
             channel: channel.as_str(),
         }
         .to_json()
         .into();
-        let cache = channel.is_cache();
+        // A plain subscribe goes live at once; a cache channel or a resume
+        // holds live frames until what comes before them has been sent.
+        let hold = channel.is_cache() || resume.is_some();
         let join = Join {
             conn: self.handle.clone(),
             presence_user: None,
-            first: (!cache).then(|| succeeded.clone()),
-            hold: cache,
+            first: (!hold).then(|| succeeded.clone()),
+            hold,
         };
         self.state
             .hub
@@ -260,14 +289,14 @@ impl Connection {
                 tracing::error!(%err, %channel, "live subscription failed");
                 Refusal::new(ServerError, "Subscription failed; retry", 503)
             })?;
-        if cache {
-            // Live first (held), then read the last event: nothing published
-            // in between is missed, and nothing is sent twice.
-            let (seq, cached) = self.cached_event(channel).await;
+        if hold {
+            // Live first (held), then read the stream: nothing published in
+            // between is missed, and nothing is sent twice.
+            let seq = self.catch_up(channel, resume, succeeded).await;
             let ready = Ready {
                 revision: 0,
                 seq,
-                frames: vec![succeeded, cached],
+                frames: Vec::new(),
             };
             self.state
                 .hub
@@ -275,6 +304,114 @@ impl Connection {
         }
         self.channels.insert(channel.clone(), None);
         Ok(())
+    }
+
+    /// Send a held subscriber what comes before its live frames: `first`
+    /// (subscription succeeded), then the events after `resume` (or
+    /// `herald:resume_failed`), or for a cache channel without `resume` its
+    /// last event or `pusher:cache_miss`. Returns the stream sequence the
+    /// subscriber is now up to date with: held live events at or below it
+    /// are not sent again.
+    async fn catch_up(&self, channel: &ChannelName, resume: Option<u64>, first: Utf8Bytes) -> u64 {
+        self.send_frame(first).await;
+        match resume {
+            Some(after) => self.replay(channel, after).await,
+            None if channel.is_cache() => {
+                let (seq, cached) = self.cached_event(channel).await;
+                self.send_frame(cached).await;
+                seq
+            }
+            None => 0,
+        }
+    }
+
+    /// Replay the stored events of `channel` after `after`, in order, or
+    /// say `herald:resume_failed` when that cannot be done completely.
+    async fn replay(&self, channel: &ChannelName, after: u64) -> u64 {
+        let state = &self.state;
+        let failed = |oldest_seq: u64, reason: &str| -> Utf8Bytes {
+            metrics::counter!("herald_gateway_resumes_failed_total", "reason" => reason.to_owned())
+                .increment(1);
+            ServerFrame::ResumeFailed {
+                channel: channel.as_str(),
+                oldest_seq,
+                reason,
+            }
+            .to_json()
+            .into()
+        };
+        let position =
+            match replay::channel_position(&state.js, &state.subjects, &self.app.id, channel).await
+            {
+                Ok(position) => position,
+                Err(err) => {
+                    tracing::warn!(%err, %channel, "cannot read a channel's position to resume");
+                    self.send_frame(failed(0, "unavailable")).await;
+                    return 0;
+                }
+            };
+        let per_channel_limit = state.config.stream.max_msgs_per_channel > 0;
+        let max = state.config.resume_max_events;
+        let until = position.last_seq;
+        let mut reader = match RangeReader::open(
+            &state.js,
+            &state.subjects,
+            &self.app.id,
+            channel,
+            after,
+            until,
+        )
+        .await
+        {
+            Ok(reader) => reader,
+            Err(err) => {
+                tracing::warn!(%err, %channel, "cannot open a replay");
+                self.send_frame(failed(position.first_seq, "unavailable"))
+                    .await;
+                return 0;
+            }
+        };
+        let first = match reader.next().await {
+            Ok(first) => first,
+            Err(err) => {
+                tracing::warn!(%err, %channel, "replay failed");
+                self.send_frame(failed(position.first_seq, "unavailable"))
+                    .await;
+                return 0;
+            }
+        };
+        let pending = match &first {
+            Some(_) => reader.pending().saturating_add(1),
+            None => 0,
+        };
+        if let Err(refusal) =
+            replay::check_resume(&position, after, pending, max, per_channel_limit)
+        {
+            self.send_frame(failed(position.first_seq, refusal.as_str()))
+                .await;
+            return 0;
+        }
+        let mut upto = after.max(until);
+        let mut next = first;
+        let mut replayed = 0u64;
+        while let Some(event) = next {
+            self.send_frame(stored_frame(channel, &event)).await;
+            replayed += 1;
+            upto = upto.max(event.seq);
+            next = match reader.next().await {
+                Ok(next) => next,
+                Err(err) => {
+                    // Part of the replay is out; the rest cannot be read.
+                    // Say so, and let live events through from where it stopped.
+                    tracing::warn!(%err, %channel, "replay stopped early");
+                    self.send_frame(failed(position.first_seq, "unavailable"))
+                        .await;
+                    return event.seq;
+                }
+            };
+        }
+        metrics::counter!("herald_gateway_replayed_events_total").increment(replayed);
+        upto
     }
 
     /// For a cache channel: the frame of its last stored event (if younger
@@ -297,7 +434,9 @@ impl Connection {
                     data: &env.data,
                     id: &env.id,
                     seq,
+                    prev_seq: None,
                     ts: env.at,
+                    user_id: env.author.as_deref(),
                 };
                 (seq, frame.to_json().into())
             }
@@ -318,6 +457,7 @@ impl Connection {
         &mut self,
         channel: &ChannelName,
         member: Member,
+        resume: Option<u64>,
     ) -> Result<(), Refusal> {
         let user_id = member.user_id.clone();
         let unavailable = |err: &dyn std::fmt::Display| {
@@ -382,16 +522,12 @@ impl Connection {
             channel: channel.as_str(),
             members: &reply.members,
         };
-        let mut ready = Ready {
+        let seq = self.catch_up(channel, resume, first.to_json().into()).await;
+        let ready = Ready {
             revision: reply.revision,
-            seq: 0,
-            frames: vec![first.to_json().into()],
+            seq,
+            frames: Vec::new(),
         };
-        if channel.is_cache() {
-            let (seq, cached) = self.cached_event(channel).await;
-            ready.seq = seq;
-            ready.frames.push(cached);
-        }
         self.state
             .hub
             .ready(&self.app.id, channel, self.handle.id, ready);
