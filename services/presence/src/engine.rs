@@ -21,7 +21,7 @@
 //! that heartbeated just before a restart is neither expired early nor kept
 //! alive longer than the TTL.
 
-use crate::buckets::{self, ViewKey};
+use crate::buckets;
 use crate::state::{Change, PresenceState, UserPresence};
 use crate::writer::WriteOp;
 use async_nats::jetstream::kv;
@@ -29,7 +29,10 @@ use async_nats::{Client, Message};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
-use herald_proto::presence::{GatewayHeartbeat, MembersReply, MembersRequest, PresenceEvent};
+use herald_proto::presence::{
+    last_seen_key, GatewayHeartbeat, MembersReply, MembersRequest, PresenceEvent, PresenceKey,
+    ViewKey,
+};
 use herald_proto::{now_ms, AppId, ChannelKind, ChannelName, Subjects};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -288,7 +291,7 @@ impl Engine {
     /// TTL would expire it between two heartbeats: a misconfiguration that
     /// makes its members flap.
     fn check_interval(&self, run: &mut Run, entry: &kv::Entry) {
-        let Some(gateway) = entry.key.strip_prefix("gw.") else {
+        let Some(gateway) = PresenceKey::heartbeat_gateway(&entry.key) else {
             return;
         };
         if entry.operation != kv::Operation::Put || run.warned.contains(gateway) {
@@ -410,7 +413,7 @@ impl Engine {
                 .render();
                 self.write(WriteOp::ViewDelete { key }).await;
                 self.write(WriteOp::LastSeen {
-                    key: buckets::last_seen_key(&app, &user_id),
+                    key: last_seen_key(&app, &user_id),
                     at,
                 })
                 .await;

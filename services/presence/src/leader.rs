@@ -18,17 +18,12 @@
 use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use herald_proto::presence::LEASE_KEY as KEY;
+use herald_proto::Subjects;
+use herald_stream::BucketSpec;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// The one key of the lease bucket.
-const KEY: &str = "active";
-
-/// Name of the lease bucket.
-pub fn lease_bucket(subjects: &herald_proto::Subjects) -> String {
-    format!("{}_PRESENCE_LEADER", subjects.prefix().to_ascii_uppercase())
-}
 
 /// How long a lease lasts without renewal, and how often it is renewed (and
 /// how often a standby instance tries to take it).
@@ -52,16 +47,19 @@ impl LeaseSettings {
 /// bucket made earlier with another TTL keeps its own, which then wins.
 pub async fn open_bucket(
     js: &jetstream::Context,
-    bucket: &str,
+    subjects: &Subjects,
     settings: &mut LeaseSettings,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    let store = crate::buckets::ensure_bucket(
+    let bucket = subjects.presence_lease_bucket();
+    let store = herald_stream::ensure_bucket(
         js,
-        bucket,
-        "Herald presence: the active instance's lease",
-        replicas,
-        settings.ttl,
+        BucketSpec {
+            name: bucket.clone(),
+            description: "Herald presence: the active instance's lease",
+            replicas,
+            max_age: settings.ttl,
+        },
     )
     .await?;
     let age = store

@@ -33,7 +33,7 @@ mod state;
 mod typing;
 mod writer;
 
-pub use buckets::{last_seen_bucket, view_bucket, LastSeen};
+pub use buckets::LastSeen;
 pub use config::{Cli, Config};
 pub use error::ApiError;
 pub use typing::{TYPING_EVENT, TYPING_STOPPED_EVENT};
@@ -43,6 +43,7 @@ use async_nats::jetstream::kv;
 use axum::Router;
 use futures::StreamExt;
 use herald_config::AppRegistry;
+use herald_stream::BucketSpec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,27 +106,32 @@ impl Application {
         let presence =
             herald_stream::ensure_presence_bucket(&js, &config.subjects, config.kv_replicas)
                 .await?;
-        let view = buckets::ensure_bucket(
+        let view = herald_stream::ensure_bucket(
             &js,
-            &view_bucket(&config.subjects),
-            "Herald presence: members and online users subscribers were told about",
-            config.kv_replicas,
-            std::time::Duration::ZERO,
+            BucketSpec {
+                name: config.subjects.presence_view_bucket(),
+                description:
+                    "Herald presence: members and online users subscribers were told about",
+                replicas: config.kv_replicas,
+                max_age: Duration::ZERO,
+            },
         )
         .await?;
-        let last_seen = buckets::ensure_bucket(
+        let last_seen = herald_stream::ensure_bucket(
             &js,
-            &last_seen_bucket(&config.subjects),
-            "Herald presence: when each user's last connection went",
-            config.kv_replicas,
-            std::time::Duration::ZERO,
+            BucketSpec {
+                name: config.subjects.last_seen_bucket(),
+                description: "Herald presence: when each user's last connection went",
+                replicas: config.kv_replicas,
+                max_age: Duration::ZERO,
+            },
         )
         .await?;
 
         let mut lease_settings = leader::LeaseSettings::new(config.lease_ttl);
         let lease = leader::open_bucket(
             &js,
-            &leader::lease_bucket(&config.subjects),
+            &config.subjects,
             &mut lease_settings,
             config.kv_replicas,
         )
@@ -302,6 +308,7 @@ impl Parts {
             timeout: config.typing_timeout,
         };
         let writer = writer::Writer {
+            subjects: config.subjects.clone(),
             presence: self.presence.clone(),
             view: self.view.clone(),
             last_seen: self.last_seen.clone(),

@@ -12,7 +12,7 @@
 //! never seen.
 
 use super::ask;
-use crate::buckets::{last_seen_key, LastSeen};
+use crate::buckets::LastSeen;
 use crate::engine::Command;
 use crate::error::ApiError;
 use crate::state::valid_user_id;
@@ -23,7 +23,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
-use herald_proto::presence::MAX_USER_ID_LEN;
+use herald_proto::presence::{last_seen_key, MAX_USER_ID_LEN};
 use herald_proto::{now_ms, AppId};
 use herald_server::auth::AuthorizedApp;
 use serde::{Deserialize, Serialize};
