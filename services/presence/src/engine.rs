@@ -33,7 +33,7 @@ use herald_proto::presence::{
     last_seen_key, GatewayHeartbeat, MembersReply, MembersRequest, PresenceEvent, PresenceKey,
     ViewKey,
 };
-use herald_proto::{now_ms, AppId, ChannelKind, ChannelName, Subjects};
+use herald_proto::{now_ms, AppId, ChannelKind, ChannelName, Subjects, UserId};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +54,7 @@ pub enum Command {
     /// Presence of several users of one app, in the order asked.
     Users {
         app: AppId,
-        user_ids: Vec<String>,
+        user_ids: Vec<UserId>,
         reply: oneshot::Sender<Vec<UserPresence>>,
     },
 }
@@ -658,7 +658,7 @@ impl Engine {
                 let _ = reply.send(
                     user_ids
                         .iter()
-                        .map(|user| self.state.user(&app, user))
+                        .map(|user| self.state.user(&app, user.as_str()))
                         .collect(),
                 );
             }

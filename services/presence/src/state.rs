@@ -23,10 +23,8 @@
 //! so a wall-clock jump never expires a gateway.
 
 use herald_config::AppRegistry;
-use herald_proto::presence::{
-    GatewayHeartbeat, PresenceKey, PresenceSubscription, MAX_USER_ID_LEN,
-};
-use herald_proto::{AppId, ChannelKind, ChannelName};
+use herald_proto::presence::{GatewayHeartbeat, PresenceKey, PresenceSubscription};
+use herald_proto::{AppId, ChannelKind, ChannelName, UserId};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -287,7 +285,7 @@ impl PresenceState {
         let parsed =
             value.and_then(
                 |bytes| match serde_json::from_slice::<PresenceSubscription>(bytes) {
-                    Ok(sub) if valid_user_id(&sub.user_id) => Some(sub),
+                    Ok(sub) if UserId::parse(&sub.user_id).is_ok() => Some(sub),
                     Ok(_) => {
                         tracing::warn!(key, "subscription with an invalid user_id ignored");
                         None
@@ -432,7 +430,7 @@ impl PresenceState {
         put: bool,
         changes: &mut Vec<Change>,
     ) {
-        if !valid_user_id(&user_id) {
+        if UserId::parse(&user_id).is_err() {
             tracing::warn!(key, "connection with an invalid user id ignored");
             return;
         }
@@ -619,11 +617,6 @@ impl PresenceState {
     pub fn gateways(&self) -> std::collections::HashSet<&str> {
         self.gateways.keys().map(String::as_str).collect()
     }
-}
-
-/// Pusher's rules for a presence `user_id`: non-empty, at most 128 bytes.
-pub fn valid_user_id(user_id: &str) -> bool {
-    !user_id.is_empty() && user_id.len() <= MAX_USER_ID_LEN
 }
 
 #[cfg(test)]
