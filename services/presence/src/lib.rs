@@ -28,6 +28,7 @@ mod config;
 mod engine;
 mod error;
 pub mod leader;
+mod liveness;
 mod routes;
 mod state;
 mod typing;
