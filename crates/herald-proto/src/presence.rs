@@ -12,6 +12,17 @@
 //! Channel names and user ids are hex-encoded in keys (KV keys allow only
 //! `[-/_=.a-zA-Z0-9]`), socket ids have their `.` replaced by `_`.
 //!
+//! The presence service also owns buckets of its own, named here with the
+//! rest ([`Subjects::presence_view_bucket`], [`Subjects::last_seen_bucket`],
+//! [`Subjects::presence_lease_bucket`]):
+//!
+//! | bucket | key | meaning |
+//! |---|---|---|
+//! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `m.<app>.<channel-hex>.<user-hex>` | subscribers were told this user is a member |
+//! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `u.<app>.<user-hex>` | the user was online |
+//! | `<PREFIX>_LAST_SEEN` | [`last_seen_key`] `<app>.<user-hex>` | when the user's last connection went |
+//! | `<PREFIX>_PRESENCE_LEADER` | [`LEASE_KEY`] | the active presence instance's lease |
+//!
 //! Because the bucket keeps the last value of every key, a restarted
 //! presence service rebuilds the current state by reading it, with no replay
 //! of history. A gateway removes its own keys when a socket leaves or it
@@ -162,6 +173,12 @@ fn socket_token(socket_id: &str) -> String {
     socket_id.replace('.', "_")
 }
 
+/// The first token of a gateway's heartbeat key (`gw.<gateway>`).
+const GATEWAY_TOKEN: &str = "gw";
+
+/// A KV watch filter matching every gateway's heartbeat key, and nothing else.
+pub const HEARTBEAT_KEYS: &str = "gw.*";
+
 /// Whether a gateway id can be used in keys and subjects.
 pub fn is_valid_gateway_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -191,7 +208,7 @@ impl PresenceKey {
                 hex_encode(user_id),
                 socket_token(socket_id)
             ),
-            PresenceKey::Gateway { gateway } => format!("gw.{gateway}"),
+            PresenceKey::Gateway { gateway } => format!("{GATEWAY_TOKEN}.{gateway}"),
         }
     }
 
@@ -225,11 +242,20 @@ impl PresenceKey {
                     socket_id: socket(sock)?,
                 })
             }
-            ["gw", gateway] if is_valid_gateway_id(gateway) => Ok(PresenceKey::Gateway {
+            [GATEWAY_TOKEN, gateway] if is_valid_gateway_id(gateway) => Ok(PresenceKey::Gateway {
                 gateway: (*gateway).to_owned(),
             }),
             _ => Err(bad()),
         }
+    }
+
+    /// The gateway whose heartbeat `key` is, if it is a heartbeat key: a
+    /// cheaper test than [`PresenceKey::parse`] for code that looks at
+    /// every key but only cares about heartbeats.
+    pub fn heartbeat_gateway(key: &str) -> Option<&str> {
+        key.strip_prefix(GATEWAY_TOKEN)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .filter(|gateway| is_valid_gateway_id(gateway))
     }
 
     /// The gateway that owns this key.
@@ -242,10 +268,91 @@ impl PresenceKey {
     }
 }
 
+/// A key of the presence service's view bucket
+/// ([`Subjects::presence_view_bucket`]): what subscribers have been told.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ViewKey {
+    /// Subscribers of `channel` were told `user_id` is a member.
+    Member {
+        app: AppId,
+        channel: ChannelName,
+        user_id: String,
+    },
+    /// `user_id` was online.
+    Online { app: AppId, user_id: String },
+}
+
+impl ViewKey {
+    /// Render the key (user ids and channels hex-encoded, as in every
+    /// presence key).
+    pub fn render(&self) -> String {
+        match self {
+            ViewKey::Member {
+                app,
+                channel,
+                user_id,
+            } => format!(
+                "m.{app}.{}.{}",
+                hex_encode(channel.as_str()),
+                hex_encode(user_id)
+            ),
+            ViewKey::Online { app, user_id } => format!("u.{app}.{}", hex_encode(user_id)),
+        }
+    }
+
+    /// Parse a rendered key; `None` for anything else.
+    pub fn parse(key: &str) -> Option<Self> {
+        let parts: Vec<&str> = key.split('.').collect();
+        match parts.as_slice() {
+            ["m", app, channel, user] => Some(ViewKey::Member {
+                app: AppId::parse(app).ok()?,
+                channel: ChannelName::parse(&hex_decode(channel)?).ok()?,
+                user_id: hex_decode(user)?,
+            }),
+            ["u", app, user] => Some(ViewKey::Online {
+                app: AppId::parse(app).ok()?,
+                user_id: hex_decode(user)?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A user's key in the last-seen bucket ([`Subjects::last_seen_bucket`]).
+pub fn last_seen_key(app: &AppId, user_id: &str) -> String {
+    format!("{app}.{}", hex_encode(user_id))
+}
+
+/// The one key of the lease bucket ([`Subjects::presence_lease_bucket`]):
+/// its value is the active instance's id.
+pub const LEASE_KEY: &str = "active";
+
 impl Subjects {
     /// The presence KV bucket.
     pub fn presence_bucket(&self) -> String {
         format!("{}_PRESENCE", self.prefix().to_ascii_uppercase())
+    }
+
+    /// The stream subject holding one key of the presence bucket (what a
+    /// purge of that key's messages filters on).
+    pub fn presence_key_subject(&self, key: &str) -> String {
+        format!("$KV.{}.{key}", self.presence_bucket())
+    }
+
+    /// The presence service's view bucket: the members and online users
+    /// subscribers were told about ([`ViewKey`]).
+    pub fn presence_view_bucket(&self) -> String {
+        format!("{}_PRESENCE_VIEW", self.prefix().to_ascii_uppercase())
+    }
+
+    /// The bucket of when each user's last connection went ([`last_seen_key`]).
+    pub fn last_seen_bucket(&self) -> String {
+        format!("{}_LAST_SEEN", self.prefix().to_ascii_uppercase())
+    }
+
+    /// The bucket holding the active presence instance's lease ([`LEASE_KEY`]).
+    pub fn presence_lease_bucket(&self) -> String {
+        format!("{}_PRESENCE_LEADER", self.prefix().to_ascii_uppercase())
     }
 
     /// Where the presence service publishes one presence channel's events.
@@ -323,6 +430,58 @@ mod tests {
         ] {
             assert!(PresenceKey::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn heartbeat_keys_are_told_apart_cheaply() {
+        let key = PresenceKey::Gateway {
+            gateway: "gw-1".into(),
+        }
+        .render();
+        assert_eq!(PresenceKey::heartbeat_gateway(&key), Some("gw-1"));
+        // The watch filter is the heartbeat key with a wildcard for the id.
+        assert_eq!(HEARTBEAT_KEYS.replace('*', "gw-1"), key);
+        for other in ["gw.a.b", "gw.", "gwx.a", "sub.a.61.g.1_2", "x.gw.a"] {
+            assert_eq!(PresenceKey::heartbeat_gateway(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn view_keys_round_trip_and_are_valid_kv_keys() {
+        let keys = [
+            ViewKey::Member {
+                app: AppId::parse("app-id").unwrap(),
+                channel: ChannelName::parse("presence-a.b;c").unwrap(),
+                user_id: "user with spaces ☃".into(),
+            },
+            ViewKey::Online {
+                app: AppId::parse("app-id").unwrap(),
+                user_id: "u.1".into(),
+            },
+        ];
+        for key in keys {
+            let rendered = key.render();
+            assert!(rendered
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c)));
+            assert_eq!(ViewKey::parse(&rendered), Some(key));
+        }
+        assert_eq!(ViewKey::parse("m.a.zz.00"), None);
+        assert_eq!(ViewKey::parse("x.a.61"), None);
+    }
+
+    #[test]
+    fn bucket_names_follow_the_prefix() {
+        let s = Subjects::new("t1").unwrap();
+        assert_eq!(s.presence_bucket(), "T1_PRESENCE");
+        assert_eq!(s.presence_view_bucket(), "T1_PRESENCE_VIEW");
+        assert_eq!(s.last_seen_bucket(), "T1_LAST_SEEN");
+        assert_eq!(s.presence_lease_bucket(), "T1_PRESENCE_LEADER");
+        assert_eq!(s.presence_key_subject("gw.a"), "$KV.T1_PRESENCE.gw.a");
+        assert_eq!(
+            last_seen_key(&AppId::parse("a").unwrap(), "u"),
+            "a.75".to_string()
+        );
     }
 
     #[test]

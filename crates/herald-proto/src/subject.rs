@@ -8,6 +8,7 @@
 //! | one channel's durable events | `<prefix>.ch.<app>.<channel-token>` |
 //! | live (republished) copy | `<prefix>.live.<app>.<channel-token>` |
 //! | ephemeral client events | `<prefix>.eph.<app>.<channel-token>` |
+//! | presence buckets, keys and subjects | in [`crate::presence`] |
 
 use crate::channel::{AppId, ChannelName};
 use crate::error::{Error, ErrorKind};

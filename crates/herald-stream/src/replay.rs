@@ -4,7 +4,7 @@
 //! channel's one subject (never a durable consumer per socket), bounded by a
 //! sequence known at the start so a busy channel cannot keep a read going.
 
-use crate::StreamError;
+use crate::{ReplayStep, StreamError};
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use herald_proto::{AppId, ChannelName, Envelope, Subjects};
@@ -73,21 +73,26 @@ pub async fn channel_position(
     app: &AppId,
     channel: &ChannelName,
 ) -> Result<ChannelPosition, StreamError> {
-    let mut stream = js
-        .get_stream(subjects.channels_stream())
-        .await
-        .map_err(|e| StreamError::Read(e.to_string()))?;
+    let subject = subjects.channel(app, channel);
+    let failed = |step| {
+        let subject = subject.clone();
+        move |e: Box<dyn std::error::Error + Send + Sync>| StreamError::Replay {
+            subject,
+            step,
+            source: e,
+        }
+    };
+    let mut stream = open_stream(js, subjects).await?;
     let state = stream
         .info()
         .await
-        .map_err(|e| StreamError::Read(e.to_string()))?
+        .map_err(|e| failed(ReplayStep::StreamInfo)(e.into()))?
         .state
         .clone();
-    let subject = subjects.channel(app, channel);
     let first_seq = match stream.get_first_raw_message_by_subject(&subject, 1).await {
         Ok(msg) => msg.sequence,
         Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => 0,
-        Err(e) => return Err(StreamError::Read(e.to_string())),
+        Err(e) => return Err(failed(ReplayStep::FirstEvent)(e.into())),
     };
     let last_seq = if first_seq == 0 {
         0
@@ -109,18 +114,23 @@ pub async fn last_seq(
     app: &AppId,
     channel: &ChannelName,
 ) -> Result<u64, StreamError> {
-    let stream = js
-        .get_stream_no_info(subjects.channels_stream())
-        .await
-        .map_err(|e| StreamError::Read(e.to_string()))?;
-    match stream
-        .get_last_raw_message_by_subject(&subjects.channel(app, channel))
-        .await
-    {
+    let stream = open_stream(js, subjects).await?;
+    let subject = subjects.channel(app, channel);
+    match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(msg) => Ok(msg.sequence),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
-        Err(e) => Err(StreamError::Read(e.to_string())),
+        Err(source) => Err(StreamError::Read { subject, source }),
     }
+}
+
+async fn open_stream(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+) -> Result<stream::Stream<stream::Info>, StreamError> {
+    let name = subjects.channels_stream();
+    js.get_stream(&name)
+        .await
+        .map_err(|source| StreamError::OpenStream { name, source })
 }
 
 /// Whether a client holding every event of the channel up to `after` can be
@@ -156,6 +166,7 @@ pub fn check_resume(
 
 /// Reads a channel's stored events with sequences in `(after, until]`.
 pub struct RangeReader {
+    subject: String,
     messages: Option<consumer::pull::Ordered>,
     until: u64,
     prev: u64,
@@ -173,33 +184,35 @@ impl RangeReader {
         after: u64,
         until: u64,
     ) -> Result<Self, StreamError> {
+        let subject = subjects.channel(app, channel);
         if until <= after {
             return Ok(Self {
+                subject,
                 messages: None,
                 until,
                 prev: after,
                 pending: 0,
             });
         }
-        let stream = js
-            .get_stream_no_info(subjects.channels_stream())
-            .await
-            .map_err(|e| StreamError::Read(e.to_string()))?;
+        let stream = open_stream(js, subjects).await?;
+        let failed = |e: Box<dyn std::error::Error + Send + Sync>| StreamError::Replay {
+            subject: subject.clone(),
+            step: ReplayStep::CreateConsumer,
+            source: e,
+        };
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subjects.channel(app, channel),
+                filter_subject: subject.clone(),
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                     start_sequence: after + 1,
                 },
                 ..Default::default()
             })
             .await
-            .map_err(|e| StreamError::Read(e.to_string()))?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| StreamError::Read(e.to_string()))?;
+            .map_err(|e| failed(e.into()))?;
+        let messages = consumer.messages().await.map_err(|e| failed(e.into()))?;
         Ok(Self {
+            subject,
             messages: Some(messages),
             until,
             prev: after,
@@ -225,13 +238,21 @@ impl RangeReader {
                 self.messages = None;
                 return Ok(None);
             }
+            let subject = &self.subject;
+            let read_failed = |e: Box<dyn std::error::Error + Send + Sync>| StreamError::Replay {
+                subject: subject.clone(),
+                step: ReplayStep::Read,
+                source: e,
+            };
+            let stalled = || StreamError::ReplayStalled {
+                subject: subject.clone(),
+            };
             let msg = match tokio::time::timeout(READ_TIMEOUT, messages.next()).await {
                 Ok(Some(Ok(msg))) => msg,
-                Ok(Some(Err(e))) => return Err(StreamError::Read(e.to_string())),
-                Ok(None) => return Err(StreamError::Read("replay ended early".into())),
-                Err(_) => return Err(StreamError::Read("replay timed out".into())),
+                Ok(Some(Err(e))) => return Err(read_failed(e.into())),
+                Ok(None) | Err(_) => return Err(stalled()),
             };
-            let info = msg.info().map_err(|e| StreamError::Read(e.to_string()))?;
+            let info = msg.info().map_err(read_failed)?;
             let (seq, pending) = (info.stream_sequence, info.pending);
             if seq > self.until {
                 self.messages = None;

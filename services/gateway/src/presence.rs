@@ -12,7 +12,7 @@
 use async_nats::jetstream::kv;
 use herald_proto::presence::{
     GatewayHeartbeat, MembersReply, MembersRequest, PresenceKey, PresenceSubscription,
-    UserConnection,
+    UserConnection, HEARTBEAT_KEYS,
 };
 use herald_proto::{AppId, ChannelName, Subjects};
 use std::time::Duration;
@@ -21,13 +21,29 @@ use tokio_util::sync::CancellationToken;
 /// How long a gateway waits for the presence service's member list.
 const MEMBERS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Errors of the presence client.
+/// Errors of the presence client: what failed, with the NATS or decoding
+/// error as the source.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PresenceError {
-    #[error("presence KV: {0}")]
-    Kv(String),
+    /// Writing one of this gateway's keys to the presence bucket failed.
+    #[error("presence KV: cannot put {key}: {source}")]
+    Put {
+        key: String,
+        #[source]
+        source: kv::PutError,
+    },
+    /// The member query could not be sent or got no answer.
     #[error("presence service: {0}")]
-    Service(String),
+    Request(#[source] async_nats::RequestError),
+    /// The presence service did not answer within [`MEMBERS_TIMEOUT`].
+    #[error("presence service: no answer in time")]
+    Timeout,
+    /// The answer is not a [`MembersReply`].
+    #[error("presence service: bad reply: {0}")]
+    BadReply(#[source] serde_json::Error),
+    /// The presence service answered with an error (its own message).
+    #[error("presence service: {0}")]
+    Refused(String),
 }
 
 pub(crate) struct PresenceClient {
@@ -119,11 +135,14 @@ impl PresenceClient {
 
     /// Put one of this gateway's keys and remember it.
     async fn announce(&self, key: &str, value: bytes::Bytes) -> Result<u64, PresenceError> {
-        let revision = self
-            .kv
-            .put(key, value.clone())
-            .await
-            .map_err(|e| PresenceError::Kv(e.to_string()))?;
+        let revision =
+            self.kv
+                .put(key, value.clone())
+                .await
+                .map_err(|source| PresenceError::Put {
+                    key: key.to_owned(),
+                    source,
+                })?;
         self.owned
             .lock()
             .expect("owned keys lock")
@@ -220,12 +239,12 @@ impl PresenceClient {
                 .request(self.subjects.presence_members(app), payload.into()),
         )
         .await
-        .map_err(|_| PresenceError::Service("no answer in time".into()))?
-        .map_err(|e| PresenceError::Service(e.to_string()))?;
-        let reply: MembersReply = serde_json::from_slice(&reply.payload)
-            .map_err(|e| PresenceError::Service(format!("bad reply: {e}")))?;
+        .map_err(|_| PresenceError::Timeout)?
+        .map_err(PresenceError::Request)?;
+        let reply: MembersReply =
+            serde_json::from_slice(&reply.payload).map_err(PresenceError::BadReply)?;
         if let Some(error) = reply.error {
-            return Err(PresenceError::Service(error));
+            return Err(PresenceError::Refused(error));
         }
         Ok(reply)
     }
@@ -283,7 +302,7 @@ impl PresenceClient {
     pub async fn run_peer_watch(&self, shutdown: CancellationToken) {
         use futures::StreamExt;
         loop {
-            let watch = self.kv.watch_with_history("gw.*").await;
+            let watch = self.kv.watch_with_history(HEARTBEAT_KEYS).await;
             let mut watch = match watch {
                 Ok(w) => w,
                 Err(err) => {

@@ -1,5 +1,6 @@
-//! The KV buckets this service owns, their key layouts, and reading a whole
-//! bucket at start-up.
+//! The KV buckets this service owns besides the presence bucket, and reading
+//! a whole bucket at start-up. Their names and key layouts are in
+//! `herald_proto::presence` with every other presence name:
 //!
 //! | bucket | key | value | meaning |
 //! |---|---|---|---|
@@ -12,120 +13,17 @@
 //! rebuilt presence state and emit only the real differences.
 
 use anyhow::Context;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::StreamExt;
-use herald_proto::{AppId, ChannelName, Subjects};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-
-/// Name of the member-view bucket.
-pub fn view_bucket(subjects: &Subjects) -> String {
-    format!("{}_PRESENCE_VIEW", subjects.prefix().to_ascii_uppercase())
-}
-
-/// Name of the last-seen bucket.
-pub fn last_seen_bucket(subjects: &Subjects) -> String {
-    format!("{}_LAST_SEEN", subjects.prefix().to_ascii_uppercase())
-}
 
 /// Value of a last-seen key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastSeen {
     /// When the user's last connection went, ms since the epoch.
     pub at: i64,
-}
-
-/// A parsed key of the view bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ViewKey {
-    /// Subscribers of `channel` were told `user_id` is a member.
-    Member {
-        app: AppId,
-        channel: ChannelName,
-        user_id: String,
-    },
-    /// `user_id` was online.
-    Online { app: AppId, user_id: String },
-}
-
-fn hex_decode(s: &str) -> Option<String> {
-    String::from_utf8(hex::decode(s).ok()?).ok()
-}
-
-impl ViewKey {
-    /// Render the key (user ids and channels hex-encoded: KV keys allow only
-    /// `[-/_=.a-zA-Z0-9]`).
-    pub fn render(&self) -> String {
-        match self {
-            ViewKey::Member {
-                app,
-                channel,
-                user_id,
-            } => format!(
-                "m.{app}.{}.{}",
-                hex::encode(channel.as_str()),
-                hex::encode(user_id)
-            ),
-            ViewKey::Online { app, user_id } => format!("u.{app}.{}", hex::encode(user_id)),
-        }
-    }
-
-    /// Parse a rendered key; `None` for anything else.
-    pub fn parse(key: &str) -> Option<Self> {
-        let parts: Vec<&str> = key.split('.').collect();
-        match parts.as_slice() {
-            ["m", app, channel, user] => Some(ViewKey::Member {
-                app: AppId::parse(app).ok()?,
-                channel: ChannelName::parse(&hex_decode(channel)?).ok()?,
-                user_id: hex_decode(user)?,
-            }),
-            ["u", app, user] => Some(ViewKey::Online {
-                app: AppId::parse(app).ok()?,
-                user_id: hex_decode(user)?,
-            }),
-            _ => None,
-        }
-    }
-}
-
-/// The last-seen key of a user.
-pub fn last_seen_key(app: &AppId, user_id: &str) -> String {
-    format!("{app}.{}", hex::encode(user_id))
-}
-
-/// Open `bucket`, creating it (history 1, file storage, entries expiring
-/// after `max_age`, zero for never) when missing. An existing bucket is
-/// opened as it is.
-pub async fn ensure_bucket(
-    js: &jetstream::Context,
-    bucket: &str,
-    description: &str,
-    replicas: usize,
-    max_age: std::time::Duration,
-) -> anyhow::Result<kv::Store> {
-    if let Ok(store) = js.get_key_value(bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            storage: jetstream::stream::StorageType::File,
-            num_replicas: replicas,
-            max_age,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another instance created it in the meantime.
-        Err(_) => js
-            .get_key_value(bucket)
-            .await
-            .with_context(|| format!("opening KV bucket {bucket}")),
-    }
 }
 
 /// How many messages a bucket's stream holds and its last sequence: taken
@@ -169,44 +67,4 @@ pub async fn read_all(store: &kv::Store) -> anyhow::Result<HashMap<String, Bytes
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn view_keys_round_trip_and_are_valid_kv_keys() {
-        let keys = [
-            ViewKey::Member {
-                app: AppId::parse("app-id").unwrap(),
-                channel: ChannelName::parse("presence-a.b;c").unwrap(),
-                user_id: "user with spaces ☃".into(),
-            },
-            ViewKey::Online {
-                app: AppId::parse("app-id").unwrap(),
-                user_id: "u.1".into(),
-            },
-        ];
-        for key in keys {
-            let rendered = key.render();
-            assert!(rendered
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-/_=.".contains(c)));
-            assert_eq!(ViewKey::parse(&rendered), Some(key));
-        }
-        assert_eq!(ViewKey::parse("m.a.zz.00"), None);
-        assert_eq!(ViewKey::parse("x.a.61"), None);
-    }
-
-    #[test]
-    fn bucket_names_follow_the_prefix() {
-        let s = Subjects::new("t1").unwrap();
-        assert_eq!(view_bucket(&s), "T1_PRESENCE_VIEW");
-        assert_eq!(last_seen_bucket(&s), "T1_LAST_SEEN");
-        assert_eq!(
-            last_seen_key(&AppId::parse("a").unwrap(), "u"),
-            "a.75".to_string()
-        );
-    }
 }

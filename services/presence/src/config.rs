@@ -7,6 +7,10 @@ use herald_config::{AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs};
 use herald_proto::Subjects;
 use std::time::Duration;
 
+/// Default HTTP port.
+pub const DEFAULT_PORT: u16 = 6004;
+/// Default replicas of the KV buckets this service creates.
+pub const DEFAULT_KV_REPLICAS: usize = 1;
 /// Default heartbeat TTL: three missed 5 s gateway heartbeats.
 pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 /// Default time between two sweeps for dead gateways. TTL + sweep interval is
@@ -29,7 +33,7 @@ pub struct Cli {
     #[command(flatten)]
     pub listen: ListenArgs,
     /// HTTP port.
-    #[arg(long, env = "HERALD_PORT", default_value_t = 6004)]
+    #[arg(long, env = "HERALD_PORT", default_value_t = DEFAULT_PORT)]
     pub port: u16,
     #[command(flatten)]
     pub nats: NatsArgs,
@@ -37,30 +41,35 @@ pub struct Cli {
     pub apps: AppsArgs,
     /// A gateway whose heartbeat is older than this many seconds is dead:
     /// its members are removed.
-    #[arg(long, env = "HERALD_PRESENCE_HEARTBEAT_TTL_SECS", default_value_t = 15)]
+    #[arg(long, env = "HERALD_PRESENCE_HEARTBEAT_TTL_SECS", default_value_t = DEFAULT_HEARTBEAT_TTL.as_secs())]
     pub heartbeat_ttl_secs: u64,
     /// How often to look for dead gateways, in seconds.
-    #[arg(long, env = "HERALD_PRESENCE_SWEEP_INTERVAL_SECS", default_value_t = 5)]
+    #[arg(long, env = "HERALD_PRESENCE_SWEEP_INTERVAL_SECS", default_value_t = DEFAULT_SWEEP_INTERVAL.as_secs())]
     pub sweep_interval_secs: u64,
     /// After a `client-typing`, this many ms without another one from the
     /// same sender publish `herald:typing_stopped`.
-    #[arg(long, env = "HERALD_TYPING_TIMEOUT_MS", default_value_t = 3000)]
+    #[arg(long, env = "HERALD_TYPING_TIMEOUT_MS", default_value_t = millis(DEFAULT_TYPING_TIMEOUT))]
     pub typing_timeout_ms: u64,
     /// Longest wait, in ms, for the state to catch up with a gateway's
     /// member query before answering with an error.
-    #[arg(long, env = "HERALD_PRESENCE_QUERY_TIMEOUT_MS", default_value_t = 5000)]
+    #[arg(long, env = "HERALD_PRESENCE_QUERY_TIMEOUT_MS", default_value_t = millis(DEFAULT_QUERY_TIMEOUT))]
     pub query_timeout_ms: u64,
-    /// Replicas of the KV buckets this service creates (3 on a NATS cluster).
     /// Seconds the active instance's lease lasts without renewal; a standby
     /// takes over at most this long after the active instance dies.
-    #[arg(long, env = "HERALD_PRESENCE_LEASE_SECS", default_value_t = 10)]
+    #[arg(long, env = "HERALD_PRESENCE_LEASE_SECS", default_value_t = DEFAULT_LEASE_TTL.as_secs())]
     pub lease_secs: u64,
     /// Seconds a socket's deleted presence keys stay in the bucket as delete
     /// markers before they are purged.
-    #[arg(long, env = "HERALD_PRESENCE_TOMBSTONE_SECS", default_value_t = 60)]
+    #[arg(long, env = "HERALD_PRESENCE_TOMBSTONE_SECS", default_value_t = DEFAULT_TOMBSTONE_AGE.as_secs())]
     pub tombstone_secs: u64,
-    #[arg(long, env = "HERALD_KV_REPLICAS", default_value_t = 1)]
+    /// Replicas of the KV buckets this service creates (3 on a NATS cluster).
+    #[arg(long, env = "HERALD_KV_REPLICAS", default_value_t = DEFAULT_KV_REPLICAS)]
     pub kv_replicas: usize,
+}
+
+/// A default duration as the whole milliseconds its flag takes.
+const fn millis(duration: Duration) -> u64 {
+    duration.as_millis() as u64
 }
 
 /// Everything the presence service needs to start.
@@ -105,7 +114,7 @@ impl Config {
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
             typing_timeout: DEFAULT_TYPING_TIMEOUT,
             query_timeout: DEFAULT_QUERY_TIMEOUT,
-            kv_replicas: 1,
+            kv_replicas: DEFAULT_KV_REPLICAS,
             lease_ttl: DEFAULT_LEASE_TTL,
             tombstone_age: DEFAULT_TOMBSTONE_AGE,
         }
@@ -167,6 +176,8 @@ mod tests {
         assert_eq!(config.query_timeout, DEFAULT_QUERY_TIMEOUT);
         assert_eq!(config.lease_ttl, DEFAULT_LEASE_TTL);
         assert_eq!(config.tombstone_age, DEFAULT_TOMBSTONE_AGE);
+        assert_eq!(config.port, DEFAULT_PORT);
+        assert_eq!(config.kv_replicas, DEFAULT_KV_REPLICAS);
         assert!(config.heartbeat_ttl + config.sweep_interval <= Duration::from_secs(30));
     }
 

@@ -14,21 +14,26 @@
 //! interval, so it stops acting before its key can expire and another take
 //! over. Everything an active instance does goes through NATS, so one that
 //! cannot reach NATS cannot act on its stale belief either.
+//!
+//! [`Terms`] is the loop around it: stand by until the lease is ours, serve
+//! a term of office (engine, typing timeouts and writer) until it stops or
+//! the lease is lost, and start over. Taking over is a restart: the engine
+//! loads the bucket and diffs it against the view.
 
+use crate::{engine, state, typing, writer, Config};
 use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use futures::StreamExt;
+use herald_proto::presence::LEASE_KEY as KEY;
+use herald_proto::Subjects;
+use herald_stream::BucketSpec;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// The one key of the lease bucket.
-const KEY: &str = "active";
-
-/// Name of the lease bucket.
-pub fn lease_bucket(subjects: &herald_proto::Subjects) -> String {
-    format!("{}_PRESENCE_LEADER", subjects.prefix().to_ascii_uppercase())
-}
 
 /// How long a lease lasts without renewal, and how often it is renewed (and
 /// how often a standby instance tries to take it).
@@ -52,16 +57,19 @@ impl LeaseSettings {
 /// bucket made earlier with another TTL keeps its own, which then wins.
 pub async fn open_bucket(
     js: &jetstream::Context,
-    bucket: &str,
+    subjects: &Subjects,
     settings: &mut LeaseSettings,
     replicas: usize,
 ) -> anyhow::Result<kv::Store> {
-    let store = crate::buckets::ensure_bucket(
+    let bucket = subjects.presence_lease_bucket();
+    let store = herald_stream::ensure_bucket(
         js,
-        bucket,
-        "Herald presence: the active instance's lease",
-        replicas,
-        settings.ttl,
+        BucketSpec {
+            name: bucket.clone(),
+            description: "Herald presence: the active instance's lease",
+            replicas,
+            max_age: settings.ttl,
+        },
     )
     .await?;
     let age = store
@@ -212,5 +220,130 @@ impl Lease {
         {
             tracing::warn!(%err, "could not release the presence lease");
         }
+    }
+}
+
+/// The connections, buckets and settings a term of office is built from.
+pub(crate) struct Terms {
+    pub(crate) nats: async_nats::Client,
+    pub(crate) config: Config,
+    /// The presence, view and last-seen buckets the engine and writer use.
+    pub(crate) presence: kv::Store,
+    pub(crate) view: kv::Store,
+    pub(crate) last_seen: kv::Store,
+    /// The lease bucket and its timing.
+    pub(crate) lease: kv::Store,
+    pub(crate) lease_settings: LeaseSettings,
+    /// This instance's id, the lease's value while it is active.
+    pub(crate) instance: String,
+    /// The REST API's questions, handed from one term's engine to the next.
+    pub(crate) commands: Arc<tokio::sync::Mutex<mpsc::Receiver<engine::Command>>>,
+    /// Readiness flags: state loaded, and this instance active.
+    pub(crate) live: Arc<AtomicBool>,
+    pub(crate) active: Arc<AtomicBool>,
+}
+
+impl Terms {
+    /// Stand by until this instance holds the lease, be the active instance
+    /// until it stops or loses the lease, and start over.
+    pub(crate) async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let Some(mut lease) =
+                Lease::acquire(&self.lease, &self.instance, self.lease_settings, &token).await
+            else {
+                return Ok(());
+            };
+            tracing::info!(instance = %self.instance, "this presence instance is active");
+            self.active.store(true, Ordering::SeqCst);
+            let term = token.child_token();
+            let (result, ()) = tokio::join!(self.serve_term(term.clone()), async {
+                lease.keep(&term).await
+            });
+            self.active.store(false, Ordering::SeqCst);
+            self.live.store(false, Ordering::SeqCst);
+            if let Err(err) = result {
+                tracing::error!(error = %format!("{err:#}"), "presence engine failed");
+                lease.release().await;
+                // Without its engine the service is useless: stop it all.
+                token.cancel();
+                return Err(err);
+            }
+            if token.is_cancelled() {
+                lease.release().await;
+                return Ok(());
+            }
+            // The lease was lost: stand by again.
+        }
+    }
+
+    /// One term of office: subscribe, then run the engine, the typing task
+    /// and the writer until `term` is cancelled.
+    ///
+    /// They all run inside this one future rather than as spawned tasks, so
+    /// aborting it (a crash, in tests) stops everything at once, and a
+    /// graceful stop drains the writer: it ends when the engine, its only
+    /// sender, is gone.
+    async fn serve_term(&self, term: CancellationToken) -> anyhow::Result<()> {
+        let config = &self.config;
+        // Subscribe first, so queries sent while the state loads wait in the
+        // subscription instead of being lost.
+        let mut queries = Vec::new();
+        for app in config.apps.iter() {
+            let app_id = app.id.clone();
+            let subscription = self
+                .nats
+                .subscribe(config.subjects.presence_members(&app_id))
+                .await
+                .context("subscribing to member queries")?;
+            queries.push(subscription.map(move |msg| (app_id.clone(), msg)));
+        }
+        let queries: engine::Queries = futures::stream::select_all(queries).boxed();
+        let ephemeral = self
+            .nats
+            .subscribe(config.subjects.ephemeral_filter())
+            .await
+            .context("subscribing to ephemeral events")?;
+
+        let (writes_tx, writes) = mpsc::channel(writer::QUEUE);
+        let engine = engine::Engine {
+            client: self.nats.clone(),
+            subjects: config.subjects.clone(),
+            presence: self.presence.clone(),
+            view: self.view.clone(),
+            state: state::PresenceState::new(config.apps.clone()),
+            writes: writes_tx,
+            commands: self.commands.clone(),
+            settings: engine::EngineSettings {
+                heartbeat_ttl: config.heartbeat_ttl,
+                sweep_interval: config.sweep_interval,
+                query_timeout: config.query_timeout,
+                tombstone_age: config.tombstone_age,
+            },
+            live: self.live.clone(),
+        };
+        let typing = typing::Typing {
+            client: self.nats.clone(),
+            subjects: config.subjects.clone(),
+            subscription: ephemeral,
+            timeout: config.typing_timeout,
+        };
+        let writer = writer::Writer {
+            subjects: config.subjects.clone(),
+            presence: self.presence.clone(),
+            view: self.view.clone(),
+            last_seen: self.last_seen.clone(),
+        };
+        let engine = async {
+            let result = engine.run(queries, term.clone()).await;
+            // Whatever ended the engine ends the term.
+            term.cancel();
+            result
+        };
+        let (engine, typing, written) =
+            tokio::join!(engine, typing.run(term.clone()), writer.run(writes),);
+        engine?;
+        typing?;
+        written?;
+        Ok(())
     }
 }

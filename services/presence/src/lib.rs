@@ -28,21 +28,21 @@ mod config;
 mod engine;
 mod error;
 pub mod leader;
+mod liveness;
 mod routes;
 mod state;
 mod typing;
 mod writer;
 
-pub use buckets::{last_seen_bucket, view_bucket, LastSeen};
+pub use buckets::LastSeen;
 pub use config::{Cli, Config};
 pub use error::ApiError;
 pub use typing::{TYPING_EVENT, TYPING_STOPPED_EVENT};
 
-use anyhow::Context;
 use async_nats::jetstream::kv;
 use axum::Router;
-use futures::StreamExt;
 use herald_config::AppRegistry;
+use herald_stream::BucketSpec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,23 +78,8 @@ pub struct Application {
     port: u16,
     router: Router,
     /// What every term of office needs to start its engine.
-    parts: Parts,
+    terms: leader::Terms,
     shutdown: CancellationToken,
-}
-
-/// The connections, buckets and settings a term of office is built from.
-struct Parts {
-    nats: async_nats::Client,
-    config: Config,
-    presence: kv::Store,
-    view: kv::Store,
-    last_seen: kv::Store,
-    lease: kv::Store,
-    lease_settings: leader::LeaseSettings,
-    instance: String,
-    commands: Arc<tokio::sync::Mutex<mpsc::Receiver<engine::Command>>>,
-    live: Arc<AtomicBool>,
-    active: Arc<AtomicBool>,
 }
 
 impl Application {
@@ -105,27 +90,32 @@ impl Application {
         let presence =
             herald_stream::ensure_presence_bucket(&js, &config.subjects, config.kv_replicas)
                 .await?;
-        let view = buckets::ensure_bucket(
+        let view = herald_stream::ensure_bucket(
             &js,
-            &view_bucket(&config.subjects),
-            "Herald presence: members and online users subscribers were told about",
-            config.kv_replicas,
-            std::time::Duration::ZERO,
+            BucketSpec {
+                name: config.subjects.presence_view_bucket(),
+                description:
+                    "Herald presence: members and online users subscribers were told about",
+                replicas: config.kv_replicas,
+                max_age: Duration::ZERO,
+            },
         )
         .await?;
-        let last_seen = buckets::ensure_bucket(
+        let last_seen = herald_stream::ensure_bucket(
             &js,
-            &last_seen_bucket(&config.subjects),
-            "Herald presence: when each user's last connection went",
-            config.kv_replicas,
-            std::time::Duration::ZERO,
+            BucketSpec {
+                name: config.subjects.last_seen_bucket(),
+                description: "Herald presence: when each user's last connection went",
+                replicas: config.kv_replicas,
+                max_age: Duration::ZERO,
+            },
         )
         .await?;
 
         let mut lease_settings = leader::LeaseSettings::new(config.lease_ttl);
         let lease = leader::open_bucket(
             &js,
-            &leader::lease_bucket(&config.subjects),
+            &config.subjects,
             &mut lease_settings,
             config.kv_replicas,
         )
@@ -172,7 +162,7 @@ impl Application {
             listener,
             port,
             router,
-            parts: Parts {
+            terms: leader::Terms {
                 nats,
                 instance: uuid::Uuid::new_v4().to_string(),
                 config,
@@ -207,116 +197,11 @@ impl herald_server::Service for Application {
         let token = self.shutdown.clone();
         let (served, active) = tokio::join!(
             herald_server::serve(self.listener, self.router, token.clone()),
-            self.parts.run(token.clone()),
+            self.terms.run(token.clone()),
         );
         served?;
         active?;
         tracing::info!("presence stopped");
-        Ok(())
-    }
-}
-
-impl Parts {
-    /// Stand by until this instance holds the lease, be the active instance
-    /// until it stops or loses the lease, and start over.
-    async fn run(self, token: CancellationToken) -> anyhow::Result<()> {
-        loop {
-            let Some(mut lease) =
-                leader::Lease::acquire(&self.lease, &self.instance, self.lease_settings, &token)
-                    .await
-            else {
-                return Ok(());
-            };
-            tracing::info!(instance = %self.instance, "this presence instance is active");
-            self.active.store(true, Ordering::SeqCst);
-            let term = token.child_token();
-            let (result, ()) = tokio::join!(self.serve_term(term.clone()), async {
-                lease.keep(&term).await
-            });
-            self.active.store(false, Ordering::SeqCst);
-            self.live.store(false, Ordering::SeqCst);
-            if let Err(err) = result {
-                tracing::error!(error = %format!("{err:#}"), "presence engine failed");
-                lease.release().await;
-                // Without its engine the service is useless: stop it all.
-                token.cancel();
-                return Err(err);
-            }
-            if token.is_cancelled() {
-                lease.release().await;
-                return Ok(());
-            }
-            // The lease was lost: stand by again.
-        }
-    }
-
-    /// One term of office: subscribe, then run the engine, the typing task
-    /// and the writer until `term` is cancelled.
-    ///
-    /// They all run inside this one future rather than as spawned tasks, so
-    /// aborting it (a crash, in tests) stops everything at once, and a
-    /// graceful stop drains the writer: it ends when the engine, its only
-    /// sender, is gone.
-    async fn serve_term(&self, term: CancellationToken) -> anyhow::Result<()> {
-        let config = &self.config;
-        // Subscribe first, so queries sent while the state loads wait in the
-        // subscription instead of being lost.
-        let mut queries = Vec::new();
-        for app in config.apps.iter() {
-            let app_id = app.id.clone();
-            let subscription = self
-                .nats
-                .subscribe(config.subjects.presence_members(&app_id))
-                .await
-                .context("subscribing to member queries")?;
-            queries.push(subscription.map(move |msg| (app_id.clone(), msg)));
-        }
-        let queries: engine::Queries = futures::stream::select_all(queries).boxed();
-        let ephemeral = self
-            .nats
-            .subscribe(config.subjects.ephemeral_filter())
-            .await
-            .context("subscribing to ephemeral events")?;
-
-        let (writes_tx, writes) = mpsc::channel(writer::QUEUE);
-        let engine = engine::Engine {
-            client: self.nats.clone(),
-            subjects: config.subjects.clone(),
-            presence: self.presence.clone(),
-            view: self.view.clone(),
-            state: state::PresenceState::new(config.apps.clone()),
-            writes: writes_tx,
-            commands: self.commands.clone(),
-            settings: engine::EngineSettings {
-                heartbeat_ttl: config.heartbeat_ttl,
-                sweep_interval: config.sweep_interval,
-                query_timeout: config.query_timeout,
-                tombstone_age: config.tombstone_age,
-            },
-            live: self.live.clone(),
-        };
-        let typing = typing::Typing {
-            client: self.nats.clone(),
-            subjects: config.subjects.clone(),
-            subscription: ephemeral,
-            timeout: config.typing_timeout,
-        };
-        let writer = writer::Writer {
-            presence: self.presence.clone(),
-            view: self.view.clone(),
-            last_seen: self.last_seen.clone(),
-        };
-        let engine = async {
-            let result = engine.run(queries, term.clone()).await;
-            // Whatever ended the engine ends the term.
-            term.cancel();
-            result
-        };
-        let (engine, typing, written) =
-            tokio::join!(engine, typing.run(term.clone()), writer.run(writes),);
-        engine?;
-        typing?;
-        written?;
         Ok(())
     }
 }

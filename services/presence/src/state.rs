@@ -17,16 +17,15 @@
 //!   it is never promoted later, so the decision depends only on KV order.
 //! * A user is **online** while any `sub.` or `conn.` key of theirs exists.
 //! * Gateways are tracked with their last heartbeat and the keys they own,
-//!   for the dead-gateway sweep ([`PresenceState::stale_keys`]).
+//!   for the dead-gateway sweep ([`crate::liveness`]).
 //!
 //! Times are milliseconds on the engine's monotonic clock ([`crate::engine`]),
 //! so a wall-clock jump never expires a gateway.
 
+use crate::liveness::{Liveness, StaleKey};
 use herald_config::AppRegistry;
-use herald_proto::presence::{
-    GatewayHeartbeat, PresenceKey, PresenceSubscription, MAX_USER_ID_LEN,
-};
-use herald_proto::{AppId, ChannelKind, ChannelName};
+use herald_proto::presence::{PresenceKey, PresenceSubscription};
+use herald_proto::{AppId, ChannelKind, ChannelName, UserId};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -55,18 +54,6 @@ pub enum Change {
     UserOnline { app: AppId, user_id: String },
     /// A user's last connection went.
     UserOffline { app: AppId, user_id: String },
-}
-
-/// A key the dead-gateway sweep should delete, at the revision judged stale.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StaleKey {
-    /// The presence KV key.
-    pub key: String,
-    /// Its revision when judged: the delete is conditional on it, so a key
-    /// re-put meanwhile by a revived gateway survives.
-    pub revision: u64,
-    /// The gateway owning it.
-    pub gateway: String,
 }
 
 /// One `sub.` key.
@@ -101,25 +88,6 @@ struct User {
     channels: BTreeSet<ChannelName>,
 }
 
-/// When a key was last written, for the sweep.
-#[derive(Debug, Clone, Copy)]
-struct KeyTrack {
-    revision: u64,
-    seen: i64,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Heartbeat {
-    revision: u64,
-    seen: i64,
-}
-
-#[derive(Debug, Default)]
-struct Gateway {
-    heartbeat: Option<Heartbeat>,
-    keys: HashMap<String, KeyTrack>,
-}
-
 type ChannelKey = (AppId, ChannelName);
 type UserKey = (AppId, String);
 
@@ -140,7 +108,7 @@ pub struct PresenceState {
     conns: HashMap<String, UserKey>,
     channels: HashMap<ChannelKey, Channel>,
     users: HashMap<UserKey, User>,
-    gateways: HashMap<String, Gateway>,
+    liveness: Liveness,
     revision: u64,
     members: usize,
 }
@@ -154,7 +122,7 @@ impl PresenceState {
             conns: HashMap::new(),
             channels: HashMap::new(),
             users: HashMap::new(),
-            gateways: HashMap::new(),
+            liveness: Liveness::default(),
             revision: 0,
             members: 0,
         }
@@ -184,7 +152,7 @@ impl PresenceState {
 
     /// Gateways known (by heartbeat or by keys).
     pub fn gateway_count(&self) -> usize {
-        self.gateways.len()
+        self.liveness.count()
     }
 
     /// Apply one KV entry: `value` is `Some` for a put, `None` for a delete
@@ -207,7 +175,7 @@ impl PresenceState {
         };
         match &parsed {
             PresenceKey::Gateway { gateway } => {
-                self.apply_heartbeat(gateway, value, revision, seen);
+                self.liveness.heartbeat(gateway, value, revision, seen);
                 return changes;
             }
             PresenceKey::Subscription { app, .. } | PresenceKey::Connection { app, .. } => {
@@ -218,16 +186,10 @@ impl PresenceState {
             }
         }
         // Track the key for the sweep (a put refreshes it).
-        let gateway = parsed.gateway_of().to_owned();
+        let gateway = parsed.gateway_of();
         match value {
-            Some(_) => {
-                self.gateways
-                    .entry(gateway)
-                    .or_default()
-                    .keys
-                    .insert(key.to_owned(), KeyTrack { revision, seen });
-            }
-            None => self.forget_key(&gateway, key),
+            Some(_) => self.liveness.track(gateway, key, revision, seen),
+            None => self.liveness.forget(gateway, key),
         }
         match parsed {
             PresenceKey::Subscription { app, channel, .. } => {
@@ -239,40 +201,6 @@ impl PresenceState {
             PresenceKey::Gateway { .. } => {}
         }
         changes
-    }
-
-    fn forget_key(&mut self, gateway: &str, key: &str) {
-        if let Some(gw) = self.gateways.get_mut(gateway) {
-            gw.keys.remove(key);
-            if gw.keys.is_empty() && gw.heartbeat.is_none() {
-                self.gateways.remove(gateway);
-            }
-        }
-    }
-
-    fn apply_heartbeat(&mut self, gateway: &str, value: Option<&[u8]>, revision: u64, seen: i64) {
-        match value {
-            Some(bytes) => {
-                if let Err(err) = serde_json::from_slice::<GatewayHeartbeat>(bytes) {
-                    // Still a sign of life: the gateway wrote it.
-                    tracing::warn!(gateway, %err, "malformed gateway heartbeat");
-                }
-                self.gateways
-                    .entry(gateway.to_owned())
-                    .or_default()
-                    .heartbeat = Some(Heartbeat { revision, seen });
-            }
-            None => {
-                // A gateway shutting down deletes its heartbeat last; any key
-                // it left behind is now judged by its own age.
-                if let Some(gw) = self.gateways.get_mut(gateway) {
-                    gw.heartbeat = None;
-                    if gw.keys.is_empty() {
-                        self.gateways.remove(gateway);
-                    }
-                }
-            }
-        }
     }
 
     fn apply_subscription(
@@ -287,7 +215,7 @@ impl PresenceState {
         let parsed =
             value.and_then(
                 |bytes| match serde_json::from_slice::<PresenceSubscription>(bytes) {
-                    Ok(sub) if valid_user_id(&sub.user_id) => Some(sub),
+                    Ok(sub) if UserId::parse(&sub.user_id).is_ok() => Some(sub),
                     Ok(_) => {
                         tracing::warn!(key, "subscription with an invalid user_id ignored");
                         None
@@ -432,7 +360,7 @@ impl PresenceState {
         put: bool,
         changes: &mut Vec<Change>,
     ) {
-        if !valid_user_id(&user_id) {
+        if UserId::parse(&user_id).is_err() {
             tracing::warn!(key, "connection with an invalid user id ignored");
             return;
         }
@@ -574,79 +502,41 @@ impl PresenceState {
         }
     }
 
-    /// Keys of dead gateways at `now`: every key of a gateway whose
-    /// heartbeat is older than `ttl` (its `gw.` key last), and, for a gateway
-    /// without a heartbeat, every key of its own older than `ttl`.
+    /// Keys of dead gateways at `now` (see [`Liveness::stale_keys`]).
     pub fn stale_keys(&self, now: i64, ttl: Duration) -> Vec<StaleKey> {
-        let ttl = ttl.as_millis() as i64;
-        let mut out = Vec::new();
-        let mut names: Vec<&String> = self.gateways.keys().collect();
-        names.sort();
-        for name in names {
-            let gw = &self.gateways[name];
-            let expired = |seen: i64| now - seen > ttl;
-            let dead = gw.heartbeat.is_some_and(|hb| expired(hb.seen));
-            if gw.heartbeat.is_some() && !dead {
-                continue;
-            }
-            let mut keys: Vec<(&String, &KeyTrack)> = gw
-                .keys
-                .iter()
-                .filter(|(_, track)| dead || expired(track.seen))
-                .collect();
-            keys.sort_by_key(|(_, track)| track.revision);
-            out.extend(keys.into_iter().map(|(key, track)| StaleKey {
-                key: key.clone(),
-                revision: track.revision,
-                gateway: name.clone(),
-            }));
-            if let (true, Some(hb)) = (dead, gw.heartbeat) {
-                out.push(StaleKey {
-                    key: PresenceKey::Gateway {
-                        gateway: name.clone(),
-                    }
-                    .render(),
-                    revision: hb.revision,
-                    gateway: name.clone(),
-                });
-            }
-        }
-        out
+        self.liveness.stale_keys(now, ttl)
     }
 
     /// Gateways known.
     #[cfg(test)]
     pub fn gateways(&self) -> std::collections::HashSet<&str> {
-        self.gateways.keys().map(String::as_str).collect()
+        self.liveness.gateways()
     }
 }
 
-/// Pusher's rules for a presence `user_id`: non-empty, at most 128 bytes.
-pub fn valid_user_id(user_id: &str) -> bool {
-    !user_id.is_empty() && user_id.len() <= MAX_USER_ID_LEN
-}
-
+/// What the unit tests of the state and of gateway liveness build on.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use herald_config::AppConfig;
+    use herald_proto::presence::GatewayHeartbeat;
     use serde_json::json;
 
-    fn state(limit: usize) -> PresenceState {
+    pub(crate) fn state(limit: usize) -> PresenceState {
         let mut app = AppConfig::new("a", "k", "s");
         app.limits.max_presence_members = limit;
         PresenceState::new(AppRegistry::single(app))
     }
 
-    fn app() -> AppId {
+    pub(crate) fn app() -> AppId {
         AppId::parse("a").unwrap()
     }
 
-    fn chan() -> ChannelName {
+    pub(crate) fn chan() -> ChannelName {
         ChannelName::parse("presence-room").unwrap()
     }
 
-    fn sub_key(gw: &str, socket: &str) -> String {
+    pub(crate) fn sub_key(gw: &str, socket: &str) -> String {
         PresenceKey::Subscription {
             app: app(),
             channel: chan(),
@@ -656,7 +546,7 @@ mod tests {
         .render()
     }
 
-    fn conn_key(user: &str, gw: &str, socket: &str) -> String {
+    pub(crate) fn conn_key(user: &str, gw: &str, socket: &str) -> String {
         PresenceKey::Connection {
             app: app(),
             user_id: user.into(),
@@ -666,7 +556,7 @@ mod tests {
         .render()
     }
 
-    fn sub_value(user: &str) -> Vec<u8> {
+    pub(crate) fn sub_value(user: &str) -> Vec<u8> {
         serde_json::to_vec(&PresenceSubscription {
             user_id: user.into(),
             user_info: json!({"name": user}),
@@ -675,13 +565,20 @@ mod tests {
         .unwrap()
     }
 
-    fn heartbeat() -> Vec<u8> {
+    pub(crate) fn heartbeat() -> Vec<u8> {
         serde_json::to_vec(&GatewayHeartbeat {
             at: 0,
             interval_ms: 1000,
         })
         .unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use serde_json::json;
 
     fn added(changes: &[Change]) -> Vec<&str> {
         changes
@@ -830,46 +727,5 @@ mod tests {
             .is_empty());
         assert_eq!(s.member_total(), 0);
         assert_eq!(s.revision(), 4);
-    }
-
-    #[test]
-    fn a_gateway_with_a_stale_heartbeat_loses_every_key_and_a_live_one_none() {
-        let mut s = state(100);
-        let ttl = Duration::from_millis(1000);
-        s.apply("gw.dead", Some(&heartbeat()), 1, 0);
-        s.apply(&sub_key("dead", "1.1"), Some(&sub_value("a")), 2, 0);
-        s.apply(&conn_key("a", "dead", "1.1"), Some(b"{\"at\":0}"), 3, 0);
-        s.apply("gw.live", Some(&heartbeat()), 4, 0);
-        s.apply(&sub_key("live", "2.1"), Some(&sub_value("b")), 5, 0);
-        s.apply("gw.live", Some(&heartbeat()), 6, 1500);
-        assert!(s.stale_keys(900, ttl).is_empty());
-        let stale = s.stale_keys(1600, ttl);
-        let keys: Vec<&str> = stale.iter().map(|k| k.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                sub_key("dead", "1.1").as_str(),
-                conn_key("a", "dead", "1.1").as_str(),
-                "gw.dead"
-            ]
-        );
-        assert_eq!(
-            stale.iter().map(|k| k.revision).collect::<Vec<_>>(),
-            [2, 3, 1]
-        );
-    }
-
-    #[test]
-    fn keys_of_a_gateway_without_heartbeat_expire_by_their_own_age() {
-        let mut s = state(100);
-        let ttl = Duration::from_millis(1000);
-        s.apply(&sub_key("quiet", "1.1"), Some(&sub_value("a")), 1, 0);
-        s.apply(&sub_key("quiet", "1.2"), Some(&sub_value("b")), 2, 800);
-        let stale = s.stale_keys(1500, ttl);
-        assert_eq!(stale.len(), 1);
-        assert_eq!(stale[0].key, sub_key("quiet", "1.1"));
-        s.apply(&sub_key("quiet", "1.1"), None, 3, 1500);
-        s.apply(&sub_key("quiet", "1.2"), None, 4, 1500);
-        assert!(s.gateways().is_empty());
     }
 }

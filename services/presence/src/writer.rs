@@ -9,6 +9,7 @@
 use crate::buckets::LastSeen;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use herald_proto::Subjects;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -36,6 +37,8 @@ pub enum WriteOp {
 
 /// The three buckets written.
 pub struct Writer {
+    /// Names the presence bucket's stream subjects (for purges).
+    pub subjects: Subjects,
     pub presence: kv::Store,
     pub view: kv::Store,
     pub last_seen: kv::Store,
@@ -68,7 +71,7 @@ impl Writer {
             WriteOp::Reap { key, revision } => {
                 // No retry: a marker left behind costs little and is read,
                 // and scheduled again, at the next start-up.
-                let subject = format!("{}{key}", self.presence.prefix);
+                let subject = self.subjects.presence_key_subject(&key);
                 match self
                     .presence
                     .stream

@@ -12,10 +12,9 @@
 //! never seen.
 
 use super::ask;
-use crate::buckets::{last_seen_key, LastSeen};
+use crate::buckets::LastSeen;
 use crate::engine::Command;
 use crate::error::ApiError;
-use crate::state::valid_user_id;
 use crate::AppState;
 use anyhow::Context;
 use axum::extract::rejection::JsonRejection;
@@ -23,8 +22,8 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
-use herald_proto::presence::MAX_USER_ID_LEN;
-use herald_proto::{now_ms, AppId};
+use herald_proto::presence::{last_seen_key, MAX_USER_ID_LEN};
+use herald_proto::{now_ms, AppId, UserId};
 use herald_server::auth::AuthorizedApp;
 use serde::{Deserialize, Serialize};
 
@@ -67,14 +66,11 @@ pub(crate) struct BatchReply {
     users: Vec<UserPresence>,
 }
 
-fn check_user_id(user_id: &str) -> Result<(), ApiError> {
-    if valid_user_id(user_id) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "user_id must be 1 to {MAX_USER_ID_LEN} bytes long"
-        )))
-    }
+/// A user id from the path or the body, parsed here once.
+fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
+    UserId::parse(user_id).map_err(|_| {
+        ApiError::BadRequest(format!("user_id must be 1 to {MAX_USER_ID_LEN} bytes long"))
+    })
 }
 
 /// One user's presence.
@@ -99,7 +95,7 @@ pub(crate) async fn one(
     AuthorizedApp(app): AuthorizedApp,
     Path((app_id, user_id)): Path<(String, String)>,
 ) -> Result<Json<UserPresence>, ApiError> {
-    check_user_id(&user_id)?;
+    let user_id = parse_user_id(&user_id)?;
     let mut users = lookup(&state, app.id.clone(), vec![user_id]).await?;
     Ok(Json(users.remove(0)))
 }
@@ -132,10 +128,12 @@ pub(crate) async fn batch(
             body.user_ids.len()
         )));
     }
-    for user_id in &body.user_ids {
-        check_user_id(user_id)?;
-    }
-    let users = lookup(&state, app.id.clone(), body.user_ids).await?;
+    let user_ids = body
+        .user_ids
+        .iter()
+        .map(|user_id| parse_user_id(user_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let users = lookup(&state, app.id.clone(), user_ids).await?;
     Ok(Json(BatchReply { users }))
 }
 
@@ -143,7 +141,7 @@ pub(crate) async fn batch(
 async fn lookup(
     state: &AppState,
     app: AppId,
-    user_ids: Vec<String>,
+    user_ids: Vec<UserId>,
 ) -> Result<Vec<UserPresence>, ApiError> {
     let presence = ask(state, |reply| Command::Users {
         app: app.clone(),
@@ -162,7 +160,7 @@ async fn lookup(
                     read_last_seen(state, app, &user_id).await?
                 };
                 Ok::<_, ApiError>(UserPresence {
-                    user_id,
+                    user_id: user_id.to_string(),
                     online: presence.online,
                     last_seen,
                     channels: presence.channels,
@@ -178,11 +176,11 @@ async fn lookup(
 async fn read_last_seen(
     state: &AppState,
     app: &AppId,
-    user_id: &str,
+    user_id: &UserId,
 ) -> Result<Option<i64>, ApiError> {
     let value = state
         .last_seen
-        .get(last_seen_key(app, user_id))
+        .get(last_seen_key(app, user_id.as_str()))
         .await
         .context("reading last-seen")?;
     Ok(value

@@ -4,10 +4,12 @@
 //! * `sync` — each publish's ack awaited before the next one;
 //! * `pipelined` — up to `--window` publishes in flight, acks awaited in order.
 //!
-//! and with two stream configurations: `plain` (file storage, one subject)
-//! and `herald` (what Herald's `CHANNELS` stream does on top: a duplicate
-//! window with a `Nats-Msg-Id` on every publish, and `RePublish` to a live
-//! subject). Each combination runs `--runs` times on a fresh stream; the
+//! and with two stream configurations: `herald`, Herald's own `CHANNELS`
+//! stream (`herald_stream::channels_stream_config`, with the settings of the
+//! same `HERALD_STREAM_*` flags the services read: a duplicate window with a
+//! `Nats-Msg-Id` on every publish, `RePublish` to a live subject, retention
+//! limits), and `plain`, the same stream without any of that (file storage,
+//! the same subjects). Each combination runs `--runs` times on a fresh stream; the
 //! median msgs/s is reported. It starts its own `nats-server -js` on a free
 //! loopback port with a temporary store, unless `--nats-url` names a
 //! (loopback) one.
@@ -17,6 +19,8 @@ use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMes
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use herald_ceilings::{loopback_ip, median, NatsServer};
+use herald_proto::{AppId, ChannelName, Subjects};
+use herald_stream::{channels_stream_config, StreamArgs, StreamSettings};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -63,26 +67,30 @@ struct Cli {
     /// Use this NATS server (loopback only) instead of starting one.
     #[arg(long)]
     nats_url: Option<String>,
+    /// The `herald` stream's settings, as the services take them.
+    #[command(flatten)]
+    stream_args: StreamArgs,
 }
 
-fn stream_config(kind: StreamKind, name: &str, prefix: &str) -> stream::Config {
-    let mut config = stream::Config {
-        name: name.into(),
-        subjects: vec![format!("{prefix}.ch.*")],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        ..Default::default()
-    };
-    if kind == StreamKind::Herald {
-        config.duplicate_window = Duration::from_secs(120);
-        config.allow_direct = true;
-        config.republish = Some(stream::Republish {
-            source: format!("{prefix}.ch.*"),
-            destination: format!("{prefix}.live.{{{{wildcard(1)}}}}"),
-            headers_only: false,
-        });
+/// Herald's channel stream for `subjects`, or (`plain`) the same stream with
+/// none of what Herald adds: no duplicate window, republish, direct get or
+/// retention limits.
+fn stream_config(
+    kind: StreamKind,
+    subjects: &Subjects,
+    settings: &StreamSettings,
+) -> stream::Config {
+    let herald = channels_stream_config(subjects, settings);
+    match kind {
+        StreamKind::Herald => herald,
+        _ => stream::Config {
+            name: herald.name,
+            subjects: herald.subjects,
+            storage: herald.storage,
+            retention: herald.retention,
+            ..Default::default()
+        },
     }
-    config
 }
 
 /// One run: returns (messages acked, seconds).
@@ -93,13 +101,14 @@ async fn one_run(
     cli: &Cli,
     run: usize,
 ) -> anyhow::Result<(u64, f64)> {
-    let name = format!("CEIL_{run}");
-    let prefix = format!("ceil{run}");
+    // A prefix of its own per run, so every run starts on a fresh stream.
+    let subjects = Subjects::new(&format!("ceil{run}"))?;
+    let name = subjects.channels_stream();
     let _ = js.delete_stream(&name).await;
-    js.create_stream(stream_config(kind, &name, &prefix))
+    js.create_stream(stream_config(kind, &subjects, &cli.stream_args.settings()))
         .await
         .context("create stream")?;
-    let subject = format!("{prefix}.ch.c0");
+    let subject = subjects.channel(&AppId::parse("ceil")?, &ChannelName::parse("c0")?);
     let payload = Bytes::from(vec![b'x'; cli.size]);
     let limit = cli.messages;
     let window = if mode == Mode::Sync {

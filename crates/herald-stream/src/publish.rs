@@ -1,0 +1,145 @@
+//! Publishing an [`Envelope`] to its channel's subject, with the headers
+//! that carry delivery-only options beside it.
+
+use crate::StreamError;
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, message::PublishMessage};
+use bytes::Bytes;
+use herald_proto::envelope::HEADER_KIND;
+use herald_proto::{AppId, ChannelName, Envelope, Subjects};
+
+/// Header grouping the per-channel copies of one multi-channel publish whose
+/// publisher asked for de-duplicated delivery (Herald extension).
+pub const HEADER_DEDUPE: &str = "Herald-Dedupe";
+
+/// Header naming a socket that must not receive the event (Pusher's
+/// `socket_id` exclusion on publish).
+pub const HEADER_EXCLUDE_SOCKET: &str = "Herald-Exclude-Socket";
+
+/// Delivery options carried as headers next to the envelope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions<'a> {
+    /// A socket that must not receive the event.
+    pub exclude_socket: Option<&'a str>,
+    /// De-duplication group of a multi-channel publish.
+    pub dedupe_group: Option<&'a str>,
+}
+
+/// Publish `envelope` to its channel's subject and return the ack future, so
+/// callers can pipeline many publishes before awaiting their acks.
+///
+/// `msg_id` is the de-duplication key (a client id, or the envelope id).
+pub async fn publish_envelope(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    app: &AppId,
+    channel: &ChannelName,
+    envelope: &Envelope,
+    msg_id: &str,
+    options: &PublishOptions<'_>,
+) -> Result<jetstream::context::PublishAckFuture, StreamError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(HEADER_KIND, envelope.kind.as_str());
+    if let Some(socket) = options.exclude_socket {
+        headers.insert(HEADER_EXCLUDE_SOCKET, socket);
+    }
+    if let Some(group) = options.dedupe_group {
+        headers.insert(HEADER_DEDUPE, group);
+    }
+    let publish = PublishMessage::build()
+        .payload(Bytes::from(envelope.encode()))
+        .headers(headers)
+        .message_id(msg_id);
+    Ok(js
+        .send_publish(subjects.channel(app, channel), publish)
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ensure_channels_stream, LiveEvent, StreamSettings};
+    use futures::StreamExt;
+    use herald_proto::EventKind;
+    use herald_testkit::NatsServer;
+
+    #[tokio::test]
+    async fn a_published_envelope_is_stored_once_and_republished_with_sequences() {
+        let nats = NatsServer::start().unwrap();
+        let client = nats.client().await.unwrap();
+        let js = jetstream::new(client.clone());
+        let subjects = Subjects::new("t").unwrap();
+        let settings = StreamSettings::default();
+        ensure_channels_stream(&js, &subjects, &settings)
+            .await
+            .unwrap();
+        // Idempotent: a second service starting up changes nothing.
+        ensure_channels_stream(&js, &subjects, &settings)
+            .await
+            .unwrap();
+
+        let app = AppId::parse("a").unwrap();
+        let channel = ChannelName::parse("room.1").unwrap();
+        let mut live = client
+            .subscribe(subjects.live(&app, &channel))
+            .await
+            .unwrap();
+        let env = Envelope::new(EventKind::Trigger, "a", "room.1", "e", "{}".into(), None);
+        let first = publish_envelope(
+            &js,
+            &subjects,
+            &app,
+            &channel,
+            &env,
+            "k1",
+            &PublishOptions {
+                exclude_socket: Some("1.2"),
+                dedupe_group: None,
+            },
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let again = publish_envelope(
+            &js,
+            &subjects,
+            &app,
+            &channel,
+            &env,
+            "k1",
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.sequence, first.sequence);
+
+        let msg = live.next().await.unwrap();
+        let event = LiveEvent::from_message(&msg).unwrap();
+        assert_eq!(event.seq, first.sequence);
+        assert_eq!(event.last_seq, 0);
+        assert_eq!(event.exclude_socket.as_deref(), Some("1.2"));
+        assert_eq!(event.envelope, env);
+
+        let env2 = Envelope::new(EventKind::Trigger, "a", "room.1", "e", "{}".into(), None);
+        let second = publish_envelope(
+            &js,
+            &subjects,
+            &app,
+            &channel,
+            &env2,
+            "k2",
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let event = LiveEvent::from_message(&live.next().await.unwrap()).unwrap();
+        assert_eq!(event.seq, second.sequence);
+        assert_eq!(event.last_seq, first.sequence);
+    }
+}
