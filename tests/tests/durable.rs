@@ -1,0 +1,568 @@
+//! Nothing a client was sent is lost: `resume_from` after a disconnect, the
+//! live path's gap repair across a NATS reconnect and a NATS restart, and
+//! `herald:resume_failed` when the stream cannot serve a position. Every
+//! test checks each sequence number a client got against what is stored.
+
+use herald_tests::{PusherApi, PusherSocket, Stack};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// One durable event as a client got it.
+#[derive(Debug, Clone, PartialEq)]
+struct Got {
+    seq: u64,
+    prev_seq: Option<u64>,
+    data: String,
+}
+
+fn got(frame: &Value) -> Got {
+    Got {
+        seq: frame["seq"].as_u64().expect("a durable event has seq"),
+        prev_seq: frame["prev_seq"].as_u64(),
+        data: frame["data"].as_str().expect("data is a string").to_owned(),
+    }
+}
+
+/// Subscribe with `resume_from` and wait for the subscription to succeed.
+async fn subscribe_resuming(socket: &mut PusherSocket, channel: &str, from: u64) {
+    socket
+        .send_event(
+            "pusher:subscribe",
+            json!({ "channel": channel, "resume_from": from }),
+        )
+        .await
+        .unwrap();
+    let frame = socket
+        .next_event_of(&[
+            "pusher_internal:subscription_succeeded",
+            "pusher:subscription_error",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        frame["event"], "pusher_internal:subscription_succeeded",
+        "{frame}"
+    );
+}
+
+/// Read `event` frames until one carries `last` as its data.
+async fn read_until(socket: &mut PusherSocket, event: &str, last: &str, into: &mut Vec<Got>) {
+    loop {
+        let frame = socket.next_event_of(&[event]).await.unwrap();
+        let g = got(&frame);
+        let done = g.data == last;
+        into.push(g);
+        if done {
+            return;
+        }
+    }
+}
+
+/// The sequences stored on a channel's subject, in order, read straight
+/// from the stream (the truth every client is checked against).
+async fn stored_seqs(stack: &Stack, channel: &str) -> Vec<u64> {
+    use futures::StreamExt;
+    let client = stack.nats.client().await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let app = herald_proto::AppId::parse("app-id").unwrap();
+    let channel = herald_proto::ChannelName::parse(channel).unwrap();
+    let subject = stack.subjects.channel(&app, &channel);
+    let stream = js
+        .get_stream(stack.subjects.channels_stream())
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let total = {
+        let mut info = stream.clone();
+        info.info().await.unwrap().state.messages
+    };
+    let mut seqs = Vec::new();
+    let mut messages = consumer.messages().await.unwrap();
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+    {
+        let info = msg.info().unwrap();
+        seqs.push(info.stream_sequence);
+        if info.pending == 0 || seqs.len() as u64 >= total {
+            break;
+        }
+    }
+    seqs
+}
+
+/// Every stored event exactly once, in order, each one's `prev_seq` naming
+/// the one before it.
+fn assert_complete_chain(client: &str, got: &[Got], stored: &[u64]) {
+    let seqs: Vec<u64> = got.iter().map(|g| g.seq).collect();
+    assert_eq!(
+        seqs.len(),
+        stored.len(),
+        "{client}: got {} events, {} are stored",
+        seqs.len(),
+        stored.len()
+    );
+    assert_eq!(
+        seqs, stored,
+        "{client}: not every stored event once, in order"
+    );
+    for pair in got.windows(2) {
+        assert_eq!(
+            pair[1].prev_seq,
+            Some(pair[0].seq),
+            "{client}: event {} does not chain to {}",
+            pair[1].seq,
+            pair[0].seq
+        );
+    }
+}
+
+async fn trigger_ok(api: &PusherApi, channel: &str, data: &str) {
+    let (status, body) = api.trigger(&[channel], "e", data).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_reconnects_with_resume_from_gets_every_event_once_in_order() {
+    let stack = Stack::start();
+    let gateway = stack.gateway().await;
+    let api = stack.api(&gateway);
+    let channel = "resume-room";
+    const TOTAL: usize = 2000;
+
+    let mut first = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    first.subscribe(channel).await.unwrap();
+
+    // The publisher keeps going the whole time; `published` says how far.
+    let (published_tx, mut published) = watch::channel(0usize);
+    let publisher = tokio::spawn({
+        let api = stack.api(&gateway);
+        async move {
+            for i in 0..TOTAL {
+                trigger_ok(&api, channel, &i.to_string()).await;
+                published_tx.send_replace(i + 1);
+            }
+        }
+    });
+
+    let mut got = Vec::new();
+    while got.len() < 100 {
+        got.push(got_frame(&mut first).await);
+    }
+    drop(first);
+    // Reconnect well behind the publisher, while it is still publishing.
+    published
+        .wait_for(|n| *n >= 1000)
+        .await
+        .expect("publisher alive");
+    let mut second = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    let last = got.last().unwrap().seq;
+    subscribe_resuming(&mut second, channel, last).await;
+    read_until(&mut second, "e", &(TOTAL - 1).to_string(), &mut got).await;
+    publisher.await.unwrap();
+
+    let data: Vec<String> = got.iter().map(|g| g.data.clone()).collect();
+    let expected: Vec<String> = (0..TOTAL).map(|i| i.to_string()).collect();
+    assert_eq!(data, expected, "every event once, in publish order");
+    assert_eq!(got[0].prev_seq, Some(0), "the channel's first event");
+    assert_complete_chain("resumed", &got, &stored_seqs(&stack, channel).await);
+    drop(api);
+}
+
+async fn got_frame(socket: &mut PusherSocket) -> Got {
+    got(&socket.next_event_of(&["e"]).await.unwrap())
+}
+
+#[tokio::test]
+async fn resuming_at_the_newest_event_replays_nothing_and_stays_live() {
+    let stack = Stack::start();
+    let gateway = stack.gateway().await;
+    let api = stack.api(&gateway);
+    let channel = "resume-up-to-date";
+    trigger_ok(&api, channel, "a").await;
+    let newest = *stored_seqs(&stack, channel).await.last().unwrap();
+    let mut socket = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    subscribe_resuming(&mut socket, channel, newest).await;
+    trigger_ok(&api, channel, "b").await;
+    let frame = socket
+        .next_event_of(&["e", "herald:resume_failed"])
+        .await
+        .unwrap();
+    assert_eq!(frame["event"], "e");
+    assert_eq!(frame["data"], "b", "nothing replayed, the next live event");
+    assert_eq!(frame["prev_seq"].as_u64(), Some(newest));
+}
+
+#[tokio::test]
+async fn a_malformed_resume_from_is_refused_with_a_subscription_error() {
+    let stack = Stack::start();
+    let gateway = stack.gateway().await;
+    let mut socket = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    for bad in [json!(-1), json!("x"), json!(1.5), json!({})] {
+        socket
+            .send_event(
+                "pusher:subscribe",
+                json!({ "channel": "c", "resume_from": bad }),
+            )
+            .await
+            .unwrap();
+        let frame = socket
+            .next_event_of(&[
+                "pusher_internal:subscription_succeeded",
+                "pusher:subscription_error",
+            ])
+            .await
+            .unwrap();
+        assert_eq!(frame["event"], "pusher:subscription_error", "{bad}");
+        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data["type"], "InvalidRequest");
+        assert_eq!(data["status"], 400);
+    }
+}
+
+/// What `herald:resume_failed` said.
+fn resume_failed(frame: &Value) -> (u64, String) {
+    assert_eq!(frame["event"], "herald:resume_failed", "{frame}");
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    (
+        data["oldest_seq"].as_u64().unwrap(),
+        data["reason"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_position_older_than_retention_gets_resume_failed_with_the_oldest_seq_and_a_live_subscription(
+) {
+    let stack = Stack::start();
+    let mut config = stack.gateway_config();
+    config.stream.max_msgs_per_channel = 5;
+    let gateway = stack.gateway_with(config).await;
+    let api = stack.api(&gateway);
+    let channel = "resume-retention";
+    for i in 0..10 {
+        trigger_ok(&api, channel, &i.to_string()).await;
+    }
+    let stored = stored_seqs(&stack, channel).await;
+    assert_eq!(stored.len(), 5, "the stream keeps the channel's last 5");
+    let mut socket = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    // The client has up to event 2, long gone.
+    subscribe_resuming(&mut socket, channel, stored[0] - 3).await;
+    let frame = socket
+        .next_event_of(&["e", "herald:resume_failed"])
+        .await
+        .unwrap();
+    assert_eq!(resume_failed(&frame), (stored[0], "retention".to_owned()));
+    // Nothing of the old events is replayed, but the subscription is live.
+    trigger_ok(&api, channel, "live").await;
+    let frame = socket.next_event_of(&["e"]).await.unwrap();
+    assert_eq!(frame["data"], "live");
+
+    // A position that is still stored resumes as usual.
+    let mut other = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    subscribe_resuming(&mut other, channel, stored[2]).await;
+    let mut got = Vec::new();
+    read_until(&mut other, "e", "live", &mut got).await;
+    let data: Vec<&str> = got.iter().map(|g| g.data.as_str()).collect();
+    assert_eq!(data, ["8", "9", "live"]);
+}
+
+#[tokio::test]
+async fn a_position_further_back_than_the_replay_bound_or_past_the_end_gets_resume_failed() {
+    let stack = Stack::start();
+    let mut config = stack.gateway_config();
+    config.resume_max_events = 3;
+    let gateway = stack.gateway_with(config).await;
+    let api = stack.api(&gateway);
+    let channel = "resume-bound";
+    for i in 0..6 {
+        trigger_ok(&api, channel, &i.to_string()).await;
+    }
+    let stored = stored_seqs(&stack, channel).await;
+    let mut socket = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    subscribe_resuming(&mut socket, channel, stored[0]).await;
+    let frame = socket
+        .next_event_of(&["e", "herald:resume_failed"])
+        .await
+        .unwrap();
+    assert_eq!(
+        resume_failed(&frame),
+        (stored[0], "too_far_behind".to_owned())
+    );
+
+    // Exactly at the bound: replayed.
+    let mut near = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    subscribe_resuming(&mut near, channel, stored[2]).await;
+    let mut got = Vec::new();
+    read_until(&mut near, "e", "5", &mut got).await;
+    assert_eq!(got.len(), 3);
+
+    let mut future = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    subscribe_resuming(&mut future, "resume-bound", 1_000_000).await;
+    let frame = future
+        .next_event_of(&["e", "herald:resume_failed"])
+        .await
+        .unwrap();
+    assert_eq!(resume_failed(&frame).1, "unknown_position");
+}
+
+/// A TCP proxy between the gateway and NATS that the test can cut: while
+/// cut, it closes the connections it carries and refuses new ones, so the
+/// gateway's NATS client is disconnected while NATS itself (and every other
+/// client) carries on.
+struct CuttableProxy {
+    port: u16,
+    open: Arc<AtomicBool>,
+    cut: watch::Sender<u64>,
+}
+
+impl CuttableProxy {
+    async fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let (cut, _) = watch::channel(0u64);
+        let cuts = cut.clone();
+        let is_open = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !is_open.load(Ordering::SeqCst) {
+                    let _ = client.shutdown().await;
+                    continue;
+                }
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { port, open, cut }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cut.send_modify(|n| *n += 1);
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Publish straight to the channel's stream (as another gateway would)
+/// and wait for the ack.
+async fn store_directly(
+    js: &async_nats::jetstream::Context,
+    stack: &Stack,
+    channel: &str,
+    data: &str,
+) {
+    let app = herald_proto::AppId::parse("app-id").unwrap();
+    let name = herald_proto::ChannelName::parse(channel).unwrap();
+    let envelope = herald_proto::Envelope::new(
+        herald_proto::EventKind::Trigger,
+        "app-id",
+        channel,
+        "e",
+        data.to_owned(),
+        None,
+    );
+    herald_stream::publish_envelope(
+        js,
+        &stack.subjects,
+        &app,
+        &name,
+        &envelope,
+        &envelope.id,
+        &herald_stream::PublishOptions::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// The value of a counter on a gateway's `/metrics`.
+async fn counter(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Connected subscribers read until the marker; each must hold every
+/// stored event exactly once, in order.
+async fn assert_subscribers_complete(
+    stack: &Stack,
+    channel: &str,
+    subs: &mut [PusherSocket],
+    from: usize,
+    marker: &str,
+) {
+    let stored = stored_seqs(stack, channel).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        read_until(sub, "e", marker, &mut got).await;
+        assert_complete_chain(&format!("subscriber {i}"), &got, &stored[from..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected_subscribers_once_in_order(
+) {
+    let stack = Stack::start();
+    let proxy = CuttableProxy::start(
+        stack
+            .nats
+            .url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let mut config = stack.gateway_config();
+    config.nats_url = proxy.url();
+    let gateway = stack.gateway_with(config).await;
+    let channel = "cut-room";
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let mut s = PusherSocket::connect(gateway.port, "app-key")
+            .await
+            .unwrap();
+        s.subscribe(channel).await.unwrap();
+        subs.push(s);
+    }
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    for i in 0..20 {
+        store_directly(&js, &stack, channel, &format!("before-{i}")).await;
+    }
+    let gaps_before = counter(gateway.port, "herald_gateway_gaps_repaired_total").await;
+    proxy.cut();
+    // Stored while the gateway cannot hear the live subject.
+    for i in 0..30 {
+        store_directly(&js, &stack, channel, &format!("during-{i}")).await;
+    }
+    proxy.reopen();
+    // After the reconnect, more events; the marker ends each reader.
+    herald_testkit::eventually(
+        Duration::from_secs(20),
+        "the gateway to repair the gap",
+        || async {
+            (counter(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
+                .then_some(())
+        },
+    )
+    .await;
+    for i in 0..20 {
+        store_directly(&js, &stack, channel, &format!("after-{i}")).await;
+    }
+    store_directly(&js, &stack, channel, "marker").await;
+    assert_subscribers_complete(&stack, channel, &mut subs, 0, "marker").await;
+    assert!(counter(gateway.port, "herald_gateway_events_repaired_total").await >= 30.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_subscriber_once_in_order(
+) {
+    let mut stack = Stack::start();
+    let proxy = CuttableProxy::start(
+        stack
+            .nats
+            .url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let mut config = stack.gateway_config();
+    config.nats_url = proxy.url();
+    let gateway = stack.gateway_with(config).await;
+    let api = stack.api(&gateway);
+    let channel = "restart-room";
+    let mut subs = Vec::new();
+    for _ in 0..2 {
+        let mut s = PusherSocket::connect(gateway.port, "app-key")
+            .await
+            .unwrap();
+        s.subscribe(channel).await.unwrap();
+        subs.push(s);
+    }
+    for i in 0..20 {
+        trigger_ok(&api, channel, &format!("before-{i}")).await;
+    }
+    let gaps_before = counter(gateway.port, "herald_gateway_gaps_repaired_total").await;
+    // The restart: the gateway stays cut off until events were stored on
+    // the restarted server, so it has something to repair for certain.
+    proxy.cut();
+    stack.nats.restart().unwrap();
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    for i in 0..25 {
+        store_directly(&js, &stack, channel, &format!("while-away-{i}")).await;
+    }
+    proxy.reopen();
+    herald_testkit::eventually(
+        Duration::from_secs(30),
+        "the gateway to repair the gap",
+        || async {
+            (counter(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
+                .then_some(())
+        },
+    )
+    .await;
+    // Acknowledged publishes through the gateway's own HTTP API again.
+    for i in 0..20 {
+        trigger_ok(&api, channel, &format!("after-{i}")).await;
+    }
+    trigger_ok(&api, channel, "marker").await;
+    assert_subscribers_complete(&stack, channel, &mut subs, 0, "marker").await;
+}
