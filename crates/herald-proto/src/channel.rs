@@ -17,6 +17,8 @@ pub const MAX_APP_ID_LEN: usize = 64;
 /// A channel name as a regular expression, for API documents (OpenAPI
 /// `pattern`); [`ChannelName::parse`] is the rule, this its description.
 pub const CHANNEL_NAME_PATTERN: &str = r"^[A-Za-z0-9_\-=@,.;]+$";
+/// A presence channel name as a regular expression.
+pub const PRESENCE_CHANNEL_PATTERN: &str = r"^presence-[A-Za-z0-9_\-=@,.;]*$";
 /// An app id as a regular expression (see [`AppId::parse`]).
 pub const APP_ID_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
 /// The byte that stands for `.` inside a subject token.

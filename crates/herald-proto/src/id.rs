@@ -6,15 +6,16 @@ use crate::error::{Error, ErrorKind};
 use std::fmt;
 use std::sync::Arc;
 
-/// Longest user id Herald accepts, in bytes (Pusher documents no limit;
-/// this bounds keys, subjects and member lists).
+/// Longest user id Herald accepts, in characters (Pusher documents no
+/// limit; this bounds keys, subjects and member lists). Characters, not
+/// bytes, so that API documents (JSON Schema `maxLength`) state it exactly.
 pub const MAX_USER_ID_LEN: usize = 128;
 
 /// Longest event name, in bytes (Pusher's limit).
 pub const MAX_EVENT_NAME_LEN: usize = 200;
 
-/// An app's user id: 1 to [`MAX_USER_ID_LEN`] bytes of any text (hex-encoded
-/// wherever it becomes part of a key or subject).
+/// An app's user id: 1 to [`MAX_USER_ID_LEN`] characters of any text
+/// (hex-encoded wherever it becomes part of a key or subject).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct UserId(Arc<str>);
@@ -22,10 +23,10 @@ pub struct UserId(Arc<str>);
 impl UserId {
     /// Validate a user id.
     pub fn parse(raw: &str) -> Result<Self, Error> {
-        if raw.is_empty() || raw.len() > MAX_USER_ID_LEN {
+        if raw.is_empty() || raw.chars().count() > MAX_USER_ID_LEN {
             return Err(Error::new(
                 ErrorKind::InvalidUserId,
-                format!("user id must be 1-{MAX_USER_ID_LEN} bytes"),
+                format!("user id must be 1-{MAX_USER_ID_LEN} characters"),
             ));
         }
         Ok(Self(Arc::from(raw)))
@@ -156,9 +157,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn user_ids_are_one_to_128_bytes_of_any_text() {
+    fn user_ids_are_one_to_128_characters_of_any_text() {
         assert!(UserId::parse("alice").is_ok());
         assert!(UserId::parse("ünïcödé 42").is_ok());
+        assert!(UserId::parse(&"ü".repeat(MAX_USER_ID_LEN)).is_ok());
         assert!(UserId::parse(&"x".repeat(MAX_USER_ID_LEN)).is_ok());
         for bad in ["".to_owned(), "x".repeat(MAX_USER_ID_LEN + 1)] {
             let err = UserId::parse(&bad).unwrap_err();

@@ -40,7 +40,8 @@ impl Connection {
             .and_then(Value::as_str)
             .and_then(|s| UserId::parse(s).ok())
         else {
-            let message = format!("user_data needs an id (string of 1-{MAX_USER_ID_LEN} bytes)");
+            let message =
+                format!("user_data needs an id (string of 1-{MAX_USER_ID_LEN} characters)");
             return self.signin_failed(&message).await;
         };
         let key = match self

@@ -22,6 +22,7 @@ pub(crate) fn router() -> Router<AppState> {
 /// Raw query parameters, validated by hand for clear messages.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     /// Page size, 1-1000 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]

@@ -39,8 +39,8 @@ pub(crate) struct Members {
     get,
     path = "/v1/apps/{app}/channels/{channel}/members",
     params(
-        ("app" = String, Path, description = "App id"),
-        ("channel" = String, Path, description = "Presence channel name (presence-*)"),
+        ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
+        ("channel" = String, Path, description = "Presence channel name (presence-*)", min_length = 9, max_length = 164, pattern = r"^presence-[A-Za-z0-9_\-=@,.;]*$"),
     ),
     responses(
         (status = 200, description = "The channel's members", body = Members),

@@ -80,3 +80,51 @@ async fn ask<T>(
         .map_err(|_| unavailable())?
         .map_err(|_| unavailable())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ApiDoc;
+    use herald_proto::channel::{APP_ID_PATTERN, MAX_CHANNEL_NAME_LEN, PRESENCE_CHANNEL_PATTERN};
+    use herald_proto::MAX_USER_ID_LEN;
+    use utoipa::OpenApi;
+
+    fn param(doc: &serde_json::Value, path: &str, method: &str, name: &str) -> serde_json::Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["schema"]
+            .clone()
+    }
+
+    #[test]
+    fn the_document_states_the_rules_the_server_enforces() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let members = "/v1/apps/{app}/channels/{channel}/members";
+        assert_eq!(
+            param(&doc, members, "get", "channel")["pattern"],
+            PRESENCE_CHANNEL_PATTERN
+        );
+        assert_eq!(
+            param(&doc, members, "get", "channel")["maxLength"],
+            MAX_CHANNEL_NAME_LEN
+        );
+        assert_eq!(
+            param(&doc, members, "get", "app")["pattern"],
+            APP_ID_PATTERN
+        );
+        let one = "/v1/apps/{app}/users/{user_id}/presence";
+        assert_eq!(
+            param(&doc, one, "get", "user_id")["maxLength"],
+            MAX_USER_ID_LEN
+        );
+        assert_eq!(param(&doc, one, "get", "user_id")["minLength"], 1);
+        let schemas = &doc["components"]["schemas"];
+        let batch = &schemas["BatchRequest"]["properties"]["user_ids"];
+        assert_eq!(batch["maxItems"], super::users::MAX_BATCH_USERS);
+        assert_eq!(batch["items"]["$ref"], "#/components/schemas/UserIdText");
+        assert_eq!(schemas["UserIdText"]["maxLength"], MAX_USER_ID_LEN);
+        assert_eq!(schemas["UserIdText"]["minLength"], 1);
+    }
+}

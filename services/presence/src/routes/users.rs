@@ -56,7 +56,30 @@ pub(crate) struct UserPresence {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub(crate) struct BatchRequest {
     /// At most 1,000 user ids.
-    user_ids: Vec<String>,
+    #[schema(max_items = 1000)]
+    user_ids: Vec<UserIdText>,
+}
+
+/// A user id as given: 1-128 characters (parsed into a `UserId`).
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct UserIdText(String);
+
+impl utoipa::PartialSchema for UserIdText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_USER_ID_LEN))
+            .description(Some("A user id, 1-128 characters"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UserIdText {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "UserIdText".into()
+    }
 }
 
 /// Answer of the batch query.
@@ -69,7 +92,9 @@ pub(crate) struct BatchReply {
 /// A user id from the path or the body, parsed here once.
 fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
     UserId::parse(user_id).map_err(|_| {
-        ApiError::BadRequest(format!("user_id must be 1 to {MAX_USER_ID_LEN} bytes long"))
+        ApiError::BadRequest(format!(
+            "user_id must be 1 to {MAX_USER_ID_LEN} characters long"
+        ))
     })
 }
 
@@ -78,8 +103,8 @@ fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
     get,
     path = "/v1/apps/{app}/users/{user_id}/presence",
     params(
-        ("app" = String, Path, description = "App id"),
-        ("user_id" = String, Path, description = "User id (1-128 bytes)"),
+        ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
+        ("user_id" = String, Path, description = "User id (1-128 characters)", min_length = 1, max_length = 128),
     ),
     responses(
         (status = 200, description = "The user's presence", body = UserPresence),
@@ -104,7 +129,7 @@ pub(crate) async fn one(
 #[utoipa::path(
     post,
     path = "/v1/apps/{app}/users/presence",
-    params(("app" = String, Path, description = "App id")),
+    params(("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$")),
     request_body = BatchRequest,
     responses(
         (status = 200, description = "Each user's presence, in the order asked", body = BatchReply),
@@ -131,7 +156,7 @@ pub(crate) async fn batch(
     let user_ids = body
         .user_ids
         .iter()
-        .map(|user_id| parse_user_id(user_id))
+        .map(|user_id| parse_user_id(&user_id.0))
         .collect::<Result<Vec<_>, _>>()?;
     let users = lookup(&state, app.id.clone(), user_ids).await?;
     Ok(Json(BatchReply { users }))
