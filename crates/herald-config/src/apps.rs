@@ -35,6 +35,12 @@ pub struct AppLimits {
     pub enable_client_messages: bool,
     /// Most client events one connection may send per second.
     pub client_events_per_second: u32,
+    /// Whether clients may store events with `herald:publish` (and send
+    /// receipts) on private and presence channels they are subscribed to.
+    pub enable_client_publish: bool,
+    /// Most `herald:publish` and receipt frames one connection may send per
+    /// second.
+    pub client_publishes_per_second: u32,
 }
 
 impl Default for AppLimits {
@@ -49,6 +55,8 @@ impl Default for AppLimits {
             max_presence_members: 100,
             enable_client_messages: false,
             client_events_per_second: 10,
+            enable_client_publish: false,
+            client_publishes_per_second: 50,
         }
     }
 }
@@ -98,6 +106,7 @@ impl AppConfig {
     pub fn development() -> Self {
         let mut app = Self::new(DEV_APP_ID, DEV_APP_KEY, DEV_APP_SECRET);
         app.limits.enable_client_messages = true;
+        app.limits.enable_client_publish = true;
         app
     }
 }

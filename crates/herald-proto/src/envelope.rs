@@ -30,6 +30,10 @@ pub enum EventKind {
     Trigger,
     /// A message a client published with `herald:publish`.
     Message,
+    /// A delivery receipt: a user has every event of the channel up to a seq.
+    Delivered,
+    /// A read receipt: a user has read the channel up to a seq.
+    Read,
     /// A kind written by a newer Herald: carried through, never dropped.
     #[serde(other)]
     Unknown,
@@ -41,6 +45,8 @@ impl EventKind {
         match self {
             EventKind::Trigger => "trigger",
             EventKind::Message => "message",
+            EventKind::Delivered => "delivered",
+            EventKind::Read => "read",
             EventKind::Unknown => "unknown",
         }
     }

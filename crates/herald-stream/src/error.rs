@@ -56,6 +56,15 @@ pub enum StreamError {
         /// The channel's subject.
         subject: String,
     },
+    /// Reading the stored message at a sequence failed.
+    #[error("reading sequence {seq} from the stream failed: {source}")]
+    ReadSeq {
+        /// The sequence asked for.
+        seq: u64,
+        /// The JetStream error.
+        #[source]
+        source: stream::RawMessageError,
+    },
     /// A KV bucket was neither there nor could be created.
     #[error("cannot open KV bucket {bucket}: {source}")]
     Bucket {

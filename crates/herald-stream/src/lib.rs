@@ -28,7 +28,7 @@ pub use channels::{channels_stream_config, config_drift, ensure_channels_stream,
 pub use error::{BarrierLoss, BarrierStep, ReplayStep, StreamError};
 pub use live::LiveEvent;
 pub use publish::{publish_envelope, PublishOptions, HEADER_DEDUPE, HEADER_EXCLUDE_SOCKET};
-pub use read::last_event;
+pub use read::{last_event, stored_event};
 pub use settings::{
     StreamArgs, StreamSettings, DEFAULT_DUPLICATE_WINDOW_SECS, DEFAULT_MAX_AGE_SECS,
     DEFAULT_MAX_MSGS_PER_CHANNEL, DEFAULT_REPLICAS,

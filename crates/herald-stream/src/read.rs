@@ -1,4 +1,5 @@
-//! Reading the channel stream back: a channel's last stored event.
+//! Reading the channel stream back: a channel's last stored event, and one
+//! stored event by sequence.
 
 use crate::StreamError;
 use async_nats::jetstream::{self, stream};
@@ -26,4 +27,23 @@ pub async fn last_event(
         Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(source) => Err(StreamError::Read { subject, source }),
     }
+}
+
+/// The envelope stored at `seq` (e.g. the original of a duplicate publish,
+/// whose sequence JetStream reports).
+pub async fn stored_event(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    seq: u64,
+) -> Result<Envelope, StreamError> {
+    let name = subjects.channels_stream();
+    let stream = js
+        .get_stream_no_info(&name)
+        .await
+        .map_err(|source| StreamError::OpenStream { name, source })?;
+    let msg = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|source| StreamError::ReadSeq { seq, source })?;
+    Ok(Envelope::decode(&msg.payload)?)
 }

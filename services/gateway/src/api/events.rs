@@ -34,6 +34,10 @@ struct EventRequest {
     /// to several of the channels.
     #[serde(default)]
     deduplicate: bool,
+    /// Herald extension (the name Sockudo and Centrifugo use): a retry with
+    /// the same key inside the stream's duplicate window stores nothing new
+    /// on any channel and answers as the first request did.
+    idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +59,23 @@ struct ValidEvent {
     socket_id: Option<SocketId>,
     info: Info,
     deduplicate: bool,
+    idempotency_key: Option<String>,
+}
+
+/// Longest `idempotency_key`, in characters.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// The `Nats-Msg-Id` of one channel's copy of an event published with an
+/// idempotency key: per channel, so a retried multi-channel publish stores
+/// each channel's copy once.
+fn idempotent_msg_id(app: &str, channel: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in ["http", app, channel, key] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
 }
 
 fn parse_target(app: &AppConfig, name: &str) -> Result<Target, ApiError> {
@@ -122,6 +143,14 @@ fn validate(
             targets.push(parse_target(app, n)?);
         }
     }
+    let idempotency_key = match req.idempotency_key {
+        Some(key) if key.is_empty() || key.chars().count() > MAX_IDEMPOTENCY_KEY_LEN => {
+            return Err(ApiError::BadRequest(format!(
+                "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} characters"
+            )))
+        }
+        key => key,
+    };
     let socket_id = req
         .socket_id
         .as_deref()
@@ -135,6 +164,7 @@ fn validate(
         socket_id,
         info: parse_info(req.info.as_deref())?,
         deduplicate: req.deduplicate,
+        idempotency_key,
     })
 }
 
@@ -171,7 +201,12 @@ async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Resu
                         &app.id,
                         channel,
                         &envelope,
-                        &envelope.id,
+                        event
+                            .idempotency_key
+                            .as_deref()
+                            .map(|key| idempotent_msg_id(app.id.as_str(), channel.as_str(), key))
+                            .as_deref()
+                            .unwrap_or(&envelope.id),
                         &options,
                     )
                     .await

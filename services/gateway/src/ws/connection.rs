@@ -146,6 +146,8 @@ async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_i
         channels: HashMap::new(),
         user: None,
         limiter: None,
+        publish_limiter: None,
+        receipts: HashMap::new(),
     };
     let writer = state.delivery.spawn(write_loop(sink, rx));
     let close = conn.read_loop(stream, ctl_rx).await;
@@ -212,6 +214,10 @@ pub(super) struct Connection {
     pub user: Option<SignedIn>,
     /// Client-event rate limiter, created on the first client event.
     pub limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// `herald:publish` and receipt rate limiter, created on first use.
+    pub publish_limiter: Option<governor::DefaultDirectRateLimiter>,
+    /// The highest receipt seq this socket stored, per channel and kind.
+    pub receipts: HashMap<(ChannelName, herald_proto::EventKind), u64>,
 }
 
 /// Why the reader stopped: the close code and reason to send.
@@ -315,6 +321,14 @@ impl Connection {
                 "Message of {} bytes exceeds the limit of {limit} bytes",
                 text.len()
             );
+            // A publisher waits for the answer to its client_id: tell it.
+            if let Ok(frame) = serde_json::from_str::<ClientFrame>(text) {
+                if frame.event == "herald:publish" {
+                    self.refuse_publish(&frame, herald_proto::frame::nack::TOO_LARGE, &message)
+                        .await;
+                    return None;
+                }
+            }
             self.send(ServerFrame::Error {
                 code: None,
                 message: &message,
@@ -339,6 +353,12 @@ impl Connection {
             "pusher:subscribe" => self.on_subscribe(&frame).await,
             "pusher:unsubscribe" => self.on_unsubscribe(&frame).await,
             "pusher:signin" => return self.on_signin(&frame).await,
+            "herald:publish" => self.on_publish(&frame).await,
+            "herald:delivered" => {
+                self.on_receipt(&frame, herald_proto::EventKind::Delivered)
+                    .await
+            }
+            "herald:read" => self.on_receipt(&frame, herald_proto::EventKind::Read).await,
             event if event.starts_with("client-") => self.on_client_event(&frame).await,
             other => {
                 let message = format!("Unsupported event {other:?}");

@@ -2,6 +2,7 @@
 
 mod client_events;
 mod connection;
+mod publish;
 mod signin;
 mod subscribe;
 

@@ -1,0 +1,364 @@
+//! Acknowledged, idempotent publishing from clients (`herald:publish`) and
+//! receipts (`herald:delivered`, `herald:read`).
+//!
+//! A client publishes on a private or presence channel it is subscribed to;
+//! the event is stored in the channel stream with a `Nats-Msg-Id` derived
+//! from the app, channel, author and the client's `client_id`, then the
+//! client gets `herald:ack` with the stored `id` and `seq`. A retry with the
+//! same `client_id` inside the stream's duplicate window is stored once and
+//! acknowledged with the original `id` and `seq`. Everyone else subscribed
+//! gets the event like any stored event (the author's socket is excluded:
+//! the ack is its echo). Every refusal is a `herald:nack` with one of the
+//! codes of [`herald_proto::frame::nack`].
+
+use super::connection::Connection;
+use governor::{Quota, RateLimiter};
+use herald_proto::frame::nack;
+use herald_proto::pusher::ClientFrame;
+use herald_proto::{ChannelKind, ChannelName, Envelope, EventKind, EventName, ServerFrame};
+use herald_stream::PublishOptions;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+/// Longest `client_id`, in characters.
+pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// Longest wait for JetStream to acknowledge a stored event.
+const STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A refusal: a `herald:nack` code and message.
+type Nack = (&'static str, String);
+
+fn nack_of(code: &'static str, message: impl Into<String>) -> Nack {
+    (code, message.into())
+}
+
+/// What a stored publish is acknowledged with.
+struct Stored {
+    id: String,
+    seq: u64,
+    ts: i64,
+}
+
+/// The de-duplication key of a client's publish: the same `client_id` from
+/// the same author on the same channel is one message, whichever socket
+/// (a reconnect) retries it.
+fn publish_msg_id(app: &str, channel: &str, author: Option<&str>, client_id: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in ["publish", app, channel, author.unwrap_or(""), client_id] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
+}
+
+/// The de-duplication key of a receipt: one per user, channel, kind and seq.
+fn receipt_msg_id(app: &str, channel: &str, user: &str, kind: EventKind, seq: u64) -> String {
+    let mut hash = Sha256::new();
+    for part in [kind.as_str(), app, channel, user, &seq.to_string()] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
+}
+
+impl Connection {
+    /// `herald:publish {channel, event, data, client_id}`.
+    pub(super) async fn on_publish(&mut self, frame: &ClientFrame) {
+        let fields = frame.data_object().unwrap_or_default();
+        let client_id = fields
+            .get("client_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let outcome = self.publish(&fields, &client_id).await;
+        match outcome {
+            Ok((channel, stored)) => {
+                metrics::counter!("herald_gateway_client_publishes_total").increment(1);
+                self.send(ServerFrame::Ack {
+                    client_id: &client_id,
+                    channel: channel.as_str(),
+                    id: &stored.id,
+                    seq: stored.seq,
+                    ts: stored.ts,
+                })
+                .await
+            }
+            Err((code, message)) => {
+                metrics::counter!("herald_gateway_client_publishes_refused_total", "code" => code)
+                    .increment(1);
+                self.send(ServerFrame::Nack {
+                    client_id: &client_id,
+                    code,
+                    message: &message,
+                })
+                .await
+            }
+        }
+    }
+
+    /// Answer a publish with a nack without looking further at it.
+    pub(super) async fn refuse_publish(&self, frame: &ClientFrame, code: &str, message: &str) {
+        let fields = frame.data_object().unwrap_or_default();
+        let client_id = fields
+            .get("client_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.send(ServerFrame::Nack {
+            client_id,
+            code,
+            message,
+        })
+        .await
+    }
+
+    /// `herald:delivered` / `herald:read` `{channel, seq}`.
+    pub(super) async fn on_receipt(&mut self, frame: &ClientFrame, kind: EventKind) {
+        let fields = frame.data_object().unwrap_or_default();
+        if let Err((code, message)) = self.receipt(&fields, kind, &frame.event).await {
+            self.send(ServerFrame::Nack {
+                client_id: "",
+                code,
+                message: &message,
+            })
+            .await
+        }
+    }
+
+    /// A channel this socket may publish on, or why not.
+    fn publishable_channel(&self, fields: &Map<String, Value>) -> Result<ChannelName, Nack> {
+        let name = fields
+            .get("channel")
+            .and_then(Value::as_str)
+            .ok_or_else(|| nack_of(nack::INVALID, "channel (a string) is required"))?;
+        let channel = ChannelName::parse(name).map_err(|e| nack_of(nack::INVALID, e.message()))?;
+        if !self.app.limits.enable_client_publish {
+            return Err(nack_of(
+                nack::NOT_ALLOWED,
+                "Client publishing is not enabled for this app",
+            ));
+        }
+        if channel.kind() == ChannelKind::Public {
+            return Err(nack_of(
+                nack::NOT_ALLOWED,
+                "Clients publish on private and presence channels only",
+            ));
+        }
+        if !self.channels.contains_key(&channel) {
+            return Err(nack_of(
+                nack::NOT_SUBSCRIBED,
+                "Subscribe to the channel before publishing on it",
+            ));
+        }
+        Ok(channel)
+    }
+
+    /// Spend one unit of this connection's publish rate.
+    fn within_publish_rate(&mut self) -> Result<(), Nack> {
+        let per_second = self.app.limits.client_publishes_per_second;
+        let limiter = self.publish_limiter.get_or_insert_with(|| {
+            RateLimiter::direct(Quota::per_second(
+                NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN),
+            ))
+        });
+        limiter.check().map_err(|_| {
+            nack_of(
+                nack::RATE_LIMITED,
+                format!("More than {per_second} publishes per second; retry later"),
+            )
+        })
+    }
+
+    /// The user a stored event of this socket is attributed to: the
+    /// signed-in user, else its presence membership of the channel.
+    fn author(&self, channel: &ChannelName) -> Option<String> {
+        self.user
+            .as_ref()
+            .map(|u| u.id.as_str().to_owned())
+            .or_else(|| self.member_id(channel).map(|u| u.as_str().to_owned()))
+    }
+
+    async fn publish(
+        &mut self,
+        fields: &Map<String, Value>,
+        client_id: &str,
+    ) -> Result<(ChannelName, Stored), Nack> {
+        if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
+            return Err(nack_of(
+                nack::INVALID,
+                format!("client_id must be a string of 1-{MAX_CLIENT_ID_LEN} characters"),
+            ));
+        }
+        let channel = self.publishable_channel(fields)?;
+        let event = fields
+            .get("event")
+            .and_then(Value::as_str)
+            .ok_or_else(|| nack_of(nack::INVALID, "event (a string) is required"))?;
+        let event = EventName::parse(event).map_err(|e| nack_of(nack::INVALID, e.message()))?;
+        if ["pusher:", "pusher_internal:", "herald:", "client-"]
+            .iter()
+            .any(|p| event.as_str().starts_with(p))
+        {
+            return Err(nack_of(
+                nack::INVALID,
+                "event names starting with pusher:, pusher_internal:, herald: or client- are reserved",
+            ));
+        }
+        let data = match fields.get("data") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => {
+                return Err(nack_of(nack::INVALID, "data is required"));
+            }
+            Some(other) => other.to_string(),
+        };
+        let limit = self.app.limits.max_message_bytes;
+        if data.len() > limit {
+            return Err(nack_of(
+                nack::TOO_LARGE,
+                format!("data is {} bytes; the limit is {limit}", data.len()),
+            ));
+        }
+        self.within_publish_rate()?;
+        let author = self.author(&channel);
+        let msg_id = publish_msg_id(
+            self.app.id.as_str(),
+            channel.as_str(),
+            author.as_deref(),
+            client_id,
+        );
+        let mut envelope = Envelope::new(
+            EventKind::Message,
+            self.app.id.as_str(),
+            channel.as_str(),
+            event.as_str(),
+            data,
+            author,
+        );
+        envelope.client_id = Some(client_id.to_owned());
+        let stored = self.store(&channel, &envelope, &msg_id).await?;
+        Ok((channel, stored))
+    }
+
+    async fn receipt(
+        &mut self,
+        fields: &Map<String, Value>,
+        kind: EventKind,
+        event: &str,
+    ) -> Result<(), Nack> {
+        let channel = self.publishable_channel(fields)?;
+        let seq = fields
+            .get("seq")
+            .and_then(Value::as_u64)
+            .filter(|s| *s > 0)
+            .ok_or_else(|| nack_of(nack::INVALID, "seq (a positive integer) is required"))?;
+        let Some(user) = self.author(&channel) else {
+            return Err(nack_of(
+                nack::NOT_ALLOWED,
+                "Receipts need a user: sign in, or join the presence channel",
+            ));
+        };
+        // A receipt says "everything up to seq": one at or below what this
+        // socket already sent for the channel adds nothing.
+        let key = (channel.clone(), kind);
+        if self.receipts.get(&key).is_some_and(|last| *last >= seq) {
+            return Ok(());
+        }
+        self.within_publish_rate()?;
+        let msg_id = receipt_msg_id(self.app.id.as_str(), channel.as_str(), &user, kind, seq);
+        let data = serde_json::json!({ "user_id": user, "seq": seq }).to_string();
+        let envelope = Envelope::new(
+            kind,
+            self.app.id.as_str(),
+            channel.as_str(),
+            event,
+            data,
+            Some(user),
+        );
+        self.store(&channel, &envelope, &msg_id).await?;
+        self.receipts.insert(key, seq);
+        metrics::counter!("herald_gateway_receipts_total", "kind" => kind.as_str()).increment(1);
+        Ok(())
+    }
+
+    /// Store an envelope (excluding this socket from its delivery) and
+    /// return what identifies it; for a duplicate, the original's.
+    async fn store(
+        &self,
+        channel: &ChannelName,
+        envelope: &Envelope,
+        msg_id: &str,
+    ) -> Result<Stored, Nack> {
+        let state = &self.state;
+        let unavailable = |err: &dyn std::fmt::Display| {
+            tracing::warn!(%err, %channel, "client publish not stored");
+            nack_of(
+                nack::UNAVAILABLE,
+                "The event could not be stored; retry with the same client_id",
+            )
+        };
+        let options = PublishOptions {
+            exclude_socket: Some(&self.handle.socket_id),
+            dedupe_group: None,
+        };
+        let ack = herald_stream::publish_envelope(
+            &state.js,
+            &state.subjects,
+            &self.app.id,
+            channel,
+            envelope,
+            msg_id,
+            &options,
+        )
+        .await
+        .map_err(|e| unavailable(&e))?;
+        let ack = tokio::time::timeout(STORE_TIMEOUT, ack)
+            .await
+            .map_err(|_| unavailable(&"timed out"))?
+            .map_err(|e| unavailable(&e))?;
+        if !ack.duplicate {
+            return Ok(Stored {
+                id: envelope.id.clone(),
+                seq: ack.sequence,
+                ts: envelope.at,
+            });
+        }
+        // A retry: JetStream names the original's sequence; its id and time
+        // are in the stored original.
+        let original = herald_stream::stored_event(&state.js, &state.subjects, ack.sequence)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(Stored {
+            id: original.id,
+            seq: ack.sequence,
+            ts: original.at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_of_the_same_message_has_the_same_key_and_anything_else_another() {
+        let key = publish_msg_id("a", "private-c", Some("u1"), "m1");
+        assert_eq!(key, publish_msg_id("a", "private-c", Some("u1"), "m1"));
+        for other in [
+            publish_msg_id("b", "private-c", Some("u1"), "m1"),
+            publish_msg_id("a", "private-d", Some("u1"), "m1"),
+            publish_msg_id("a", "private-c", Some("u2"), "m1"),
+            publish_msg_id("a", "private-c", None, "m1"),
+            publish_msg_id("a", "private-c", Some("u1"), "m2"),
+            // No ambiguity from joining the parts.
+            publish_msg_id("a", "private-c", Some("u1m"), "1"),
+        ] {
+            assert_ne!(key, other);
+        }
+        assert_ne!(
+            receipt_msg_id("a", "c", "u", EventKind::Read, 5),
+            receipt_msg_id("a", "c", "u", EventKind::Delivered, 5)
+        );
+    }
+}

@@ -1,0 +1,404 @@
+//! Acknowledged, idempotent publishing: `herald:publish` with its ack and
+//! every nack code, receipts, and the HTTP API's `idempotency_key`. Stored
+//! events are counted in the stream itself, not guessed from deliveries.
+
+use herald_proto::pusher::{channel_auth, user_signature};
+use herald_tests::{dev_app, PusherSocket, Stack};
+use serde_json::{json, Value};
+
+const KEY: &str = "app-key";
+
+/// A stack whose app lets clients publish (as the development app does).
+fn publishing_stack() -> Stack {
+    let mut app = dev_app();
+    app.limits.enable_client_publish = true;
+    Stack::with_apps(herald_config::AppRegistry::single(app))
+}
+const SECRET: &str = "app-secret";
+
+/// A socket signed in as `user` and subscribed to the private `channel`.
+async fn signed_in_member(port: u16, user: &str, channel: &str) -> PusherSocket {
+    let mut socket = PusherSocket::connect(port, KEY).await.unwrap();
+    let user_data = json!({ "id": user }).to_string();
+    let auth = format!(
+        "{KEY}:{}",
+        user_signature(SECRET, &socket.socket_id, &user_data)
+    );
+    socket
+        .send_event(
+            "pusher:signin",
+            json!({ "user_data": user_data, "auth": auth }),
+        )
+        .await
+        .unwrap();
+    socket
+        .next_event_of(&["pusher:signin_success"])
+        .await
+        .unwrap();
+    subscribe_private(&mut socket, channel).await;
+    socket
+}
+
+async fn subscribe_private(socket: &mut PusherSocket, channel: &str) {
+    let auth = channel_auth(KEY, SECRET, &socket.socket_id, channel, None);
+    socket
+        .send_event(
+            "pusher:subscribe",
+            json!({ "channel": channel, "auth": auth }),
+        )
+        .await
+        .unwrap();
+    let frame = socket
+        .next_event_of(&[
+            "pusher_internal:subscription_succeeded",
+            "pusher:subscription_error",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        frame["event"], "pusher_internal:subscription_succeeded",
+        "{frame}"
+    );
+}
+
+async fn publish(socket: &mut PusherSocket, fields: Value) {
+    socket.send_event("herald:publish", fields).await.unwrap();
+}
+
+/// The next ack or nack, with its data decoded.
+async fn answer(socket: &mut PusherSocket) -> (String, Value) {
+    let frame = socket
+        .next_event_of(&["herald:ack", "herald:nack"])
+        .await
+        .unwrap();
+    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    (frame["event"].as_str().unwrap().to_owned(), data)
+}
+
+/// How many events the stream holds on a channel.
+async fn stored_count(stack: &Stack, channel: &str) -> u64 {
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let app = herald_proto::AppId::parse("app-id").unwrap();
+    let channel = herald_proto::ChannelName::parse(channel).unwrap();
+    let stream = js
+        .get_stream(stack.subjects.channels_stream())
+        .await
+        .unwrap();
+    let subject = stack.subjects.channel(&app, &channel);
+    let mut info = stream.info_with_subjects(&subject).await.unwrap();
+    let mut total = 0;
+    use futures::StreamExt;
+    while let Some(Ok((name, count))) = info.next().await {
+        if name == subject {
+            total += count as u64;
+        }
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_publish_retried_three_times_is_stored_once_and_acked_three_times_with_the_original_seq()
+{
+    let stack = publishing_stack();
+    let gateway = stack.gateway().await;
+    let channel = "private-chat";
+    let mut alice = signed_in_member(gateway.port, "alice", channel).await;
+    let mut alice_phone = signed_in_member(gateway.port, "alice", channel).await;
+    let mut bob = signed_in_member(gateway.port, "bob", channel).await;
+
+    let mut acks = Vec::new();
+    for _ in 0..3 {
+        publish(
+            &mut alice,
+            json!({ "channel": channel, "event": "message", "data": {"text": "hi"}, "client_id": "m-1" }),
+        )
+        .await;
+        let (kind, data) = answer(&mut alice).await;
+        assert_eq!(kind, "herald:ack", "{data}");
+        acks.push(data);
+    }
+    let first = &acks[0];
+    assert_eq!(first["client_id"], "m-1");
+    assert_eq!(first["channel"], channel);
+    for ack in &acks[1..] {
+        assert_eq!(
+            ack["seq"], first["seq"],
+            "a retry is acked with the original seq"
+        );
+        assert_eq!(ack["id"], first["id"], "and the original id");
+        assert_eq!(ack["ts"], first["ts"]);
+    }
+    assert_eq!(stored_count(&stack, channel).await, 1, "stored once");
+
+    // Others get it once, as a stored event attributed to alice; the marker
+    // after it shows no copy is still on its way.
+    let marker_api = stack.api(&gateway);
+    let (status, _) = marker_api
+        .trigger(&[channel], "marker", "{}")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    for (who, socket) in [("bob", &mut bob), ("alice's phone", &mut alice_phone)] {
+        let frame = socket.next_event_of(&["message", "marker"]).await.unwrap();
+        assert_eq!(frame["event"], "message", "{who}");
+        assert_eq!(frame["seq"], first["seq"], "{who}");
+        assert_eq!(frame["id"], first["id"], "{who}");
+        assert_eq!(frame["user_id"], "alice", "{who}");
+        assert_eq!(frame["data"], "{\"text\":\"hi\"}", "{who}");
+        let next = socket.next_event_of(&["message", "marker"]).await.unwrap();
+        assert_eq!(next["event"], "marker", "{who} got the message once");
+    }
+    // The sending socket's echo is its ack, not the event.
+    let next = alice.next_event_of(&["message", "marker"]).await.unwrap();
+    assert_eq!(next["event"], "marker", "not echoed to the sender");
+}
+
+#[tokio::test]
+async fn every_refused_publish_is_a_nack_with_its_documented_code() {
+    let stack = publishing_stack();
+    let gateway = stack.gateway().await;
+    let channel = "private-nacks";
+    let mut alice = signed_in_member(gateway.port, "alice", channel).await;
+    let cases = [
+        (
+            json!({ "channel": "private-other", "event": "m", "data": "x", "client_id": "a" }),
+            "not_subscribed",
+        ),
+        (
+            json!({ "channel": "public-room", "event": "m", "data": "x", "client_id": "b" }),
+            "not_allowed",
+        ),
+        (
+            json!({ "channel": channel, "event": "m", "data": "x" }),
+            "invalid",
+        ),
+        (
+            json!({ "channel": channel, "event": "m", "data": "x", "client_id": "" }),
+            "invalid",
+        ),
+        (
+            json!({ "channel": channel, "event": "pusher:fake", "data": "x", "client_id": "c" }),
+            "invalid",
+        ),
+        (
+            json!({ "channel": channel, "event": "m", "client_id": "d" }),
+            "invalid",
+        ),
+        (
+            json!({ "channel": "bad channel!", "event": "m", "data": "x", "client_id": "e" }),
+            "invalid",
+        ),
+        (
+            json!({ "channel": channel, "event": "m", "data": "x".repeat(10 * 1024 + 1), "client_id": "f" }),
+            "too_large",
+        ),
+    ];
+    for (fields, code) in cases {
+        publish(&mut alice, fields.clone()).await;
+        let (kind, data) = answer(&mut alice).await;
+        assert_eq!(kind, "herald:nack", "{fields}");
+        assert_eq!(data["code"], code, "{fields}: {data}");
+        assert!(data["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        stored_count(&stack, channel).await,
+        0,
+        "nothing refused was stored"
+    );
+}
+
+#[tokio::test]
+async fn publishing_is_refused_on_an_app_that_has_not_enabled_it_and_over_the_rate_limit() {
+    let mut off = dev_app();
+    off.limits.enable_client_publish = false;
+    let stack = Stack::with_apps(herald_config::AppRegistry::single(off));
+    let gateway = stack.gateway().await;
+    let mut socket = signed_in_member(gateway.port, "alice", "private-x").await;
+    publish(
+        &mut socket,
+        json!({ "channel": "private-x", "event": "m", "data": "x", "client_id": "a" }),
+    )
+    .await;
+    assert_eq!(answer(&mut socket).await.1["code"], "not_allowed");
+
+    let mut slow = dev_app();
+    slow.limits.enable_client_publish = true;
+    slow.limits.client_publishes_per_second = 2;
+    let stack = Stack::with_apps(herald_config::AppRegistry::single(slow));
+    let gateway = stack.gateway().await;
+    let mut socket = signed_in_member(gateway.port, "alice", "private-x").await;
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        publish(
+            &mut socket,
+            json!({ "channel": "private-x", "event": "m", "data": "x", "client_id": format!("m{i}") }),
+        )
+        .await;
+        let (kind, data) = answer(&mut socket).await;
+        codes.push(if kind == "herald:ack" {
+            "ack".to_owned()
+        } else {
+            data["code"].as_str().unwrap().to_owned()
+        });
+    }
+    let acked = codes.iter().filter(|c| *c == "ack").count();
+    assert!(acked >= 1, "{codes:?}");
+    assert!(
+        acked <= 4,
+        "at most the burst and a refill get through: {codes:?}"
+    );
+    assert!(
+        codes.iter().all(|c| c == "ack" || c == "rate_limited"),
+        "{codes:?}"
+    );
+    assert_eq!(stored_count(&stack, "private-x").await, acked as u64);
+}
+
+#[tokio::test]
+async fn a_publish_that_cannot_be_stored_is_nacked_unavailable_and_a_retry_after_recovery_is_acked()
+{
+    let mut stack = publishing_stack();
+    let gateway = stack.gateway().await;
+    let channel = "private-outage";
+    let mut alice = signed_in_member(gateway.port, "alice", channel).await;
+    stack.nats.stop();
+    publish(
+        &mut alice,
+        json!({ "channel": channel, "event": "m", "data": "x", "client_id": "m-1" }),
+    )
+    .await;
+    let (kind, data) = answer(&mut alice).await;
+    assert_eq!(
+        (kind.as_str(), data["code"].as_str()),
+        ("herald:nack", Some("unavailable"))
+    );
+    stack.nats.start_again().unwrap();
+    // The same client_id, once NATS is back: stored (at most once).
+    let mut acked = None;
+    for _ in 0..50 {
+        publish(
+            &mut alice,
+            json!({ "channel": channel, "event": "m", "data": "x", "client_id": "m-1" }),
+        )
+        .await;
+        let (kind, data) = answer(&mut alice).await;
+        if kind == "herald:ack" {
+            acked = Some(data);
+            break;
+        }
+        assert_eq!(data["code"], "unavailable");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(acked.is_some(), "acked once NATS is back");
+    assert_eq!(stored_count(&stack, channel).await, 1);
+}
+
+#[tokio::test]
+async fn receipts_are_stored_once_per_seq_and_reach_the_other_subscribers_with_the_user() {
+    let stack = publishing_stack();
+    let gateway = stack.gateway().await;
+    let channel = "private-receipts";
+    let mut alice = signed_in_member(gateway.port, "alice", channel).await;
+    let mut bob = signed_in_member(gateway.port, "bob", channel).await;
+    for (event, seq) in [
+        ("herald:delivered", 5),
+        ("herald:read", 5),
+        ("herald:read", 3),
+    ] {
+        bob.send_event(event, json!({ "channel": channel, "seq": seq }))
+            .await
+            .unwrap();
+    }
+    // Frames of one socket are handled in order, and a receipt is stored
+    // before the next frame is read: once bob's ping is answered, all three
+    // were handled, and the marker comes after them.
+    bob.send_event("pusher:ping", json!({})).await.unwrap();
+    bob.next_event_of(&["pusher:pong"]).await.unwrap();
+    let marker = stack.api(&gateway);
+    marker.trigger(&[channel], "marker", "{}").await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let frame = alice
+            .next_event_of(&["herald:delivered", "herald:read", "marker"])
+            .await
+            .unwrap();
+        if frame["event"] == "marker" {
+            break;
+        }
+        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        assert_eq!(frame["user_id"], "bob");
+        assert!(frame["seq"].as_u64().is_some(), "a stored event");
+        got.push((
+            frame["event"].as_str().unwrap().to_owned(),
+            data["seq"].as_u64().unwrap(),
+            data["user_id"].clone(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            ("herald:delivered".to_owned(), 5, json!("bob")),
+            ("herald:read".to_owned(), 5, json!("bob")),
+        ],
+        "a read receipt below the last one adds nothing"
+    );
+    // A receipt from a socket without a user is refused.
+    let mut anonymous = PusherSocket::connect(gateway.port, KEY).await.unwrap();
+    subscribe_private(&mut anonymous, channel).await;
+    anonymous
+        .send_event("herald:read", json!({ "channel": channel, "seq": 1 }))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut anonymous).await.1["code"], "not_allowed");
+    anonymous
+        .send_event("herald:read", json!({ "channel": channel, "seq": "x" }))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut anonymous).await.1["code"], "invalid");
+}
+
+#[tokio::test]
+async fn an_http_publish_retried_with_its_idempotency_key_stores_each_channels_copy_once() {
+    let stack = Stack::start();
+    let gateway = stack.gateway().await;
+    let api = stack.api(&gateway);
+    let channels = ["idem-a", "idem-b", "idem-c"];
+    let body = json!({
+        "name": "e", "channels": channels, "data": "{}", "idempotency_key": "order-42"
+    });
+    for _ in 0..2 {
+        let (status, answer) = api.post("/events", &body).await.unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer, json!({}), "the retry answers as the first did");
+    }
+    let mut total = 0;
+    for channel in channels {
+        let n = stored_count(&stack, channel).await;
+        assert_eq!(n, 1, "{channel}");
+        total += n;
+    }
+    assert_eq!(total, 3, "3 events stored, not 6");
+    // Without a key, a repeat is a new event (as in Pusher).
+    let plain = json!({ "name": "e", "channels": ["idem-a"], "data": "{}" });
+    api.post("/events", &plain).await.unwrap();
+    api.post("/events", &plain).await.unwrap();
+    assert_eq!(stored_count(&stack, "idem-a").await, 3);
+    // A batch with keys is idempotent per event too.
+    let batch = json!({ "batch": [
+        { "name": "e", "channel": "idem-d", "data": "1", "idempotency_key": "k1" },
+        { "name": "e", "channel": "idem-d", "data": "2", "idempotency_key": "k2" },
+    ]});
+    for _ in 0..2 {
+        let (status, _) = api.post("/batch_events", &batch).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    assert_eq!(stored_count(&stack, "idem-d").await, 2);
+    let (status, answer) = api
+        .post(
+            "/events",
+            &json!({ "name": "e", "channels": ["x"], "data": "{}", "idempotency_key": "" }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{answer}");
+}
