@@ -566,3 +566,144 @@ async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_s
     trigger_ok(&api, channel, "marker").await;
     assert_subscribers_complete(&stack, channel, &mut subs, 0, "marker").await;
 }
+
+/// Join the presence `channel` as `user`.
+async fn join_presence(socket: &mut PusherSocket, channel: &str, user: &str) {
+    let channel_data = json!({ "user_id": user, "user_info": { "name": user } }).to_string();
+    let auth = herald_proto::pusher::channel_auth(
+        "app-key",
+        "app-secret",
+        &socket.socket_id,
+        channel,
+        Some(&channel_data),
+    );
+    socket
+        .send_event(
+            "pusher:subscribe",
+            json!({ "channel": channel, "auth": auth, "channel_data": channel_data }),
+        )
+        .await
+        .unwrap();
+    let frame = socket
+        .next_event_of(&[
+            "pusher_internal:subscription_succeeded",
+            "pusher:subscription_error",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        frame["event"], "pusher_internal:subscription_succeeded",
+        "{frame}"
+    );
+}
+
+/// The member events a socket gets until `marker` joins, as (event, user).
+async fn member_events_until(socket: &mut PusherSocket, marker: &str) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    loop {
+        let frame = socket
+            .next_event_of(&[
+                "pusher_internal:member_added",
+                "pusher_internal:member_removed",
+            ])
+            .await
+            .unwrap();
+        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        let user = data["user_id"].as_str().unwrap().to_owned();
+        if user == marker {
+            return seen;
+        }
+        seen.push((frame["event"].as_str().unwrap().to_owned(), user));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_changes_missed_while_a_gateway_was_cut_off_from_nats_are_sent_as_differences_after_the_reconnect(
+) {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let proxy = CuttableProxy::start(
+        stack
+            .nats
+            .url()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let mut config = stack.gateway_config();
+    config.nats_url = proxy.url();
+    let cut_off = stack.gateway_with(config).await;
+    let other = stack.gateway().await;
+    let channel = "presence-cut";
+    let mut observer = PusherSocket::connect(cut_off.port, "app-key")
+        .await
+        .unwrap();
+    join_presence(&mut observer, channel, "observer").await;
+    let mut leaver = PusherSocket::connect(other.port, "app-key").await.unwrap();
+    join_presence(&mut leaver, channel, "leaver").await;
+    let added = member_events_until(&mut observer, "leaver").await;
+    assert!(added.is_empty(), "{added:?}");
+
+    let repaired_before =
+        counter(cut_off.port, "herald_gateway_member_changes_repaired_total").await;
+    proxy.cut();
+    // While the observer's gateway cannot hear member events: one joins,
+    // one leaves (on the other gateway; well within the presence TTL).
+    drop(leaver);
+    let mut joiner = PusherSocket::connect(other.port, "app-key").await.unwrap();
+    join_presence(&mut joiner, channel, "joiner").await;
+    let members = |port| async move {
+        let api = herald_tests::PusherApi::new(port, "app-id", "app-key", "app-secret");
+        let (_, body) = api
+            .get(&format!("/channels/{channel}/users"), &[])
+            .await
+            .unwrap();
+        let mut ids: Vec<String> = body["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    herald_testkit::eventually(
+        Duration::from_secs(10),
+        "the presence service to see both changes",
+        || async { (members(other.port).await == ["joiner", "observer"]).then_some(()) },
+    )
+    .await;
+    proxy.reopen();
+    herald_testkit::eventually(
+        Duration::from_secs(20),
+        "the member differences to be sent",
+        || async {
+            (counter(cut_off.port, "herald_gateway_member_changes_repaired_total").await
+                >= repaired_before + 2.0)
+                .then_some(())
+        },
+    )
+    .await;
+    // A marker joins after the repair: everything before it is what the
+    // observer was told about the cut, each change exactly once.
+    let mut marker = PusherSocket::connect(other.port, "app-key").await.unwrap();
+    join_presence(&mut marker, channel, "marker").await;
+    let mut changes = member_events_until(&mut observer, "marker").await;
+    changes.sort();
+    assert_eq!(
+        changes,
+        [
+            (
+                "pusher_internal:member_added".to_owned(),
+                "joiner".to_owned()
+            ),
+            (
+                "pusher_internal:member_removed".to_owned(),
+                "leaver".to_owned()
+            ),
+        ]
+    );
+}

@@ -34,7 +34,7 @@ pub(crate) struct Shared {
     pub subjects: Subjects,
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
-    pub presence: presence::PresenceClient,
+    pub presence: Arc<presence::PresenceClient>,
     pub hub: hub::Hub,
     /// The runtime the connections' writer tasks run on.
     pub delivery: delivery::Delivery,
@@ -67,20 +67,25 @@ impl Application {
         let kv =
             herald_stream::ensure_presence_bucket(&js, &config.subjects, config.stream.replicas)
                 .await?;
-        let presence = presence::PresenceClient::new(
+        let presence = Arc::new(presence::PresenceClient::new(
             nats.clone(),
             config.subjects.clone(),
             kv,
             config.gateway_id.clone(),
             config.heartbeat_interval,
-        );
+        ));
 
         let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
             apps: config.apps.clone(),
             subjects: config.subjects.clone(),
-            hub: hub::Hub::new(nats.clone(), reconnects, config.subjects.clone()),
+            hub: hub::Hub::new(
+                nats.clone(),
+                reconnects,
+                config.subjects.clone(),
+                presence.clone(),
+            ),
             delivery: delivery::Delivery::new(config.delivery_threads)?,
             connection_permits: Arc::new(Semaphore::new(config.max_connections)),
             app_connections: Default::default(),

@@ -43,6 +43,8 @@ pub(super) struct Repairer {
     /// The channel's newest stored sequence when the subscriptions went live
     /// (`None` when it could not be read: the first live event then sets it).
     pub last_seq: Option<u64>,
+    /// Presence channels: where to re-read the member list after a reconnect.
+    pub presence: Option<Arc<crate::presence::PresenceClient>>,
 }
 
 /// A durable event about to be offered, from the live path or the stream.
@@ -99,7 +101,7 @@ pub(super) async fn run(
                 Err(err) => tracing::warn!(%err, "dropping unreadable ephemeral event"),
             },
             Source::Presence => match serde_json::from_slice::<PresenceEvent>(&msg.payload) {
-                Ok(event) => presence(&entry, &channel, &event),
+                Ok(event) => presence_event(&entry, &channel, &event, false),
                 Err(err) => tracing::warn!(%err, "dropping unreadable presence event"),
             },
         }
@@ -146,8 +148,84 @@ impl Repairer {
         self.last_seq = Some(self.last_seq.map_or(event.seq, |l| l.max(event.seq)));
     }
 
-    /// After a NATS reconnect: deliver whatever was stored while away.
+    /// After a NATS reconnect: deliver whatever was stored while away, and
+    /// on a presence channel the member changes missed meanwhile.
     async fn after_reconnect(
+        &mut self,
+        entry: &ChannelEntry,
+        channel: &ChannelName,
+        dedupe: &Dedupe,
+    ) {
+        self.repair_stored(entry, channel, dedupe).await;
+        self.repair_members(entry, channel).await;
+    }
+
+    /// Re-read the member list and send subscribers the differences to what
+    /// they were told, as `member_added` / `member_removed`.
+    async fn repair_members(&self, entry: &ChannelEntry, channel: &ChannelName) {
+        let Some(presence) = &self.presence else {
+            return;
+        };
+        // The presence service reconnects too: give it a few tries.
+        let mut reply = None;
+        for attempt in 0..10u32 {
+            match presence.members(&self.app, channel, 0, None).await {
+                Ok(r) => {
+                    reply = Some(r);
+                    break;
+                }
+                Err(err) => {
+                    tracing::debug!(%err, %channel, attempt, "member list not available yet");
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                }
+            }
+        }
+        let Some(reply) = reply else {
+            tracing::warn!(%channel, "cannot re-read the member list after a NATS reconnect");
+            return;
+        };
+        let (added, removed) = {
+            let mut view = entry.members.lock().expect("members lock");
+            if reply.revision <= view.revision {
+                return;
+            }
+            let added: Vec<(String, serde_json::Value)> = reply
+                .members
+                .iter()
+                .filter(|(user, _)| !view.members.contains_key(*user))
+                .map(|(user, info)| (user.clone(), info.clone()))
+                .collect();
+            let removed: Vec<String> = view
+                .members
+                .keys()
+                .filter(|user| !reply.members.contains_key(*user))
+                .cloned()
+                .collect();
+            view.revision = reply.revision;
+            view.members = reply.members.clone();
+            (added, removed)
+        };
+        metrics::counter!("herald_gateway_member_changes_repaired_total")
+            .increment((added.len() + removed.len()) as u64);
+        for user_id in removed {
+            let event = PresenceEvent::MemberRemoved {
+                user_id,
+                revision: reply.revision,
+            };
+            presence_event(entry, channel, &event, true);
+        }
+        for (user_id, user_info) in added {
+            let event = PresenceEvent::MemberAdded {
+                user_id,
+                user_info,
+                revision: reply.revision,
+            };
+            presence_event(entry, channel, &event, true);
+        }
+    }
+
+    /// Deliver whatever was stored while NATS was away.
+    async fn repair_stored(
         &mut self,
         entry: &ChannelEntry,
         channel: &ChannelName,
@@ -285,7 +363,13 @@ fn ephemeral(entry: &ChannelEntry, channel: &ChannelName, event: &EphemeralEvent
     }
 }
 
-fn presence(entry: &ChannelEntry, channel: &ChannelName, event: &PresenceEvent) {
+/// Offer a member event; `repaired` ones were already applied to the view.
+fn presence_event(
+    entry: &ChannelEntry,
+    channel: &ChannelName,
+    event: &PresenceEvent,
+    repaired: bool,
+) {
     let (frame, user, revision) = match event {
         PresenceEvent::MemberAdded {
             user_id,
@@ -313,6 +397,24 @@ fn presence(entry: &ChannelEntry, channel: &ChannelName, event: &PresenceEvent) 
         tracing::warn!("dropping a presence event with an invalid user id");
         return;
     };
+    if !repaired {
+        // Keep the channel's view; an event the view already reflects (one
+        // that arrived late, after a post-reconnect re-read) is not sent.
+        let mut view = entry.members.lock().expect("members lock");
+        if revision <= view.revision {
+            return;
+        }
+        view.revision = revision;
+        match event {
+            PresenceEvent::MemberAdded { user_info, .. } => {
+                view.members
+                    .insert(user.as_str().to_owned(), user_info.clone());
+            }
+            PresenceEvent::MemberRemoved { .. } => {
+                view.members.remove(user.as_str());
+            }
+        }
+    }
     let frame = Utf8Bytes::from(frame.to_json());
     let mut subs = entry.subscribers.write().expect("subscribers lock");
     for sub in subs.values_mut() {

@@ -44,8 +44,20 @@ use users::Users;
 
 type ChannelKey = (AppId, ChannelName);
 
+/// What this gateway's presence subscribers of a channel have been told:
+/// the member list as of a KV revision, kept up to date by the member
+/// events, so that after a NATS reconnect (member events are core NATS and
+/// may have been missed) the difference to a fresh list can be sent.
+#[derive(Debug, Default)]
+pub(super) struct MemberView {
+    pub revision: u64,
+    pub members: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
 /// One channel with local subscribers.
 struct ChannelEntry {
+    /// Presence channels: the members as told to the subscribers.
+    members: Mutex<MemberView>,
     /// Set once the NATS subscriptions are live (SUBs registered).
     ready: OnceCell<()>,
     subscribers: RwLock<HashMap<u64, Subscriber>>,
@@ -63,6 +75,7 @@ pub(crate) struct Hub {
     channels: Mutex<HashMap<ChannelKey, Arc<ChannelEntry>>>,
     users: Users,
     dedupe: Arc<Dedupe>,
+    presence: Arc<crate::presence::PresenceClient>,
 }
 
 /// What a subscribe asks of the hub.
@@ -82,8 +95,10 @@ impl Hub {
         nats: async_nats::Client,
         reconnects: tokio::sync::watch::Receiver<u64>,
         subjects: Subjects,
+        presence: Arc<crate::presence::PresenceClient>,
     ) -> Self {
         Self {
+            presence,
             js: async_nats::jetstream::new(nats.clone()),
             nats,
             reconnects,
@@ -112,6 +127,7 @@ impl Hub {
                     .entry(key.clone())
                     .or_insert_with(|| {
                         Arc::new(ChannelEntry {
+                            members: Mutex::new(MemberView::default()),
                             ready: OnceCell::new(),
                             subscribers: RwLock::new(HashMap::new()),
                             stop: CancellationToken::new(),
@@ -151,6 +167,26 @@ impl Hub {
         let mut subs = entry.subscribers.write().expect("subscribers lock");
         if let Some(sub) = subs.get_mut(&conn_id) {
             sub.go_live(ready);
+        }
+    }
+
+    /// A presence subscriber got the member list as of `revision`: the
+    /// channel's view starts from (or catches up to) it.
+    pub fn member_list(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+        revision: u64,
+        members: &std::collections::BTreeMap<String, serde_json::Value>,
+    ) {
+        let key = (app.clone(), channel.clone());
+        let channels = self.channels.lock().expect("hub lock");
+        if let Some(entry) = channels.get(&key) {
+            let mut view = entry.members.lock().expect("members lock");
+            if revision > view.revision {
+                view.revision = revision;
+                view.members = members.clone();
+            }
         }
     }
 
@@ -257,6 +293,7 @@ impl Hub {
             app: app.clone(),
             reconnects: self.reconnects.clone(),
             last_seq,
+            presence: (channel.kind() == ChannelKind::Presence).then(|| self.presence.clone()),
         };
         tokio::spawn(fanout::run(
             subs,

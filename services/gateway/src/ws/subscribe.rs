@@ -518,6 +518,9 @@ impl Connection {
             );
             return Err(self.undo_presence_join(channel, Some(&key), full).await);
         }
+        self.state
+            .hub
+            .member_list(&self.app.id, channel, reply.revision, &reply.members);
         let first = ServerFrame::PresenceSubscriptionSucceeded {
             channel: channel.as_str(),
             members: &reply.members,
