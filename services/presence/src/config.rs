@@ -3,7 +3,10 @@
 //! build directly with [`Config::new`].
 
 use clap::Parser;
-use herald_config::{AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs};
+use herald_config::{
+    AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs, PresenceTtlArgs,
+    DEFAULT_PRESENCE_TTL_SECS,
+};
 use herald_proto::Subjects;
 use std::time::Duration;
 
@@ -11,8 +14,9 @@ use std::time::Duration;
 pub const DEFAULT_PORT: u16 = 6004;
 /// Default replicas of the KV buckets this service creates.
 pub const DEFAULT_KV_REPLICAS: usize = 1;
-/// Default heartbeat TTL: three missed 5 s gateway heartbeats.
-pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+/// Default heartbeat TTL: three missed 5 s gateway heartbeats (the shared
+/// `HERALD_PRESENCE_TTL_SECS`, which gateways read too).
+pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(DEFAULT_PRESENCE_TTL_SECS);
 /// Default time between two sweeps for dead gateways. TTL + sweep interval is
 /// the bound on how long a dead gateway's members linger (20 s by default).
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -39,10 +43,10 @@ pub struct Cli {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub apps: AppsArgs,
-    /// A gateway whose heartbeat is older than this many seconds is dead:
-    /// its members are removed.
-    #[arg(long, env = "HERALD_PRESENCE_HEARTBEAT_TTL_SECS", default_value_t = DEFAULT_HEARTBEAT_TTL.as_secs())]
-    pub heartbeat_ttl_secs: u64,
+    /// A gateway whose heartbeat is older than this is dead: its members are
+    /// removed. The same setting as the gateways' (`HERALD_PRESENCE_TTL_SECS`).
+    #[command(flatten)]
+    pub presence_ttl: PresenceTtlArgs,
     /// How often to look for dead gateways, in seconds.
     #[arg(long, env = "HERALD_PRESENCE_SWEEP_INTERVAL_SECS", default_value_t = DEFAULT_SWEEP_INTERVAL.as_secs())]
     pub sweep_interval_secs: u64,
@@ -140,8 +144,8 @@ impl TryFrom<Cli> for Config {
             nats_url: cli.nats.nats_url,
             apps: cli.apps.registry()?,
             heartbeat_ttl: Duration::from_secs(positive(
-                "HERALD_PRESENCE_HEARTBEAT_TTL_SECS",
-                cli.heartbeat_ttl_secs,
+                "HERALD_PRESENCE_TTL_SECS",
+                cli.presence_ttl.presence_ttl_secs,
             )?),
             sweep_interval: Duration::from_secs(positive(
                 "HERALD_PRESENCE_SWEEP_INTERVAL_SECS",
