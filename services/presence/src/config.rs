@@ -188,7 +188,7 @@ mod tests {
     #[test]
     fn a_zero_ttl_is_refused() {
         let cli =
-            Cli::try_parse_from(["herald-presence", "--dev", "--heartbeat-ttl-secs", "0"]).unwrap();
+            Cli::try_parse_from(["herald-presence", "--dev", "--presence-ttl-secs", "0"]).unwrap();
         assert!(Config::try_from(cli).is_err());
     }
 }
