@@ -389,6 +389,23 @@ impl CuttableProxy {
     }
 }
 
+/// A gateway whose NATS connection goes through a [`CuttableProxy`].
+async fn gateway_behind_proxy(stack: &Stack) -> (CuttableProxy, herald_tests::Running) {
+    let nats_port = stack
+        .nats
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let proxy = CuttableProxy::start(nats_port).await;
+    let mut config = stack.gateway_config();
+    config.nats_url = proxy.url();
+    let gateway = stack.gateway_with(config).await;
+    (proxy, gateway)
+}
+
 /// Publish straight to the channel's stream (as another gateway would)
 /// and wait for the ack.
 async fn store_directly(
@@ -457,20 +474,7 @@ async fn assert_subscribers_complete(
 async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected_subscribers_once_in_order(
 ) {
     let stack = Stack::start();
-    let proxy = CuttableProxy::start(
-        stack
-            .nats
-            .url()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    )
-    .await;
-    let mut config = stack.gateway_config();
-    config.nats_url = proxy.url();
-    let gateway = stack.gateway_with(config).await;
+    let (proxy, gateway) = gateway_behind_proxy(&stack).await;
     let channel = "cut-room";
     let mut subs = Vec::new();
     for _ in 0..2 {
@@ -513,20 +517,7 @@ async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected
 async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_subscriber_once_in_order(
 ) {
     let mut stack = Stack::start();
-    let proxy = CuttableProxy::start(
-        stack
-            .nats
-            .url()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    )
-    .await;
-    let mut config = stack.gateway_config();
-    config.nats_url = proxy.url();
-    let gateway = stack.gateway_with(config).await;
+    let (proxy, gateway) = gateway_behind_proxy(&stack).await;
     let api = stack.api(&gateway);
     let channel = "restart-room";
     let mut subs = Vec::new();
@@ -622,20 +613,7 @@ async fn member_changes_missed_while_a_gateway_was_cut_off_from_nats_are_sent_as
 ) {
     let stack = Stack::start();
     let _presence = stack.presence().await;
-    let proxy = CuttableProxy::start(
-        stack
-            .nats
-            .url()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    )
-    .await;
-    let mut config = stack.gateway_config();
-    config.nats_url = proxy.url();
-    let cut_off = stack.gateway_with(config).await;
+    let (proxy, cut_off) = gateway_behind_proxy(&stack).await;
     let other = stack.gateway().await;
     let channel = "presence-cut";
     let mut observer = PusherSocket::connect(cut_off.port, "app-key")
