@@ -8,7 +8,10 @@ use herald_server::Service;
 use herald_testkit::{NatsServer, TestDatabase};
 use tokio_util::sync::CancellationToken;
 
-pub use herald_testkit::{dev_app, eventually, PusherApi, PusherSocket};
+pub use herald_testkit::{data_of, dev_app, eventually, Closed, PusherApi, PusherSocket, TcpProxy};
+
+/// The development app's secret, which tests sign channel auth and sign-ins with.
+pub const SECRET: &str = "app-secret";
 
 /// The dependencies one test shares between its services.
 pub struct Stack {
@@ -59,6 +62,25 @@ impl Running {
             handle.abort();
             let _ = handle.await;
         }
+    }
+}
+
+impl Running {
+    /// `http://127.0.0.1:{port}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The status and body of `/readyz` (`None` while it does not answer).
+    pub async fn readiness(&self) -> Option<(u16, String)> {
+        let resp = reqwest::get(self.url("/readyz")).await.ok()?;
+        Some((resp.status().as_u16(), resp.text().await.ok()?))
+    }
+
+    /// Wait until `/readyz` answers 200 (for a presence service: until it is
+    /// the active instance with its state loaded).
+    pub async fn wait_ready(&self) {
+        wait_ready(self.port, std::time::Duration::from_secs(30)).await;
     }
 }
 
@@ -114,7 +136,12 @@ impl Stack {
 
     /// Start a history service on `db`.
     pub async fn history(&self, db: &TestDatabase) -> Running {
-        let app = herald_history::Application::build(self.history_config(db))
+        self.history_with(self.history_config(db)).await
+    }
+
+    /// Start a history service with a given configuration.
+    pub async fn history_with(&self, config: herald_history::Config) -> Running {
+        let app = herald_history::Application::build(config)
             .await
             .expect("history builds");
         let port = app.port();
@@ -156,17 +183,24 @@ impl Stack {
         self.presence_with(self.presence_config()).await
     }
 
-    /// Start a presence service with a given configuration.
+    /// Start a presence service with a given configuration, and wait until
+    /// it is the active instance.
     pub async fn presence_with(&self, config: herald_presence::Config) -> Running {
+        let running = self.spawn_presence(config).await;
+        // Member queries are answered once it is the active instance with
+        // its state loaded, which `/readyz` reports.
+        wait_ready(running.port, std::time::Duration::from_secs(30)).await;
+        running
+    }
+
+    /// Start a presence service without waiting for it to be the active
+    /// instance (a standby never is until the active one goes).
+    pub async fn spawn_presence(&self, config: herald_presence::Config) -> Running {
         let app = herald_presence::Application::build(config)
             .await
             .expect("presence builds");
         let port = app.port();
-        let running = Running::spawn(app, port).await;
-        // Member queries are answered once it is the active instance with
-        // its state loaded, which `/readyz` reports.
-        wait_ready(port, std::time::Duration::from_secs(30)).await;
-        running
+        Running::spawn(app, port).await
     }
 }
 

@@ -65,13 +65,20 @@ impl PusherApi {
         body: Option<Vec<u8>>,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<(u16, Value)> {
-        let q = self.signed_query(
-            method,
-            path,
-            body.as_deref(),
-            extra,
-            herald_proto::now_ms() / 1000,
-        );
+        self.signed_at(method, path, body, extra, herald_proto::now_ms() / 1000)
+            .await
+    }
+
+    /// [`Self::signed`] with an explicit `auth_timestamp` (Unix seconds).
+    pub async fn signed_at(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        extra: &[(&str, &str)],
+        timestamp: i64,
+    ) -> anyhow::Result<(u16, Value)> {
+        let q = self.signed_query(method, path, body.as_deref(), extra, timestamp);
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut req = self
             .http

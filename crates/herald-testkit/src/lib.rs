@@ -8,16 +8,20 @@
 //! * [`PusherSocket`] is a small Pusher-protocol WebSocket client and
 //!   [`PusherApi`] a signed Pusher HTTP API client, both written against the
 //!   protocol, independent of the gateway's code.
+//! * [`TcpProxy`] stands between a client and a server and can stop
+//!   forwarding, to cut a service off from NATS without closing anything.
 
 mod api;
 mod nats;
 mod postgres;
+mod proxy;
 mod socket;
 
 pub use api::PusherApi;
 pub use nats::NatsServer;
 pub use postgres::TestDatabase;
-pub use socket::PusherSocket;
+pub use proxy::TcpProxy;
+pub use socket::{data_of, Closed, PusherSocket, FRAME_TIMEOUT};
 
 use std::time::Duration;
 

@@ -100,6 +100,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The server's process id (for CPU and memory readings).
     pub fn pid(&self) -> u32 {
         self.child.id()

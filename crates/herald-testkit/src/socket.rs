@@ -2,6 +2,7 @@
 
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
+use herald_proto::pusher;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -13,10 +14,30 @@ pub struct PusherSocket {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// The `socket_id` from `pusher:connection_established`.
     pub socket_id: String,
+    /// The app key it connected with (the `key:` part of channel auth).
+    key: String,
 }
 
 /// How long a test waits for one frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `data` of a server frame, parsed: Pusher sends it as a JSON string
+/// holding JSON. Panics (naming the frame) if it is anything else.
+pub fn data_of(frame: &Value) -> Value {
+    let Some(text) = frame["data"].as_str() else {
+        panic!("the data of {frame} is not a JSON string");
+    };
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("the data of {frame} is not JSON: {e}"))
+}
+
+/// How a socket ended, as [`PusherSocket::close_frame`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// A close frame with a code and a reason.
+    Code(u16, String),
+    /// A close frame without a code.
+    NoCode,
+}
 
 impl PusherSocket {
     /// Connect to `ws://127.0.0.1:{port}/app/{key}?protocol=7` and wait for
@@ -28,6 +49,7 @@ impl PusherSocket {
         let mut socket = Self {
             ws,
             socket_id: String::new(),
+            key: key.to_owned(),
         };
         let frame = socket.next_frame().await?;
         if frame["event"] != "pusher:connection_established" {
@@ -58,20 +80,112 @@ impl PusherSocket {
             .await
     }
 
+    /// Send a client event (`client-*`) on `channel`.
+    pub async fn send_client_event(
+        &mut self,
+        channel: &str,
+        event: &str,
+        data: Value,
+    ) -> anyhow::Result<()> {
+        self.send_text(json!({ "event": event, "channel": channel, "data": data }).to_string())
+            .await
+    }
+
+    /// Send `pusher:subscribe` with `data` and return the answer: the
+    /// `pusher_internal:subscription_succeeded` or `pusher:subscription_error`
+    /// frame, whichever comes (other frames before it are skipped).
+    pub async fn subscribe_with(&mut self, data: Value) -> anyhow::Result<Value> {
+        self.send_event("pusher:subscribe", data).await?;
+        self.next_event_of(&[
+            "pusher_internal:subscription_succeeded",
+            "pusher:subscription_error",
+        ])
+        .await
+    }
+
     /// Subscribe to a public channel and wait for success.
     pub async fn subscribe(&mut self, channel: &str) -> anyhow::Result<()> {
-        self.send_event("pusher:subscribe", json!({ "channel": channel }))
-            .await?;
+        let frame = self.subscribe_with(json!({ "channel": channel })).await?;
+        succeeded(&frame)
+    }
+
+    /// Subscribe to a private (or private-encrypted, or cache) channel with
+    /// an `auth` signed by `secret`, and wait for success.
+    pub async fn subscribe_private(&mut self, secret: &str, channel: &str) -> anyhow::Result<()> {
+        let auth = pusher::channel_auth(&self.key, secret, &self.socket_id, channel, None);
         let frame = self
-            .next_event_of(&[
-                "pusher_internal:subscription_succeeded",
-                "pusher:subscription_error",
-            ])
+            .subscribe_with(json!({ "channel": channel, "auth": auth }))
             .await?;
-        if frame["event"] != "pusher_internal:subscription_succeeded" {
-            bail!("subscription failed: {frame}");
+        succeeded(&frame)
+    }
+
+    /// Subscribe to a presence channel as `user_id` with `user_info`, signed
+    /// by `secret`; returns the answer frame, success or error.
+    pub async fn try_join_presence(
+        &mut self,
+        secret: &str,
+        channel: &str,
+        user_id: &str,
+        user_info: Value,
+    ) -> anyhow::Result<Value> {
+        let channel_data = json!({ "user_id": user_id, "user_info": user_info }).to_string();
+        let auth = pusher::channel_auth(
+            &self.key,
+            secret,
+            &self.socket_id,
+            channel,
+            Some(&channel_data),
+        );
+        self.subscribe_with(json!({
+            "channel": channel,
+            "auth": auth,
+            "channel_data": channel_data,
+        }))
+        .await
+    }
+
+    /// Join a presence channel (see [`Self::try_join_presence`]) and wait
+    /// for success; returns the `presence` object (`ids`, `hash`, `count`).
+    pub async fn join_presence(
+        &mut self,
+        secret: &str,
+        channel: &str,
+        user_id: &str,
+        user_info: Value,
+    ) -> anyhow::Result<Value> {
+        let frame = self
+            .try_join_presence(secret, channel, user_id, user_info)
+            .await?;
+        succeeded(&frame)?;
+        Ok(data_of(&frame)["presence"].clone())
+    }
+
+    /// `pusher:signin` as `user_id` with `user_info`, signed by `secret`,
+    /// and wait for `pusher:signin_success`; returns the `user_data` string
+    /// that was signed (the success carries it back, checked here).
+    pub async fn sign_in(
+        &mut self,
+        secret: &str,
+        user_id: &str,
+        user_info: Value,
+    ) -> anyhow::Result<String> {
+        let user_data = json!({ "id": user_id, "user_info": user_info }).to_string();
+        let sig = pusher::user_signature(secret, &self.socket_id, &user_data);
+        self.send_event(
+            "pusher:signin",
+            json!({ "user_data": user_data, "auth": format!("{}:{sig}", self.key) }),
+        )
+        .await?;
+        let frame = self
+            .next_event_of(&["pusher:signin_success", "pusher:error"])
+            .await?;
+        if frame["event"] != "pusher:signin_success" {
+            bail!("sign-in refused: {frame}");
         }
-        Ok(())
+        if data_of(&frame)["user_data"] != user_data.as_str() {
+            bail!("sign-in success for other user data: {frame}");
+        }
+        Ok(user_data)
     }
 
     /// The next text frame as JSON (pings answered transparently).
@@ -104,18 +218,97 @@ impl PusherSocket {
         }
     }
 
-    /// Wait for the server to close the socket; returns the close code.
+    /// Every frame before the first one `is_marker` accepts, and the marker.
+    /// Fails if the socket closes (or stays silent) before the marker.
+    pub async fn frames_until(
+        &mut self,
+        marker: &str,
+        is_marker: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<(Vec<Value>, Value)> {
+        let mut before = Vec::new();
+        loop {
+            let frame = self
+                .next_frame()
+                .await
+                .with_context(|| format!("waiting for {marker} after {before:?}"))?;
+            if is_marker(&frame) {
+                return Ok((before, frame));
+            }
+            before.push(frame);
+        }
+    }
+
+    /// The absence check: nothing arrives before the marker `is_marker`
+    /// accepts, an event sent after whatever must not arrive (so a late frame
+    /// cannot hide behind a timeout, and the socket is open since the marker
+    /// reached it). Returns the marker.
+    pub async fn quiet_until(
+        &mut self,
+        marker: &str,
+        is_marker: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
+        let (before, frame) = self.frames_until(marker, is_marker).await?;
+        if !before.is_empty() {
+            bail!("expected nothing before {marker}, got {before:?}");
+        }
+        Ok(frame)
+    }
+
+    /// [`Self::quiet_until`] an event named `event`.
+    pub async fn quiet_until_event(&mut self, event: &str) -> anyhow::Result<Value> {
+        self.quiet_until(event, |f| f["event"] == event).await
+    }
+
+    /// Ping, and the pong must be the next frame: the socket is open and
+    /// nothing is queued for it. (The pong is queued after every frame the
+    /// gateway had already queued for this socket, so this is a marker only
+    /// for frames the gateway has seen: use it after a marker on another
+    /// socket of the same gateway proved the frame would have been queued.)
+    pub async fn quiet_until_pong(&mut self) -> anyhow::Result<()> {
+        self.send_event("pusher:ping", json!({})).await?;
+        self.quiet_until_event("pusher:pong").await.map(|_| ())
+    }
+
+    /// Wait for the server to close the socket (skipping frames before the
+    /// close); the code of its close frame, `None` for a close frame without
+    /// a code. An error if the connection ends any other way (reset, end of
+    /// stream without a close frame) or stays open for [`FRAME_TIMEOUT`].
     pub async fn closed(&mut self) -> anyhow::Result<Option<u16>> {
+        Ok(match self.close_frame().await? {
+            Closed::Code(code, _) => Some(code),
+            Closed::NoCode => None,
+        })
+    }
+
+    /// Wait for the server's close frame (see [`Self::closed`]).
+    pub async fn close_frame(&mut self) -> anyhow::Result<Closed> {
+        Ok(self.frames_before_close().await?.1)
+    }
+
+    /// Wait for the server's close frame (see [`Self::closed`]); also
+    /// answers the text frames that came before it.
+    pub async fn frames_before_close(&mut self) -> anyhow::Result<(Vec<Value>, Closed)> {
+        let mut before = Vec::new();
         loop {
             let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
                 .await
                 .map_err(|_| anyhow!("socket not closed within {FRAME_TIMEOUT:?}"))?;
-            match msg {
-                None => return Ok(None),
-                Some(Err(_)) => return Ok(None),
-                Some(Ok(Message::Close(frame))) => return Ok(frame.map(|f| u16::from(f.code))),
+            let closed = match msg {
+                None => bail!("the connection ended without a close frame after {before:?}"),
+                Some(Err(err)) => {
+                    bail!("the connection failed instead of closing: {err} (after {before:?})")
+                }
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    Closed::Code(u16::from(frame.code), frame.reason.as_str().to_owned())
+                }
+                Some(Ok(Message::Close(None))) => Closed::NoCode,
+                Some(Ok(Message::Text(text))) => {
+                    before.push(serde_json::from_str(text.as_str())?);
+                    continue;
+                }
                 Some(Ok(_)) => continue,
-            }
+            };
+            return Ok((before, closed));
         }
     }
 
@@ -123,4 +316,11 @@ impl PusherSocket {
     pub fn inner(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
         &mut self.ws
     }
+}
+
+fn succeeded(frame: &Value) -> anyhow::Result<()> {
+    if frame["event"] != "pusher_internal:subscription_succeeded" {
+        bail!("subscription failed: {frame}");
+    }
+    Ok(())
 }
