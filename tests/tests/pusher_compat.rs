@@ -4,7 +4,7 @@
 
 use herald_config::{AppConfig, AppRegistry};
 use herald_proto::pusher;
-use herald_tests::{PusherSocket, Stack};
+use herald_tests::{data_of, PusherSocket, Stack, SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -15,58 +15,12 @@ fn app_with_client_events(per_second: u32) -> AppRegistry {
     AppRegistry::single(app)
 }
 
-fn data_of(frame: &Value) -> Value {
-    match &frame["data"] {
-        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
-        other => other.clone(),
-    }
-}
-
-async fn subscribe_private(socket: &mut PusherSocket, channel: &str) {
-    let auth = pusher::channel_auth("app-key", "app-secret", &socket.socket_id, channel, None);
+/// Sign `socket` in as `user` (with a `name` as user info).
+async fn sign_in(socket: &mut PusherSocket, user: &str) {
     socket
-        .send_event(
-            "pusher:subscribe",
-            json!({"channel": channel, "auth": auth}),
-        )
+        .sign_in(SECRET, user, json!({ "name": user }))
         .await
         .unwrap();
-    let frame = socket
-        .next_event_of(&[
-            "pusher_internal:subscription_succeeded",
-            "pusher:subscription_error",
-        ])
-        .await
-        .unwrap();
-    assert_eq!(
-        frame["event"], "pusher_internal:subscription_succeeded",
-        "{frame}"
-    );
-}
-
-async fn sign_in(socket: &mut PusherSocket, user_id: &str) {
-    let user_data = json!({"id": user_id, "user_info": {"name": user_id}}).to_string();
-    let sig = pusher::user_signature("app-secret", &socket.socket_id, &user_data);
-    socket
-        .send_event(
-            "pusher:signin",
-            json!({"user_data": user_data, "auth": format!("app-key:{sig}")}),
-        )
-        .await
-        .unwrap();
-    let frame = socket
-        .next_event_of(&["pusher:signin_success", "pusher:error"])
-        .await
-        .unwrap();
-    assert_eq!(frame["event"], "pusher:signin_success", "{frame}");
-    assert_eq!(data_of(&frame)["user_data"], user_data);
-}
-
-async fn quiet(socket: &mut PusherSocket) -> bool {
-    socket
-        .next_frame_within(Duration::from_millis(300))
-        .await
-        .is_err()
 }
 
 #[tokio::test]
@@ -77,20 +31,28 @@ async fn client_events_reach_other_subscribers_on_both_gateways_but_not_the_send
     let mut b = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
     let mut c = PusherSocket::connect(gw2.port, "app-key").await.unwrap();
     for s in [&mut a, &mut b, &mut c] {
-        subscribe_private(s, "private-chat").await;
+        s.subscribe_private(SECRET, "private-chat").await.unwrap();
     }
-    a.send_text(
-        json!({"event": "client-hello", "channel": "private-chat", "data": {"from": "a"}})
-            .to_string(),
-    )
-    .await
-    .unwrap();
+    a.send_client_event("private-chat", "client-hello", json!({"from": "a"}))
+        .await
+        .unwrap();
     for s in [&mut b, &mut c] {
-        let frame = s.next_event_of(&["client-hello"]).await.unwrap();
+        let frame = s.quiet_until_event("client-hello").await.unwrap();
         assert_eq!(frame["channel"], "private-chat");
         assert_eq!(frame["data"], json!({"from": "a"}));
     }
-    assert!(quiet(&mut a).await, "never echoed to the sender");
+    // The marker: b's answer, relayed by the same gateway after a's event.
+    // Had a's event been echoed to a, it would come first.
+    b.send_client_event("private-chat", "client-reply", json!({"from": "b"}))
+        .await
+        .unwrap();
+    let reply = a.quiet_until_event("client-reply").await.unwrap();
+    assert_eq!(
+        reply["data"],
+        json!({"from": "b"}),
+        "never echoed to the sender"
+    );
+    c.quiet_until_event("client-reply").await.unwrap();
 }
 
 #[tokio::test]
@@ -100,7 +62,7 @@ async fn client_events_are_refused_on_public_or_unsubscribed_channels_and_when_d
     let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
     s.subscribe("public").await.unwrap();
     for channel in ["public", "private-not-joined"] {
-        s.send_text(json!({"event": "client-x", "channel": channel, "data": {}}).to_string())
+        s.send_client_event(channel, "client-x", json!({}))
             .await
             .unwrap();
         assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
@@ -113,8 +75,8 @@ async fn client_events_are_refused_on_public_or_unsubscribed_channels_and_when_d
     let disabled = Stack::start();
     let gw = disabled.gateway().await;
     let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
-    subscribe_private(&mut s, "private-x").await;
-    s.send_text(json!({"event": "client-x", "channel": "private-x", "data": {}}).to_string())
+    s.subscribe_private(SECRET, "private-x").await.unwrap();
+    s.send_client_event("private-x", "client-x", json!({}))
         .await
         .unwrap();
     let frame = s.next_frame().await.unwrap();
@@ -126,21 +88,60 @@ async fn client_events_are_refused_on_public_or_unsubscribed_channels_and_when_d
 }
 
 #[tokio::test]
-async fn client_events_over_the_rate_limit_get_error_4301() {
-    let stack = Stack::with_apps(app_with_client_events(3));
+async fn client_events_over_the_rate_limit_get_error_4301_and_at_most_the_limit_get_through() {
+    const PER_SECOND: u32 = 3;
+    const SENT: usize = 10;
+    let stack = Stack::with_apps(app_with_client_events(PER_SECOND));
     let gw = stack.gateway().await;
     let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
-    subscribe_private(&mut s, "private-x").await;
-    for _ in 0..10 {
-        s.send_text(json!({"event": "client-x", "channel": "private-x", "data": {}}).to_string())
+    let mut receiver = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    s.subscribe_private(SECRET, "private-x").await.unwrap();
+    receiver
+        .subscribe_private(SECRET, "private-x")
+        .await
+        .unwrap();
+    for n in 0..SENT {
+        s.send_client_event("private-x", "client-x", json!({ "n": n }))
             .await
             .unwrap();
     }
-    let frame = s.next_event_of(&["pusher:error"]).await.unwrap();
-    assert_eq!(frame["data"]["code"], 4301);
-    // Still connected and usable.
+    // The marker, once the limiter has refilled (a full second's quota):
+    // relayed after everything above that got through.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    s.send_client_event("private-x", "client-marker", json!({}))
+        .await
+        .unwrap();
+    let (relayed, _) = receiver
+        .frames_until("client-marker", |f| f["event"] == "client-marker")
+        .await
+        .unwrap();
+    let through: Vec<u64> = relayed
+        .iter()
+        .map(|f| {
+            assert_eq!(f["event"], "client-x", "{f}");
+            f["data"]["n"].as_u64().unwrap()
+        })
+        .collect();
+    // A burst of the per-second quota passes (the first events), the rest
+    // is refused: at least one, at most the limit, each once and in order.
+    assert!(
+        !through.is_empty() && through.len() <= PER_SECOND as usize,
+        "{through:?}"
+    );
+    assert_eq!(through[0], 0, "{through:?}");
+    assert!(through.windows(2).all(|w| w[0] < w[1]), "{through:?}");
+
+    // The sender got a 4301 for every refused one, and is still connected.
     s.send_event("pusher:ping", json!({})).await.unwrap();
-    s.next_event_of(&["pusher:pong"]).await.unwrap();
+    let (errors, _) = s
+        .frames_until("pusher:pong", |f| f["event"] == "pusher:pong")
+        .await
+        .unwrap();
+    for frame in &errors {
+        assert_eq!(frame["event"], "pusher:error", "{frame}");
+        assert_eq!(frame["data"]["code"], 4301, "{frame}");
+    }
+    assert_eq!(errors.len(), SENT - through.len());
 }
 
 #[tokio::test]
@@ -162,11 +163,18 @@ async fn events_sent_to_a_user_reach_all_of_its_connections_on_every_gateway() {
         .unwrap();
     assert_eq!(status, 200);
     for s in [&mut phone, &mut laptop] {
-        let frame = s.next_event_of(&["note"]).await.unwrap();
+        let frame = s.quiet_until_event("note").await.unwrap();
         assert_eq!(frame["channel"], "#server-to-user-alice");
         assert_eq!(frame["data"], "{\"x\":1}");
     }
-    assert!(quiet(&mut other).await);
+    // The marker: an event to bob, sent after alice's on the same path.
+    stack
+        .api(&gw1)
+        .trigger(&["#server-to-user-bob"], "marker", "{}")
+        .await
+        .unwrap();
+    let marker = other.quiet_until_event("marker").await.unwrap();
+    assert_eq!(marker["channel"], "#server-to-user-bob");
 }
 
 #[tokio::test]
@@ -403,16 +411,24 @@ async fn a_deduplicated_multi_channel_publish_reaches_a_connection_once() {
         .await
         .unwrap();
     assert_eq!(status, 200);
-    both.next_event_of(&["once"]).await.unwrap();
-    one.next_event_of(&["once"]).await.unwrap();
-    assert!(
-        quiet(&mut both).await,
-        "delivered once, not once per channel"
-    );
-    // Without the flag, Pusher semantics: once per channel.
+    both.quiet_until_event("once").await.unwrap();
+    one.quiet_until_event("once").await.unwrap();
+    // Without the flag, Pusher semantics: once per channel. Published after
+    // the first event on both its channels, these are the markers: a second
+    // copy of "once" would come before them.
     api.trigger(&["a", "b"], "twice", "2").await.unwrap();
-    both.next_event_of(&["twice"]).await.unwrap();
-    both.next_event_of(&["twice"]).await.unwrap();
+    let mut channels = Vec::new();
+    for _ in 0..2 {
+        let frame = both
+            .quiet_until_event("twice")
+            .await
+            .expect("delivered once, not once per channel");
+        channels.push(frame["channel"].as_str().unwrap().to_owned());
+    }
+    channels.sort();
+    assert_eq!(channels, ["a", "b"]);
+    let frame = one.quiet_until_event("twice").await.unwrap();
+    assert_eq!(frame["channel"], "b");
 }
 
 #[tokio::test]
@@ -420,12 +436,12 @@ async fn client_events_are_refused_on_encrypted_channels() {
     let stack = Stack::with_apps(app_with_client_events(100));
     let gw = stack.gateway().await;
     let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
-    subscribe_private(&mut s, "private-encrypted-vault").await;
-    s.send_text(
-        json!({"event": "client-x", "channel": "private-encrypted-vault", "data": {}}).to_string(),
-    )
-    .await
-    .unwrap();
+    s.subscribe_private(SECRET, "private-encrypted-vault")
+        .await
+        .unwrap();
+    s.send_client_event("private-encrypted-vault", "client-x", json!({}))
+        .await
+        .unwrap();
     assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:error");
 }
 
@@ -464,9 +480,15 @@ async fn a_cache_channel_without_events_answers_a_subscribe_with_cache_miss() {
     let frame = socket.next_frame().await.unwrap();
     assert_eq!(frame["event"], "pusher:cache_miss", "{frame}");
     assert_eq!(frame["channel"], "cache-empty");
-    // A plain channel has no such thing.
+    // A plain channel has no such thing: its first event is the next frame.
     socket.subscribe("plain").await.unwrap();
-    assert!(quiet(&mut socket).await);
+    stack
+        .api(&gw)
+        .trigger(&["plain"], "marker", "{}")
+        .await
+        .unwrap();
+    let marker = socket.quiet_until_event("marker").await.unwrap();
+    assert_eq!(marker["channel"], "plain");
 }
 
 #[tokio::test]
@@ -489,19 +511,29 @@ async fn a_cache_channel_sends_its_last_event_on_subscribe_then_only_newer_ones(
     assert_eq!(data_of(&cached)["n"], 2);
     let seq = cached["seq"].as_u64().unwrap();
 
-    api.trigger(&["cache-score"], "score", "{\"n\":3}")
-        .await
-        .unwrap();
-    let live = socket.next_frame().await.unwrap();
-    assert_eq!(data_of(&live)["n"], 3, "{live}");
-    assert!(live["seq"].as_u64().unwrap() > seq);
-    assert!(quiet(&mut socket).await, "nothing sent twice");
+    for n in 3..=4 {
+        api.trigger(&["cache-score"], "score", &format!("{{\"n\":{n}}}"))
+            .await
+            .unwrap();
+    }
+    // Each newer event once, the next frames in order: nothing sent twice.
+    let mut last = seq;
+    for n in 3..=4 {
+        let live = socket.quiet_until_event("score").await.unwrap();
+        assert_eq!(data_of(&live)["n"], n, "{live}");
+        let seq = live["seq"].as_u64().unwrap();
+        assert!(seq > last, "{live}");
+        last = seq;
+    }
 
     // Private cache channels too, after their auth.
     api.trigger(&["private-cache-x"], "state", "{\"on\":true}")
         .await
         .unwrap();
-    subscribe_private(&mut socket, "private-cache-x").await;
+    socket
+        .subscribe_private(SECRET, "private-cache-x")
+        .await
+        .unwrap();
     let cached = socket.next_frame().await.unwrap();
     assert_eq!(cached["event"], "state", "{cached}");
     assert_eq!(data_of(&cached)["on"], true);
