@@ -4,10 +4,10 @@
 
 use base64::Engine;
 use herald_testkit::TestDatabase;
-use herald_tests::{eventually, PusherSocket, Stack};
+use herald_tests::{eventually, PusherSocket, Running, Stack, TcpProxy};
 use serde_json::Value;
-use sqlx::Connection;
-use std::collections::HashSet;
+use sqlx::{Connection, Executor};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -42,6 +42,210 @@ async fn stored_seqs(db: &TestDatabase, channel: &str) -> Vec<i64> {
     .fetch_all(&mut conn)
     .await
     .unwrap()
+}
+
+/// Make every application of an event to the read model visible: the
+/// history schema is created (as the service would), then a trigger records
+/// each row the projector writes, committed with it. A row the primary key
+/// turns away (`ON CONFLICT DO NOTHING`) is recorded too, so an event applied
+/// twice shows up here even though the table keeps one row.
+async fn record_applications(db: &TestDatabase) {
+    herald_history::connect_database(db.url(), 1)
+        .await
+        .expect("history schema")
+        .pool
+        .close()
+        .await;
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    conn.execute(
+        r#"
+        CREATE TABLE public.applied (
+            n       BIGSERIAL PRIMARY KEY,
+            channel TEXT   NOT NULL,
+            seq     BIGINT NOT NULL,
+            data    TEXT   NOT NULL
+        );
+        CREATE FUNCTION public.record_applied() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO public.applied (channel, seq, data) VALUES (NEW.channel, NEW.seq, NEW.data);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER record_applied BEFORE INSERT ON history.messages
+            FOR EACH ROW EXECUTE FUNCTION public.record_applied();
+        "#,
+    )
+    .await
+    .unwrap();
+}
+
+/// `(seq, data)` of every stored row of a channel, by seq.
+async fn stored_rows(db: &TestDatabase, channel: &str) -> Vec<(i64, String)> {
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query_as(
+        "SELECT seq, data FROM history.messages WHERE app_id = 'app-id' AND channel = $1 ORDER BY seq",
+    )
+    .bind(channel)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// `(seq, data)` of every event the channel has in the stream, by seq.
+async fn stream_events(stack: &Stack, channel: &str) -> Vec<(i64, String)> {
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let mut stream = js
+        .get_stream(stack.subjects.channels_stream())
+        .await
+        .unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut events = Vec::new();
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let env = herald_proto::Envelope::decode(&msg.payload).unwrap();
+        if env.channel == channel {
+            events.push((seq as i64, env.data));
+        }
+    }
+    events
+}
+
+/// The read model is the stream, exactly: the channel holds the `published`
+/// events `{"n":0}`, `{"n":1}`, … in order; each is a row with its own seq and
+/// payload; and each was applied once (see [`record_applications`]). Call it
+/// once every history instance has stopped, so nothing is still in flight.
+async fn assert_projected_exactly_once(
+    stack: &Stack,
+    db: &TestDatabase,
+    channel: &str,
+    published: usize,
+) {
+    let stream = stream_events(stack, channel).await;
+    let payloads: Vec<&str> = stream.iter().map(|(_, data)| data.as_str()).collect();
+    let expected: Vec<String> = (0..published).map(|n| format!("{{\"n\":{n}}}")).collect();
+    assert_eq!(payloads, expected, "the stream holds what was published");
+    let rows = stored_rows(db, channel).await;
+    assert_eq!(
+        rows, stream,
+        "every event is a row, with its seq and payload"
+    );
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let applied: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, data FROM public.applied WHERE channel = $1 ORDER BY n")
+            .bind(channel)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let mut times: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    for (seq, data) in &applied {
+        times.entry(*seq).or_default().push(data);
+    }
+    let twice: Vec<_> = times.iter().filter(|(_, d)| d.len() > 1).collect();
+    assert!(twice.is_empty(), "events applied more than once: {twice:?}");
+    let mut applied = applied;
+    applied.sort();
+    assert_eq!(applied, stream, "each event applied once, as it is");
+}
+
+/// The projection checkpoint.
+async fn checkpoint(db: &TestDatabase) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query_scalar("SELECT last_seq FROM history.projection_checkpoints")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Sessions of this database waiting for a lock (a projector that holds a
+/// batch and waits for the checkpoint row).
+async fn lock_waiters(db: &TestDatabase) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Wait until `n` sessions wait for a lock.
+async fn wait_lock_waiters(db: &TestDatabase, n: i64, what: &str) {
+    eventually(WAIT, what, || async {
+        (lock_waiters(db).await == n).then_some(())
+    })
+    .await;
+}
+
+/// End the session holding the projector's advisory lock, as a lost
+/// connection would; returns how many were ended.
+async fn terminate_lock_holder(db: &TestDatabase) -> usize {
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    ended.into_iter().filter(|ok| *ok).count()
+}
+
+/// End the sessions waiting for a lock: a projector's transaction lost in
+/// the middle of a batch.
+async fn terminate_lock_waiters(db: &TestDatabase) -> usize {
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    ended.into_iter().filter(|ok| *ok).count()
+}
+
+/// A transaction holding the checkpoint row lock: a projector with a batch
+/// in hand waits for it inside its own transaction, before it writes.
+struct CheckpointHold(sqlx::PgConnection);
+
+impl CheckpointHold {
+    async fn take(db: &TestDatabase) -> Self {
+        let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+        conn.execute("BEGIN").await.unwrap();
+        conn.execute("SELECT last_seq FROM history.projection_checkpoints FOR UPDATE")
+            .await
+            .unwrap();
+        Self(conn)
+    }
+
+    async fn release(mut self) {
+        self.0.execute("ROLLBACK").await.unwrap();
+        self.0.close().await.unwrap();
+    }
+}
+
+/// Publish numbered events to `channel` one after the other until `stop`;
+/// returns how many.
+fn keep_publishing(
+    api: herald_tests::PusherApi,
+    channel: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        while !stop.is_cancelled() {
+            let (status, body) = api
+                .trigger(&[channel], "msg", &format!("{{\"n\":{n}}}"))
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{body}");
+            n += 1;
+            // Not flat out: the 2 cores are shared with the projectors.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        n
+    })
 }
 
 async fn publish_n(
@@ -124,6 +328,7 @@ async fn a_published_event_is_served_by_history_with_the_seq_clients_saw() {
 async fn a_restarted_history_service_neither_loses_nor_duplicates_rows() {
     let stack = Stack::start();
     let db = TestDatabase::create().await.unwrap();
+    record_applications(&db).await;
     let gw = stack.gateway().await;
     let history = stack.history(&db).await;
     publish_n(&stack, &gw, "log", 0, 50).await;
@@ -138,22 +343,11 @@ async fn a_restarted_history_service_neither_loses_nor_duplicates_rows() {
     publish_n(&stack, &gw, "log", 50, 100).await;
     let history = stack.history(&db).await;
     publish_n(&stack, &gw, "log", 100, 120).await;
-    let seqs = eventually(WAIT, "120 rows", || async {
-        let seqs = stored_seqs(&db, "log").await;
-        (seqs.len() >= 120).then_some(seqs)
+    eventually(WAIT, "120 rows", || async {
+        (stored_seqs(&db, "log").await.len() >= 120).then_some(())
     })
     .await;
-    // Give a duplicate the chance to show up before checking there is none.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let seqs_after = stored_seqs(&db, "log").await;
-    assert_eq!(seqs, seqs_after);
-    assert_eq!(seqs.len(), 120);
-    assert_eq!(seqs.iter().collect::<HashSet<_>>().len(), 120);
-    assert!(
-        seqs.windows(2).all(|w| w[1] == w[0] + 1),
-        "one channel, contiguous stream seqs"
-    );
-    // And the payloads are all there, in order.
+    // The payloads are served in order too.
     let (_, body) = page(history.port, "log", "?limit=1000").await;
     let ns: Vec<i64> = body["messages"]
         .as_array()
@@ -166,49 +360,143 @@ async fn a_restarted_history_service_neither_loses_nor_duplicates_rows() {
         })
         .collect();
     assert_eq!(ns, (0..120).rev().collect::<Vec<_>>());
+    // Stopped, it can apply nothing late: the check sees everything it did.
     history.stop().await;
+    assert_projected_exactly_once(&stack, &db, "log", 120).await;
 }
 
 #[tokio::test]
-async fn a_redelivered_stream_is_not_applied_twice() {
+async fn a_batch_redelivered_to_the_next_leader_after_a_lock_hand_over_is_not_applied_twice() {
     let stack = Stack::start();
     let db = TestDatabase::create().await.unwrap();
+    record_applications(&db).await;
     let gw = stack.gateway().await;
-    let history = stack.history(&db).await;
-    publish_n(&stack, &gw, "dup", 0, 20).await;
-    eventually(WAIT, "20 rows", || async {
-        (stored_seqs(&db, "dup").await.len() == 20).then_some(())
+    let first = stack.history(&db).await;
+    publish_n(&stack, &gw, "dup", 0, 10).await;
+    eventually(WAIT, "10 rows", || async {
+        (stored_seqs(&db, "dup").await.len() == 10).then_some(())
     })
     .await;
-    history.stop().await;
+    let before = checkpoint(&db).await;
 
-    // Simulate acks lost after commit: the consumer's position goes back to
-    // the start of the stream, so every event is delivered again.
+    // The leader takes its next batch and waits for the checkpoint row (held
+    // here) inside its transaction.
+    let hold = CheckpointHold::take(&db).await;
+    publish_n(&stack, &gw, "dup", 10, 20).await;
+    wait_lock_waiters(&db, 1, "the leader waiting with its batch").await;
+    // A second instance; the leader loses its lock connection mid-batch, so
+    // the second takes over, with a consumer from the checkpoint it reads:
+    // the same events, redelivered while the first still holds them.
+    let second = stack.history(&db).await;
+    assert_eq!(terminate_lock_holder(&db).await, 1);
+    wait_lock_waiters(&db, 2, "the new leader waiting with the same events").await;
     let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
-    let stream = js
+    let consumer = js
         .get_stream(stack.subjects.channels_stream())
         .await
-        .unwrap();
-    stream
-        .delete_consumer(&stack.subjects.durable("history"))
+        .unwrap()
+        .consumer_info(stack.subjects.durable("history"))
         .await
         .unwrap();
-    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
-    // Keep the checkpoint, drop nothing: the projector must skip all 20.
-    let history = stack.history(&db).await;
+    assert_eq!(
+        consumer.config.deliver_policy,
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: before as u64 + 1
+        },
+        "the new leader's consumer starts at the first event of the held batch"
+    );
+
+    // The old leader commits first (it waited first); the new one then gets
+    // the row and must skip what it was given again.
+    hold.release().await;
     publish_n(&stack, &gw, "dup", 20, 25).await;
     eventually(WAIT, "25 rows", || async {
-        (stored_seqs(&db, "dup").await.len() >= 25).then_some(())
+        (stored_seqs(&db, "dup").await.len() == 25).then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(stored_seqs(&db, "dup").await.len(), 25);
-    let checkpoint: i64 = sqlx::query_scalar("SELECT last_seq FROM history.projection_checkpoints")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(checkpoint, *stored_seqs(&db, "dup").await.last().unwrap());
-    history.stop().await;
+    first.stop().await;
+    second.stop().await;
+    assert_projected_exactly_once(&stack, &db, "dup", 25).await;
+    let rows = stored_rows(&db, "dup").await;
+    assert_eq!(checkpoint(&db).await, rows.last().unwrap().0);
+}
+
+#[tokio::test]
+async fn the_projection_stays_exactly_once_through_overlapping_instances_lost_connections_and_crashes(
+) {
+    let stack = Stack::start();
+    let db = TestDatabase::create().await.unwrap();
+    record_applications(&db).await;
+    let gw = stack.gateway().await;
+    // The first leader talks to NATS through a proxy, to be cut off.
+    let proxy = TcpProxy::start(stack.nats.port()).await.unwrap();
+    let mut config = stack.history_config(&db);
+    config.nats_url = format!("nats://127.0.0.1:{}", proxy.port());
+    let leader = stack.history_with(config).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = keep_publishing(stack.api(&gw), "chaos", stop.clone());
+    eventually(WAIT, "the first leader projecting", || async {
+        (!stored_seqs(&db, "chaos").await.is_empty()).then_some(())
+    })
+    .await;
+    let mut instances: Vec<Running> = vec![stack.history(&db).await];
+
+    // 1. A crash between commit and ack: the leader, holding a batch, is cut
+    // off from NATS, commits, and dies before its ack gets anywhere.
+    let hold = CheckpointHold::take(&db).await;
+    wait_lock_waiters(&db, 1, "the leader waiting with its batch").await;
+    let before = checkpoint(&db).await;
+    proxy.pause();
+    hold.release().await;
+    eventually(WAIT, "the cut-off leader's commit", || async {
+        (checkpoint(&db).await > before).then_some(())
+    })
+    .await;
+    leader.kill().await;
+    drop(proxy);
+    instances.push(stack.history(&db).await);
+
+    // 2. The leader's lock connection lost mid-batch: another instance
+    // takes over and is given the same events while the old leader still
+    // holds them (it commits first, so the new one must skip them).
+    let hold = CheckpointHold::take(&db).await;
+    wait_lock_waiters(&db, 1, "the leader waiting with its batch").await;
+    assert_eq!(terminate_lock_holder(&db).await, 1);
+    wait_lock_waiters(&db, 2, "the new leader waiting with the same events").await;
+    hold.release().await;
+
+    // 3. The leader's transaction connection lost mid-batch: nothing of the
+    // batch is stored, and whoever leads next applies it.
+    let hold = CheckpointHold::take(&db).await;
+    eventually(WAIT, "a leader waiting with its batch", || async {
+        (lock_waiters(&db).await >= 1).then_some(())
+    })
+    .await;
+    assert!(terminate_lock_waiters(&db).await >= 1);
+    hold.release().await;
+
+    // 4. Every instance crashes; two new ones start side by side.
+    let rows = stored_seqs(&db, "chaos").await.len();
+    eventually(WAIT, "projection going on", || async {
+        (stored_seqs(&db, "chaos").await.len() > rows).then_some(())
+    })
+    .await;
+    for instance in instances.drain(..) {
+        instance.kill().await;
+    }
+    instances.push(stack.history(&db).await);
+    instances.push(stack.history(&db).await);
+
+    stop.cancel();
+    let published = publisher.await.unwrap();
+    eventually(WAIT, "every published event stored", || async {
+        (stored_seqs(&db, "chaos").await.len() == published).then_some(())
+    })
+    .await;
+    for instance in instances {
+        instance.stop().await;
+    }
+    assert_projected_exactly_once(&stack, &db, "chaos", published).await;
 }
 
 #[tokio::test]
