@@ -26,6 +26,9 @@ pub const MIN_OUTBOUND_QUEUE: usize = 8;
 pub const DEFAULT_RESUME_MAX_EVENTS: u64 = 10_000;
 /// Default seconds between presence heartbeats.
 pub const DEFAULT_HEARTBEAT_SECS: u64 = 5;
+/// Default age up to which a cache channel's last event is sent to a new
+/// subscriber: Pusher keeps cached events for 30 minutes.
+pub const DEFAULT_CACHE_MAX_AGE_SECS: u64 = 30 * 60;
 
 /// `herald-gateway`: WebSocket connections (Pusher protocol 7) and the
 /// Pusher HTTP API.
@@ -75,6 +78,10 @@ pub struct Cli {
     /// `herald:resume_failed` (reason `too_far_behind`) and reloads history.
     #[arg(long, env = "HERALD_RESUME_MAX_EVENTS", default_value_t = DEFAULT_RESUME_MAX_EVENTS)]
     pub resume_max_events: u64,
+    /// Seconds a cache channel's last event stays young enough to be sent
+    /// to a new subscriber (older: `pusher:cache_miss`).
+    #[arg(long, env = "HERALD_CACHE_MAX_AGE_SECS", default_value_t = DEFAULT_CACHE_MAX_AGE_SECS)]
+    pub cache_max_age_secs: u64,
 }
 
 /// Everything the gateway needs to start.
@@ -98,6 +105,8 @@ pub struct Config {
     pub gateway_ttl: Duration,
     /// Most events one `resume_from` replays.
     pub resume_max_events: u64,
+    /// `HERALD_CACHE_MAX_AGE_SECS`: the oldest cached event sent on subscribe.
+    pub cache_max_age: Duration,
 }
 
 fn random_gateway_id() -> String {
@@ -123,6 +132,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
             gateway_ttl: Duration::from_secs(DEFAULT_PRESENCE_TTL_SECS),
             resume_max_events: DEFAULT_RESUME_MAX_EVENTS,
+            cache_max_age: Duration::from_secs(DEFAULT_CACHE_MAX_AGE_SECS),
         }
     }
 }
@@ -166,6 +176,7 @@ impl TryFrom<Cli> for Config {
             heartbeat_interval: Duration::from_secs(cli.heartbeat_secs),
             gateway_ttl: Duration::from_secs(ttl_secs),
             resume_max_events: cli.resume_max_events,
+            cache_max_age: Duration::from_secs(cli.cache_max_age_secs),
         })
     }
 }
@@ -187,6 +198,7 @@ mod tests {
         assert_eq!(from_cli.heartbeat_interval, defaults.heartbeat_interval);
         assert_eq!(from_cli.gateway_ttl, defaults.gateway_ttl);
         assert_eq!(from_cli.resume_max_events, defaults.resume_max_events);
+        assert_eq!(from_cli.cache_max_age, defaults.cache_max_age);
     }
 
     #[test]

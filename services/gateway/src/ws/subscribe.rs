@@ -15,10 +15,6 @@ use herald_proto::{ChannelKind, ChannelName, ServerFrame, SubscriptionErrorKind,
 use herald_stream::replay::{self, RangeReader};
 use serde_json::Value;
 
-/// How old a cache channel's last event may be and still be sent to a new
-/// subscriber: Pusher keeps cached events for 30 minutes.
-const CACHE_TTL_MS: i64 = 30 * 60 * 1000;
-
 /// Who vouches for a subscription.
 enum Authority<'a> {
     /// The client, with an `auth` signature (and presence `channel_data`).
@@ -415,8 +411,9 @@ impl Connection {
     }
 
     /// For a cache channel: the frame of its last stored event (if younger
-    /// than Pusher's 30-minute cache lifetime) or `pusher:cache_miss`, with
-    /// the stream sequence of that last event (0 if none).
+    /// than `HERALD_CACHE_MAX_AGE_SECS`, Pusher's 30 minutes by default) or
+    /// `pusher:cache_miss`, with the stream sequence of that last event (0 if
+    /// none).
     async fn cached_event(&self, channel: &ChannelName) -> (u64, Utf8Bytes) {
         let state = &self.state;
         let miss = || -> Utf8Bytes {
@@ -426,8 +423,9 @@ impl Connection {
             .to_json()
             .into()
         };
+        let max_age_ms = state.config.cache_max_age.as_millis() as i64;
         match herald_stream::last_event(&state.js, &state.subjects, &self.app.id, channel).await {
-            Ok(Some((seq, env))) if herald_proto::now_ms() - env.at <= CACHE_TTL_MS => {
+            Ok(Some((seq, env))) if herald_proto::now_ms() - env.at <= max_age_ms => {
                 let frame = ServerFrame::Stored {
                     event: &env.event,
                     channel: channel.as_str(),
