@@ -324,3 +324,62 @@ fn succeeded(frame: &Value) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    /// A one-connection server that greets like Pusher, then ends the
+    /// connection as `end` says.
+    async fn server(end: &'static str) -> u16 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let hello = json!({
+                "event": "pusher:connection_established",
+                "data": json!({"socket_id": "1.2", "activity_timeout": 120}).to_string(),
+            });
+            ws.send(Message::text(hello.to_string())).await.unwrap();
+            ws.send(Message::text(r#"{"event":"x"}"#)).await.unwrap();
+            match end {
+                "code" => {
+                    let frame = CloseFrame {
+                        code: CloseCode::from(4200),
+                        reason: "bye".into(),
+                    };
+                    ws.send(Message::Close(Some(frame))).await.unwrap();
+                }
+                "no code" => ws.send(Message::Close(None)).await.unwrap(),
+                _ => drop(ws), // the TCP connection just ends
+            }
+            // Let the client read what was sent before the socket goes.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn closed_tells_a_close_code_from_a_close_without_one_and_from_a_dropped_connection() {
+        let mut s = PusherSocket::connect(server("code").await, "k")
+            .await
+            .unwrap();
+        let (before, close) = s.frames_before_close().await.unwrap();
+        assert_eq!(before, vec![json!({"event": "x"})]);
+        assert_eq!(close, Closed::Code(4200, "bye".into()));
+
+        let mut s = PusherSocket::connect(server("no code").await, "k")
+            .await
+            .unwrap();
+        assert_eq!(s.closed().await.unwrap(), None);
+
+        let mut s = PusherSocket::connect(server("drop").await, "k")
+            .await
+            .unwrap();
+        assert!(s.closed().await.is_err());
+    }
+}
