@@ -538,3 +538,141 @@ async fn a_cache_channel_sends_its_last_event_on_subscribe_then_only_newer_ones(
     assert_eq!(cached["event"], "state", "{cached}");
     assert_eq!(data_of(&cached)["on"], true);
 }
+
+/// Stream sequences of every stored event of `channel`, in order.
+async fn stored_seqs(stack: &Stack, channel: &str) -> Vec<u64> {
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let mut stream = js
+        .get_stream(stack.subjects.channels_stream())
+        .await
+        .unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut seqs = Vec::new();
+    for seq in 1..=last {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        if herald_proto::Envelope::decode(&msg.payload)
+            .unwrap()
+            .channel
+            == channel
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_subscribing_to_a_cache_channel_while_events_keep_coming_miss_none_and_get_none_twice(
+) {
+    const CLIENTS: usize = 16;
+    let stack = Stack::start();
+    let (gw1, gw2) = (stack.gateway().await, stack.gateway().await);
+    let api = stack.api(&gw1);
+    // A first event, so that every subscriber's cached frame is an event.
+    let (status, _) = api.trigger(&["cache-race"], "tick", "0").await.unwrap();
+    assert_eq!(status, 200);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = tokio::spawn({
+        let (api, stop) = (api.clone(), stop.clone());
+        async move {
+            let mut n = 1;
+            while !stop.is_cancelled() {
+                let (status, body) = api
+                    .trigger(&["cache-race"], "tick", &n.to_string())
+                    .await
+                    .unwrap();
+                assert_eq!(status, 200, "{body}");
+                n += 1;
+            }
+            n
+        }
+    });
+    // Clients subscribe one after another, on both gateways, while the
+    // publisher goes on; each reads everything until the final marker.
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let port = if i % 2 == 0 { gw1.port } else { gw2.port };
+        let mut socket = PusherSocket::connect(port, "app-key").await.unwrap();
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        clients.push((
+            subscribed_rx,
+            tokio::spawn(async move {
+                socket.subscribe("cache-race").await.unwrap();
+                let _ = subscribed_tx.send(());
+                let (frames, _) = socket
+                    .frames_until("the end marker", |f| f["event"] == "end")
+                    .await
+                    .unwrap();
+                frames
+            }),
+        ));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    for (subscribed, _) in &mut clients {
+        subscribed.await.unwrap();
+    }
+    stop.cancel();
+    let published = publisher.await.unwrap();
+    api.trigger(&["cache-race"], "end", "{}").await.unwrap();
+    let stored = stored_seqs(&stack, "cache-race").await;
+    assert_eq!(stored.len(), published + 1, "every tick and the marker");
+    let stored_ticks = &stored[..published];
+
+    for (i, (_, client)) in clients.into_iter().enumerate() {
+        let frames = client.await.unwrap();
+        assert!(!frames.is_empty(), "client {i} got no cached event");
+        let seqs: Vec<u64> = frames
+            .iter()
+            .map(|f| {
+                assert_eq!(f["event"], "tick", "client {i}: {f}");
+                assert_eq!(f["channel"], "cache-race");
+                f["seq"].as_u64().unwrap()
+            })
+            .collect();
+        // From its first (the cached event) on: every stored event once, in
+        // order.
+        let from = stored_ticks
+            .iter()
+            .position(|s| *s == seqs[0])
+            .expect("the cached event is a stored one");
+        assert_eq!(seqs, stored_ticks[from..], "client {i}");
+    }
+}
+
+#[tokio::test]
+async fn a_cache_channels_last_event_older_than_the_max_age_gives_cache_miss() {
+    const MAX_AGE: Duration = Duration::from_secs(2);
+    let stack = Stack::start();
+    let mut config = stack.gateway_config();
+    config.cache_max_age = MAX_AGE;
+    let gw = stack.gateway_with(config).await;
+    let api = stack.api(&gw);
+    api.trigger(&["cache-aging"], "state", "{\"v\":1}")
+        .await
+        .unwrap();
+
+    // Young: sent on subscribe.
+    let mut young = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    young.subscribe("cache-aging").await.unwrap();
+    let cached = young.quiet_until_event("state").await.unwrap();
+    assert_eq!(data_of(&cached)["v"], 1);
+    let ts = cached["ts"].as_i64().unwrap();
+
+    // Older than the max age: a miss, then only newer events.
+    let old_at = ts + MAX_AGE.as_millis() as i64 + 50;
+    tokio::time::sleep(Duration::from_millis(
+        (old_at - herald_proto::now_ms()).max(0) as u64,
+    ))
+    .await;
+    let mut late = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    late.subscribe("cache-aging").await.unwrap();
+    let miss = late.quiet_until_event("pusher:cache_miss").await.unwrap();
+    assert_eq!(miss["channel"], "cache-aging");
+    api.trigger(&["cache-aging"], "state", "{\"v\":2}")
+        .await
+        .unwrap();
+    let live = late.quiet_until_event("state").await.unwrap();
+    assert_eq!(data_of(&live)["v"], 2);
+    let live = young.quiet_until_event("state").await.unwrap();
+    assert_eq!(data_of(&live)["v"], 2);
+}
