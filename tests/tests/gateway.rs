@@ -4,6 +4,7 @@
 use futures::{SinkExt, StreamExt};
 use herald_config::{AppConfig, AppRegistry};
 use herald_proto::pusher;
+use herald_testkit::FRAME_TIMEOUT;
 use herald_tests::{data_of, Closed, PusherSocket, Stack, SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -596,16 +597,31 @@ async fn fast_reader(
             let mut socket = PusherSocket::connect(port, "app-key").await?;
             socket.subscribe(channel).await?;
             let _ = ready_tx.send(());
-            let mut seen = Vec::new();
+            // Keep the frames' text and parse them at the end: reading is
+            // all this thread does until the marker (small, unlike the rest).
+            let mut texts = Vec::new();
             loop {
-                let frame = socket.next_frame().await?;
-                match frame["event"].as_str() {
-                    Some("big") => seen.push((payload_number(&frame), seq_of(&frame))),
-                    Some("end") => break,
-                    _ => anyhow::bail!("unexpected {frame}"),
+                let msg = tokio::time::timeout(FRAME_TIMEOUT, socket.inner().next())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("socket ended"))??;
+                match msg {
+                    Message::Text(text) if text.len() < 1024 => {
+                        let frame: Value = serde_json::from_str(text.as_str())?;
+                        anyhow::ensure!(frame["event"] == "end", "unexpected {frame}");
+                        break;
+                    }
+                    Message::Text(text) => texts.push(text),
+                    Message::Close(close) => anyhow::bail!("closed: {close:?}"),
+                    _ => {}
                 }
             }
             socket.quiet_until_pong().await?;
+            let mut seen = Vec::new();
+            for text in texts {
+                let frame: Value = serde_json::from_str(text.as_str())?;
+                anyhow::ensure!(frame["event"] == "big", "unexpected {frame}");
+                seen.push((payload_number(&frame), seq_of(&frame)));
+            }
             Ok(seen)
         });
         let _ = done_tx.send(result);
