@@ -8,11 +8,18 @@ use herald_proto::pusher;
 use herald_tests::{data_of, eventually, GatewayProcess, PusherSocket, Stack, SECRET};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// The members an observer was told of, and whatever was wrong with what it
+/// was told.
+#[derive(Default)]
+struct Followed {
+    members: BTreeSet<String>,
+    wrong: Vec<String>,
+}
 
 /// The `user_info` every test member has.
 fn info(user: &str) -> Value {
@@ -504,24 +511,55 @@ async fn a_thousand_members_join_and_leave_with_correct_counts() {
     let (gw1, gw2) = (stack.gateway().await, stack.gateway().await);
     let api = stack.api(&gw1);
 
-    // One observer counts member events; every member socket is drained by
-    // its own task so no queue fills up.
+    // One observer follows the member events: each add must be of a user
+    // not yet a member, each removal of a member (so a duplicate cannot make
+    // up for a lost one). Every member socket is drained by its own task so
+    // no queue fills up.
     let mut observer = PusherSocket::connect(gw1.port, "app-key").await.unwrap();
     join(&mut observer, "presence-big", "observer").await;
-    let members = Arc::new(AtomicI64::new(1));
-    let counter = members.clone();
-    let observer_task = tokio::spawn(async move {
-        loop {
-            let Ok(frame) = observer.next_frame_within(Duration::from_secs(60)).await else {
-                break;
-            };
-            match frame["event"].as_str() {
-                Some("pusher_internal:member_added") => counter.fetch_add(1, Ordering::SeqCst),
-                Some("pusher_internal:member_removed") => counter.fetch_sub(1, Ordering::SeqCst),
-                _ => 0,
-            };
+    let seen = Arc::new(Mutex::new(Followed::default()));
+    let observer_task = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            loop {
+                let frame = match observer.next_frame_within(Duration::from_secs(60)).await {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        seen.lock().unwrap().wrong.push(format!("observer: {e}"));
+                        break;
+                    }
+                };
+                let mut seen = seen.lock().unwrap();
+                let user = || data_of(&frame)["user_id"].as_str().unwrap().to_owned();
+                match frame["event"].as_str() {
+                    Some("pusher_internal:member_added") => {
+                        let user = user();
+                        if !seen.members.insert(user.clone()) {
+                            seen.wrong.push(format!("+{user} twice"));
+                        }
+                    }
+                    Some("pusher_internal:member_removed") => {
+                        let user = user();
+                        if !seen.members.remove(&user) {
+                            seen.wrong.push(format!("-{user} not a member"));
+                        }
+                    }
+                    _ => seen.wrong.push(format!("unexpected {frame}")),
+                }
+            }
         }
     });
+    let observed = |expected: BTreeSet<String>| {
+        let seen = seen.clone();
+        async move {
+            let seen = seen.lock().unwrap();
+            assert!(seen.wrong.is_empty(), "{:?}", seen.wrong);
+            (seen.members == expected).then_some(())
+        }
+    };
+    let users = |range: std::ops::Range<usize>| -> BTreeSet<String> {
+        range.map(|i| format!("user-{i}")).collect()
+    };
 
     let user_count = |api: herald_tests::PusherApi| async move {
         let (_, body) = api
@@ -560,8 +598,9 @@ async fn a_thousand_members_join_and_leave_with_correct_counts() {
             async move { (user_count(api).await == expected).then_some(()) }
         })
         .await;
-        eventually(WAIT, "observer count after joins", || async {
-            (members.load(Ordering::SeqCst) == expected).then_some(())
+        let joined = users(0..(step + 1) * 100);
+        eventually(WAIT, "the observer's members after joins", || {
+            observed(joined.clone())
         })
         .await;
     }
@@ -574,8 +613,9 @@ async fn a_thousand_members_join_and_leave_with_correct_counts() {
                 async move { (user_count(api).await == expected).then_some(()) }
             })
             .await;
-            eventually(WAIT, "observer count after leaves", || async {
-                (members.load(Ordering::SeqCst) == expected).then_some(())
+            let left = users(i + 1..N);
+            eventually(WAIT, "the observer's members after leaves", || {
+                observed(left.clone())
             })
             .await;
         }

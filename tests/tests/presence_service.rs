@@ -15,7 +15,7 @@ use herald_proto::presence::{
 use herald_proto::{now_ms, AppId, ChannelName, Subjects};
 use herald_tests::{dev_app, eventually, Running, Stack};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Generous bound for anything that must happen "eventually".
@@ -443,7 +443,12 @@ async fn a_full_channel_refuses_new_users_without_any_event_but_admits_more_devi
     assert!(!reply.admitted);
     assert_eq!(reply.members.len(), 100);
     let events = listener.drain_up_to(extra).await;
-    assert_eq!(events.len(), 100);
+    let joined: Vec<String> = (0..100).map(|i| format!("+user{i}")).collect();
+    assert_eq!(
+        describe(&events),
+        joined,
+        "each admitted user once, in order"
+    );
     assert!(!events.iter().any(added("one-too-many")));
 }
 
@@ -655,12 +660,20 @@ async fn a_thousand_members_join_and_leave_one_channel_with_correct_counts() {
     }
     let rev = gw.revision().await;
     let events = listener.drain_up_to(rev).await;
-    let adds = events
-        .iter()
-        .filter(|e| matches!(e, PresenceEvent::MemberAdded { .. }))
-        .count();
-    let removes = events.len() - adds;
-    assert_eq!((adds, removes), (1000, 1000));
+    // Every user joined once and left once, in that order: by user, not by
+    // totals (a duplicate must not make up for a lost event).
+    let mut timeline: BTreeMap<String, Vec<char>> = BTreeMap::new();
+    for e in &events {
+        let (sign, user) = match e {
+            PresenceEvent::MemberAdded { user_id, .. } => ('+', user_id),
+            PresenceEvent::MemberRemoved { user_id, .. } => ('-', user_id),
+        };
+        timeline.entry(user.clone()).or_default().push(sign);
+    }
+    let expected: BTreeMap<String, Vec<char>> = (0..1000)
+        .map(|i| (format!("u{i:04}"), vec!['+', '-']))
+        .collect();
+    assert_eq!(timeline, expected);
     // Revisions only grow along the channel's events.
     let revisions: Vec<u64> = events
         .iter()
