@@ -148,6 +148,21 @@ impl Stack {
         Running::spawn(app, port).await
     }
 
+    /// Every event stored on a channel of the development app, in stream
+    /// order: `(stream sequence, envelope)`, read straight from the stream.
+    pub async fn stored_events(&self, channel: &str) -> Vec<(u64, herald_proto::Envelope)> {
+        self.nats
+            .stored_events(&self.subjects, "app-id", channel)
+            .await
+            .expect("the stored events")
+    }
+
+    /// The stream sequences of [`Self::stored_events`].
+    pub async fn stored_seqs(&self, channel: &str) -> Vec<u64> {
+        let events = self.stored_events(channel).await;
+        events.into_iter().map(|(seq, _)| seq).collect()
+    }
+
     /// A Pusher HTTP API client for the development app on `gateway`.
     pub fn api(&self, gateway: &Running) -> PusherApi {
         PusherApi::new(gateway.port, "app-id", "app-key", "app-secret")
@@ -274,6 +289,22 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The value of a metric in a service's Prometheus text (`name` may carry
+/// labels, e.g. `x_total{event="connected"}`), summed over every series it
+/// starts; 0 if absent.
+pub async fn metric(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Wait until the service on `port` answers `/readyz` with 200.

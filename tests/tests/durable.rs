@@ -3,13 +3,9 @@
 //! `herald:resume_failed` when the stream cannot serve a position. Every
 //! test checks each sequence number a client got against what is stored.
 
-use herald_tests::{PusherApi, PusherSocket, Stack};
+use herald_tests::{data_of, metric, PusherApi, PusherSocket, Stack, TcpProxy, SECRET};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// One durable event as a client got it.
@@ -30,18 +26,8 @@ fn got(frame: &Value) -> Got {
 
 /// Subscribe with `resume_from` and wait for the subscription to succeed.
 async fn subscribe_resuming(socket: &mut PusherSocket, channel: &str, from: u64) {
-    socket
-        .send_event(
-            "pusher:subscribe",
-            json!({ "channel": channel, "resume_from": from }),
-        )
-        .await
-        .unwrap();
     let frame = socket
-        .next_event_of(&[
-            "pusher_internal:subscription_succeeded",
-            "pusher:subscription_error",
-        ])
+        .subscribe_with(json!({ "channel": channel, "resume_from": from }))
         .await
         .unwrap();
     assert_eq!(
@@ -61,44 +47,6 @@ async fn read_until(socket: &mut PusherSocket, event: &str, last: &str, into: &m
             return;
         }
     }
-}
-
-/// The sequences stored on a channel's subject, in order, read straight
-/// from the stream (the truth every client is checked against).
-async fn stored_seqs(stack: &Stack, channel: &str) -> Vec<u64> {
-    use futures::StreamExt;
-    let client = stack.nats.client().await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let app = herald_proto::AppId::parse("app-id").unwrap();
-    let channel = herald_proto::ChannelName::parse(channel).unwrap();
-    let subject = stack.subjects.channel(&app, &channel);
-    let stream = js
-        .get_stream(stack.subjects.channels_stream())
-        .await
-        .unwrap();
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            filter_subject: subject,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let total = {
-        let mut info = stream.clone();
-        info.info().await.unwrap().state.messages
-    };
-    let mut seqs = Vec::new();
-    let mut messages = consumer.messages().await.unwrap();
-    while let Ok(Some(Ok(msg))) =
-        tokio::time::timeout(Duration::from_millis(500), messages.next()).await
-    {
-        let info = msg.info().unwrap();
-        seqs.push(info.stream_sequence);
-        if info.pending == 0 || seqs.len() as u64 >= total {
-            break;
-        }
-    }
-    seqs
 }
 
 /// Every stored event exactly once, in order, each one's `prev_seq` naming
@@ -179,7 +127,7 @@ async fn a_subscriber_that_reconnects_with_resume_from_gets_every_event_once_in_
     let expected: Vec<String> = (0..TOTAL).map(|i| i.to_string()).collect();
     assert_eq!(data, expected, "every event once, in publish order");
     assert_eq!(got[0].prev_seq, Some(0), "the channel's first event");
-    assert_complete_chain("resumed", &got, &stored_seqs(&stack, channel).await);
+    assert_complete_chain("resumed", &got, &stack.stored_seqs(channel).await);
     drop(api);
 }
 
@@ -194,7 +142,7 @@ async fn resuming_at_the_newest_event_replays_nothing_and_stays_live() {
     let api = stack.api(&gateway);
     let channel = "resume-up-to-date";
     trigger_ok(&api, channel, "a").await;
-    let newest = *stored_seqs(&stack, channel).await.last().unwrap();
+    let newest = *stack.stored_seqs(channel).await.last().unwrap();
     let mut socket = PusherSocket::connect(gateway.port, "app-key")
         .await
         .unwrap();
@@ -260,7 +208,7 @@ async fn a_position_older_than_retention_gets_resume_failed_with_the_oldest_seq_
     for i in 0..10 {
         trigger_ok(&api, channel, &i.to_string()).await;
     }
-    let stored = stored_seqs(&stack, channel).await;
+    let stored = stack.stored_seqs(channel).await;
     assert_eq!(stored.len(), 5, "the stream keeps the channel's last 5");
     let mut socket = PusherSocket::connect(gateway.port, "app-key")
         .await
@@ -299,7 +247,7 @@ async fn a_position_further_back_than_the_replay_bound_or_past_the_end_gets_resu
     for i in 0..6 {
         trigger_ok(&api, channel, &i.to_string()).await;
     }
-    let stored = stored_seqs(&stack, channel).await;
+    let stored = stack.stored_seqs(channel).await;
     let mut socket = PusherSocket::connect(gateway.port, "app-key")
         .await
         .unwrap();
@@ -333,75 +281,13 @@ async fn a_position_further_back_than_the_replay_bound_or_past_the_end_gets_resu
     assert_eq!(resume_failed(&frame).1, "unknown_position");
 }
 
-/// A TCP proxy between the gateway and NATS that the test can cut: while
-/// cut, it closes the connections it carries and refuses new ones, so the
-/// gateway's NATS client is disconnected while NATS itself (and every other
-/// client) carries on.
-struct CuttableProxy {
-    port: u16,
-    open: Arc<AtomicBool>,
-    cut: watch::Sender<u64>,
-}
-
-impl CuttableProxy {
-    async fn start(upstream: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(true));
-        let (cut, _) = watch::channel(0u64);
-        let cuts = cut.clone();
-        let is_open = open.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !is_open.load(Ordering::SeqCst) {
-                    let _ = client.shutdown().await;
-                    continue;
-                }
-                let mut cut = cuts.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Self { port, open, cut }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.cut.send_modify(|n| *n += 1);
-    }
-
-    fn reopen(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
-/// A gateway whose NATS connection goes through a [`CuttableProxy`].
-async fn gateway_behind_proxy(stack: &Stack) -> (CuttableProxy, herald_tests::Running) {
-    let nats_port = stack
-        .nats
-        .url()
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let proxy = CuttableProxy::start(nats_port).await;
+/// A gateway whose NATS connection goes through a [`TcpProxy`]: cut, it
+/// closes the gateway's connection and refuses new ones, while NATS and every
+/// other client carry on.
+async fn gateway_behind_proxy(stack: &Stack) -> (TcpProxy, herald_tests::Running) {
+    let proxy = TcpProxy::start(stack.nats.port()).await.unwrap();
     let mut config = stack.gateway_config();
-    config.nats_url = proxy.url();
+    config.nats_url = format!("nats://127.0.0.1:{}", proxy.port());
     let gateway = stack.gateway_with(config).await;
     (proxy, gateway)
 }
@@ -439,20 +325,6 @@ async fn store_directly(
     .unwrap();
 }
 
-/// The value of a counter on a gateway's `/metrics`.
-async fn counter(port: u16, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Connected subscribers read until the marker; each must hold every
 /// stored event exactly once, in order.
 async fn assert_subscribers_complete(
@@ -462,7 +334,7 @@ async fn assert_subscribers_complete(
     from: usize,
     marker: &str,
 ) {
-    let stored = stored_seqs(stack, channel).await;
+    let stored = stack.stored_seqs(channel).await;
     for (i, sub) in subs.iter_mut().enumerate() {
         let mut got = Vec::new();
         read_until(sub, "e", marker, &mut got).await;
@@ -488,7 +360,7 @@ async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected
     for i in 0..20 {
         store_directly(&js, &stack, channel, &format!("before-{i}")).await;
     }
-    let gaps_before = counter(gateway.port, "herald_gateway_gaps_repaired_total").await;
+    let gaps_before = metric(gateway.port, "herald_gateway_gaps_repaired_total").await;
     proxy.cut();
     // Stored while the gateway cannot hear the live subject.
     for i in 0..30 {
@@ -500,7 +372,7 @@ async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected
         Duration::from_secs(20),
         "the gateway to repair the gap",
         || async {
-            (counter(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
+            (metric(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
                 .then_some(())
         },
     )
@@ -510,7 +382,7 @@ async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected
     }
     store_directly(&js, &stack, channel, "marker").await;
     assert_subscribers_complete(&stack, channel, &mut subs, 0, "marker").await;
-    assert!(counter(gateway.port, "herald_gateway_events_repaired_total").await >= 30.0);
+    assert!(metric(gateway.port, "herald_gateway_events_repaired_total").await >= 30.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,7 +403,7 @@ async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_s
     for i in 0..20 {
         trigger_ok(&api, channel, &format!("before-{i}")).await;
     }
-    let gaps_before = counter(gateway.port, "herald_gateway_gaps_repaired_total").await;
+    let gaps_before = metric(gateway.port, "herald_gateway_gaps_repaired_total").await;
     // The restart: the gateway stays cut off until events were stored on
     // the restarted server, so it has something to repair for certain.
     proxy.cut();
@@ -545,7 +417,7 @@ async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_s
         Duration::from_secs(30),
         "the gateway to repair the gap",
         || async {
-            (counter(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
+            (metric(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
                 .then_some(())
         },
     )
@@ -560,52 +432,35 @@ async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_s
 
 /// Join the presence `channel` as `user`.
 async fn join_presence(socket: &mut PusherSocket, channel: &str, user: &str) {
-    let channel_data = json!({ "user_id": user, "user_info": { "name": user } }).to_string();
-    let auth = herald_proto::pusher::channel_auth(
-        "app-key",
-        "app-secret",
-        &socket.socket_id,
-        channel,
-        Some(&channel_data),
-    );
     socket
-        .send_event(
-            "pusher:subscribe",
-            json!({ "channel": channel, "auth": auth, "channel_data": channel_data }),
-        )
+        .join_presence(SECRET, channel, user, json!({ "name": user }))
         .await
         .unwrap();
-    let frame = socket
-        .next_event_of(&[
-            "pusher_internal:subscription_succeeded",
-            "pusher:subscription_error",
-        ])
-        .await
-        .unwrap();
-    assert_eq!(
-        frame["event"], "pusher_internal:subscription_succeeded",
-        "{frame}"
-    );
 }
 
-/// The member events a socket gets until `marker` joins, as (event, user).
+fn is_member_event(frame: &Value) -> bool {
+    frame["event"]
+        .as_str()
+        .is_some_and(|e| e.starts_with("pusher_internal:member_"))
+}
+
+/// The frames a socket gets before `marker`'s member event, every one a
+/// member event, as (event, user).
 async fn member_events_until(socket: &mut PusherSocket, marker: &str) -> Vec<(String, String)> {
-    let mut seen = Vec::new();
-    loop {
-        let frame = socket
-            .next_event_of(&[
-                "pusher_internal:member_added",
-                "pusher_internal:member_removed",
-            ])
-            .await
-            .unwrap();
-        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
-        let user = data["user_id"].as_str().unwrap().to_owned();
-        if user == marker {
-            return seen;
-        }
-        seen.push((frame["event"].as_str().unwrap().to_owned(), user));
-    }
+    let (before, _) = socket
+        .frames_until(&format!("{marker}'s member event"), |f| {
+            is_member_event(f) && data_of(f)["user_id"] == marker
+        })
+        .await
+        .unwrap();
+    before
+        .iter()
+        .map(|f| {
+            assert!(is_member_event(f), "{f}");
+            let user = data_of(f)["user_id"].as_str().unwrap().to_owned();
+            (f["event"].as_str().unwrap().to_owned(), user)
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -626,7 +481,7 @@ async fn member_changes_missed_while_a_gateway_was_cut_off_from_nats_are_sent_as
     assert!(added.is_empty(), "{added:?}");
 
     let repaired_before =
-        counter(cut_off.port, "herald_gateway_member_changes_repaired_total").await;
+        metric(cut_off.port, "herald_gateway_member_changes_repaired_total").await;
     proxy.cut();
     // While the observer's gateway cannot hear member events: one joins,
     // one leaves (on the other gateway; well within the presence TTL).
@@ -659,7 +514,7 @@ async fn member_changes_missed_while_a_gateway_was_cut_off_from_nats_are_sent_as
         Duration::from_secs(20),
         "the member differences to be sent",
         || async {
-            (counter(cut_off.port, "herald_gateway_member_changes_repaired_total").await
+            (metric(cut_off.port, "herald_gateway_member_changes_repaired_total").await
                 >= repaired_before + 2.0)
                 .then_some(())
         },

@@ -90,25 +90,6 @@ async fn stored_rows(db: &TestDatabase, channel: &str) -> Vec<(i64, String)> {
     .unwrap()
 }
 
-/// `(seq, data)` of every event the channel has in the stream, by seq.
-async fn stream_events(stack: &Stack, channel: &str) -> Vec<(i64, String)> {
-    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
-    let mut stream = js
-        .get_stream(stack.subjects.channels_stream())
-        .await
-        .unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let mut events = Vec::new();
-    for seq in 1..=last {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        let env = herald_proto::Envelope::decode(&msg.payload).unwrap();
-        if env.channel == channel {
-            events.push((seq as i64, env.data));
-        }
-    }
-    events
-}
-
 /// The read model is the stream, exactly: the channel holds the `published`
 /// events `{"n":0}`, `{"n":1}`, … in order; each is a row with its own seq and
 /// payload; and each was applied once (see [`record_applications`]). Call it
@@ -119,7 +100,12 @@ async fn assert_projected_exactly_once(
     channel: &str,
     published: usize,
 ) {
-    let stream = stream_events(stack, channel).await;
+    let stream: Vec<(i64, String)> = stack
+        .stored_events(channel)
+        .await
+        .into_iter()
+        .map(|(seq, env)| (seq as i64, env.data))
+        .collect();
     let payloads: Vec<&str> = stream.iter().map(|(_, data)| data.as_str()).collect();
     let expected: Vec<String> = (0..published).map(|n| format!("{{\"n\":{n}}}")).collect();
     assert_eq!(payloads, expected, "the stream holds what was published");

@@ -5,7 +5,7 @@ use futures::{SinkExt, StreamExt};
 use herald_config::{AppConfig, AppRegistry};
 use herald_proto::pusher;
 use herald_testkit::FRAME_TIMEOUT;
-use herald_tests::{data_of, Closed, PusherSocket, Stack, SECRET};
+use herald_tests::{data_of, metric, Closed, PusherSocket, Stack, SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -541,7 +541,7 @@ async fn health_readiness_and_metrics_are_served_and_nats_events_counted() {
     assert!(metrics.contains("herald_gateway_connections"), "{metrics}");
     // What the NATS client reports (here: its connection) is counted.
     let connected = || async {
-        (counter(gw.port, "herald_nats_events_total{event=\"connected\"}").await >= 1.0)
+        (metric(gw.port, "herald_nats_events_total{event=\"connected\"}").await >= 1.0)
             .then_some(())
     };
     herald_tests::eventually(Duration::from_secs(5), "a counted NATS event", connected).await;
@@ -558,20 +558,6 @@ async fn a_stopping_gateway_closes_its_clients_with_4200_so_they_reconnect() {
         Some(pusher::codes::GENERIC_RECONNECT)
     );
     stopping.await.unwrap();
-}
-
-/// The value of a counter in the gateway's Prometheus metrics (0 if absent).
-async fn counter(port: u16, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter_map(|rest| rest.trim().parse::<f64>().ok())
-        .sum()
 }
 
 /// What the fast reader of the slow-consumer test saw: `(n, seq)` of every
@@ -660,7 +646,7 @@ async fn a_subscriber_that_stops_reading_is_closed_with_4200(delivery_threads: u
     let padding = "x".repeat(200 * 1024);
     let api = stack.api(&gw);
     let mut published = 0u64;
-    while counter(gw.port, "herald_gateway_slow_consumers_total").await < 1.0 {
+    while metric(gw.port, "herald_gateway_slow_consumers_total").await < 1.0 {
         assert!(published < 400, "no slow consumer after {published} events");
         for _ in 0..10 {
             let data = format!("{published:06}{padding}");
@@ -709,7 +695,7 @@ async fn a_subscriber_that_stops_reading_is_closed_with_4200(delivery_threads: u
     assert_eq!(seqs, (first..first + published).collect::<Vec<_>>());
     // Only the one slow consumer was closed.
     assert_eq!(
-        counter(gw.port, "herald_gateway_slow_consumers_total").await,
+        metric(gw.port, "herald_gateway_slow_consumers_total").await,
         1.0
     );
 }

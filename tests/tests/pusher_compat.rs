@@ -539,28 +539,6 @@ async fn a_cache_channel_sends_its_last_event_on_subscribe_then_only_newer_ones(
     assert_eq!(data_of(&cached)["on"], true);
 }
 
-/// Stream sequences of every stored event of `channel`, in order.
-async fn stored_seqs(stack: &Stack, channel: &str) -> Vec<u64> {
-    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
-    let mut stream = js
-        .get_stream(stack.subjects.channels_stream())
-        .await
-        .unwrap();
-    let last = stream.info().await.unwrap().state.last_sequence;
-    let mut seqs = Vec::new();
-    for seq in 1..=last {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        if herald_proto::Envelope::decode(&msg.payload)
-            .unwrap()
-            .channel
-            == channel
-        {
-            seqs.push(seq);
-        }
-    }
-    seqs
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_subscribing_to_a_cache_channel_while_events_keep_coming_miss_none_and_get_none_twice(
 ) {
@@ -614,7 +592,7 @@ async fn clients_subscribing_to_a_cache_channel_while_events_keep_coming_miss_no
     stop.cancel();
     let published = publisher.await.unwrap();
     api.trigger(&["cache-race"], "end", "{}").await.unwrap();
-    let stored = stored_seqs(&stack, "cache-race").await;
+    let stored = stack.stored_seqs("cache-race").await;
     assert_eq!(stored.len(), published + 1, "every tick and the marker");
     let stored_ticks = &stored[..published];
 

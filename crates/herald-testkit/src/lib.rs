@@ -8,8 +8,9 @@
 //! * [`PusherSocket`] is a small Pusher-protocol WebSocket client and
 //!   [`PusherApi`] a signed Pusher HTTP API client, both written against the
 //!   protocol, independent of the gateway's code.
-//! * [`TcpProxy`] stands between a client and a server and can stop
-//!   forwarding, to cut a service off from NATS without closing anything.
+//! * [`TcpProxy`] stands between a client and a server and can pause (hold
+//!   everything, connection up) or cut (close, refuse) to cut a service off
+//!   from NATS.
 
 mod api;
 mod nats;

@@ -128,3 +128,69 @@ fn free_port() -> anyhow::Result<u16> {
         .local_addr()?
         .port())
 }
+
+impl NatsServer {
+    /// Every event stored on one channel's subject, in stream order, as
+    /// `(stream sequence, envelope)`: read straight from the stream, the
+    /// truth clients and read models are checked against.
+    pub async fn stored_events(
+        &self,
+        subjects: &herald_proto::Subjects,
+        app: &str,
+        channel: &str,
+    ) -> anyhow::Result<Vec<(u64, herald_proto::Envelope)>> {
+        stored_events(
+            &async_nats::jetstream::new(self.client().await?),
+            subjects,
+            app,
+            channel,
+        )
+        .await
+    }
+}
+
+async fn stored_events(
+    js: &async_nats::jetstream::Context,
+    subjects: &herald_proto::Subjects,
+    app: &str,
+    channel: &str,
+) -> anyhow::Result<Vec<(u64, herald_proto::Envelope)>> {
+    use futures::{StreamExt, TryStreamExt};
+    let app = herald_proto::AppId::parse(app)?;
+    let channel = herald_proto::ChannelName::parse(channel)?;
+    let subject = subjects.channel(&app, &channel);
+    let stream = js.get_stream(subjects.channels_stream()).await?;
+    // How many there are, so reading stops at the last one (no timeout).
+    let counts: Vec<(String, usize)> = stream
+        .info_with_subjects(&subject)
+        .await?
+        .try_collect()
+        .await?;
+    let total = counts
+        .iter()
+        .find(|(s, _)| *s == subject)
+        .map_or(0, |(_, n)| *n);
+    let mut events = Vec::with_capacity(total);
+    if total == 0 {
+        return Ok(events);
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: subject,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while events.len() < total {
+        let msg = tokio::time::timeout(Duration::from_secs(20), messages.next())
+            .await
+            .context("reading stored events")?
+            .context("the stored events ended early")??;
+        let seq = msg
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
+        events.push((seq, herald_proto::Envelope::decode(&msg.payload)?));
+    }
+    Ok(events)
+}
