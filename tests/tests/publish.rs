@@ -2,8 +2,7 @@
 //! every nack code, receipts, and the HTTP API's `idempotency_key`. Stored
 //! events are counted in the stream itself, not guessed from deliveries.
 
-use herald_proto::pusher::{channel_auth, user_signature};
-use herald_tests::{dev_app, PusherSocket, Stack};
+use herald_tests::{data_of, dev_app, PusherSocket, Stack, SECRET};
 use serde_json::{json, Value};
 
 const KEY: &str = "app-key";
@@ -14,51 +13,13 @@ fn publishing_stack() -> Stack {
     app.limits.enable_client_publish = true;
     Stack::with_apps(herald_config::AppRegistry::single(app))
 }
-const SECRET: &str = "app-secret";
 
 /// A socket signed in as `user` and subscribed to the private `channel`.
 async fn signed_in_member(port: u16, user: &str, channel: &str) -> PusherSocket {
     let mut socket = PusherSocket::connect(port, KEY).await.unwrap();
-    let user_data = json!({ "id": user }).to_string();
-    let auth = format!(
-        "{KEY}:{}",
-        user_signature(SECRET, &socket.socket_id, &user_data)
-    );
+    socket.sign_in(SECRET, user, Value::Null).await.unwrap();
+    socket.subscribe_private(SECRET, channel).await.unwrap();
     socket
-        .send_event(
-            "pusher:signin",
-            json!({ "user_data": user_data, "auth": auth }),
-        )
-        .await
-        .unwrap();
-    socket
-        .next_event_of(&["pusher:signin_success"])
-        .await
-        .unwrap();
-    subscribe_private(&mut socket, channel).await;
-    socket
-}
-
-async fn subscribe_private(socket: &mut PusherSocket, channel: &str) {
-    let auth = channel_auth(KEY, SECRET, &socket.socket_id, channel, None);
-    socket
-        .send_event(
-            "pusher:subscribe",
-            json!({ "channel": channel, "auth": auth }),
-        )
-        .await
-        .unwrap();
-    let frame = socket
-        .next_event_of(&[
-            "pusher_internal:subscription_succeeded",
-            "pusher:subscription_error",
-        ])
-        .await
-        .unwrap();
-    assert_eq!(
-        frame["event"], "pusher_internal:subscription_succeeded",
-        "{frame}"
-    );
 }
 
 async fn publish(socket: &mut PusherSocket, fields: Value) {
@@ -71,29 +32,13 @@ async fn answer(socket: &mut PusherSocket) -> (String, Value) {
         .next_event_of(&["herald:ack", "herald:nack"])
         .await
         .unwrap();
-    let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+    let data = data_of(&frame);
     (frame["event"].as_str().unwrap().to_owned(), data)
 }
 
 /// How many events the stream holds on a channel.
 async fn stored_count(stack: &Stack, channel: &str) -> u64 {
-    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
-    let app = herald_proto::AppId::parse("app-id").unwrap();
-    let channel = herald_proto::ChannelName::parse(channel).unwrap();
-    let stream = js
-        .get_stream(stack.subjects.channels_stream())
-        .await
-        .unwrap();
-    let subject = stack.subjects.channel(&app, &channel);
-    let mut info = stream.info_with_subjects(&subject).await.unwrap();
-    let mut total = 0;
-    use futures::StreamExt;
-    while let Some(Ok((name, count))) = info.next().await {
-        if name == subject {
-            total += count as u64;
-        }
-    }
-    total
+    stack.stored_seqs(channel).await.len() as u64
 }
 
 #[tokio::test]
@@ -325,7 +270,7 @@ async fn receipts_are_stored_once_per_seq_and_reach_the_other_subscribers_with_t
         if frame["event"] == "marker" {
             break;
         }
-        let data: Value = serde_json::from_str(frame["data"].as_str().unwrap()).unwrap();
+        let data = data_of(&frame);
         assert_eq!(frame["user_id"], "bob");
         assert!(frame["seq"].as_u64().is_some(), "a stored event");
         got.push((
@@ -344,7 +289,7 @@ async fn receipts_are_stored_once_per_seq_and_reach_the_other_subscribers_with_t
     );
     // A receipt from a socket without a user is refused.
     let mut anonymous = PusherSocket::connect(gateway.port, KEY).await.unwrap();
-    subscribe_private(&mut anonymous, channel).await;
+    anonymous.subscribe_private(SECRET, channel).await.unwrap();
     anonymous
         .send_event("herald:read", json!({ "channel": channel, "seq": 1 }))
         .await

@@ -160,16 +160,21 @@ impl PusherSocket {
         Ok(data_of(&frame)["presence"].clone())
     }
 
-    /// `pusher:signin` as `user_id` with `user_info`, signed by `secret`,
-    /// and wait for `pusher:signin_success`; returns the `user_data` string
-    /// that was signed (the success carries it back, checked here).
+    /// `pusher:signin` as `user_id` with `user_info` (none when null),
+    /// signed by `secret`, and wait for `pusher:signin_success`; returns the
+    /// `user_data` string that was signed (the success carries it back,
+    /// checked here).
     pub async fn sign_in(
         &mut self,
         secret: &str,
         user_id: &str,
         user_info: Value,
     ) -> anyhow::Result<String> {
-        let user_data = json!({ "id": user_id, "user_info": user_info }).to_string();
+        let mut user_data = json!({ "id": user_id });
+        if !user_info.is_null() {
+            user_data["user_info"] = user_info;
+        }
+        let user_data = user_data.to_string();
         let sig = pusher::user_signature(secret, &self.socket_id, &user_data);
         self.send_event(
             "pusher:signin",
