@@ -63,7 +63,8 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<(tokio::net::TcpListe
 /// `max_pending_connections` connections may be waiting for their first
 /// request head at once (more are closed as they are accepted); and a
 /// WebSocket upgrade's `101 Switching Protocols` must be written to the
-/// client within `handshake_timeout`.
+/// client within `handshake_timeout`. `socket_send_buffer`, when set,
+/// bounds the kernel's send buffer of every connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeLimits {
     /// How long a client may take to send a request head.
@@ -72,6 +73,11 @@ pub struct ServeLimits {
     pub max_pending_connections: usize,
     /// How long the switch to WebSocket may take once it was answered.
     pub handshake_timeout: Duration,
+    /// `SO_SNDBUF` of every accepted socket; `None` leaves it to the
+    /// kernel, which grows it up to `net.ipv4.tcp_wmem`'s maximum (4 MiB
+    /// on Linux by default): that much of a client that stops reading then
+    /// sits in kernel memory, besides what the server queues for it.
+    pub socket_send_buffer: Option<usize>,
 }
 
 /// Default seconds for a request head ([`ServeLimits::header_read_timeout`]).
@@ -87,6 +93,7 @@ impl Default for ServeLimits {
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
             handshake_timeout: Duration::from_secs(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            socket_send_buffer: None,
         }
     }
 }
@@ -144,6 +151,11 @@ pub async fn serve_with(
         };
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(%err, "cannot set TCP_NODELAY");
+        }
+        if let Some(bytes) = limits.socket_send_buffer {
+            if let Err(err) = socket2::SockRef::from(&tcp).set_send_buffer_size(bytes) {
+                tracing::debug!(%err, "cannot set SO_SNDBUF");
+            }
         }
         let conn = ConnTask {
             router: router.clone(),
