@@ -241,10 +241,10 @@ async fn write_loop(
     let _gone = gone.drop_guard();
     let outbox = &conn.outbox;
     let deadline = || {
-        let now = Instant::now() + timeout;
+        let fresh = Instant::now() + timeout;
         match outbox.closing() {
-            Some(closing) => now.min(closing.since + timeout),
-            None => now,
+            Some(closing) => fresh.min(closing.since + timeout),
+            None => fresh,
         }
     };
     let result: Result<(), WriteFailed> = async {
