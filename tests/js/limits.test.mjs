@@ -19,8 +19,8 @@ import {
 
 const MAX_MESSAGE_BYTES = 10 * 1024;
 const MAX_CHANNELS_PER_CONNECTION = 100;
-/** RFC 6455 normal closure. */
-const CLOSE_NORMAL = 1000;
+/** RFC 6455 "message too big". */
+const CLOSE_MESSAGE_TOO_BIG = 1009;
 
 describe('limits', () => {
   let gw1, gw2;
@@ -60,16 +60,14 @@ describe('limits', () => {
     assert.equal(sender.connection.state, 'connected');
   });
 
-  test('a giant frame (beyond 4x the limit) makes the server close the socket (close code 1000)', async () => {
+  test('a giant frame (beyond 4x the limit) makes the server close the socket (close code 1009)', async () => {
     const raw = await openRaw(gw2);
     const other = await openRaw(gw2);
     raw.sendText('x'.repeat(200 * 1024));
     const { code, reason } = await raw.closed('the server to close the socket');
-    // What the gateway sends today: the WebSocket layer refuses the frame, the
-    // connection ends as if the client had gone, with a normal close (1000,
-    // no reason) and no pusher:error first. (RFC 6455's 1009 "message too
-    // big" would say more; change this together with the gateway.)
-    assert.equal(code, CLOSE_NORMAL, `closed with ${code} ${JSON.stringify(reason)}`);
+    // The WebSocket layer refuses the frame: RFC 6455's 1009 "message too
+    // big" (no reason) and no pusher:error first.
+    assert.equal(code, CLOSE_MESSAGE_TOO_BIG, `closed with ${code} ${JSON.stringify(reason)}`);
     assert.equal(reason, '');
     assert.deepEqual(raw.all('pusher:error'), [], 'no pusher:error before the close');
     // Only that socket: another one on the same gateway is still served.

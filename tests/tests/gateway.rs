@@ -634,7 +634,7 @@ async fn a_subscriber_that_stops_reading_is_closed_with_4200(delivery_threads: u
     app.limits.max_message_bytes = 256 * 1024;
     let stack = Stack::with_apps(AppRegistry::single(app));
     let mut config = stack.gateway_config();
-    config.outbound_queue = 8;
+    config.outbound_queue_bytes = 1024 * 1024;
     config.delivery_threads = delivery_threads;
     let gw = stack.gateway_with(config).await;
     let mut slow = PusherSocket::connect(gw.port, "app-key").await.unwrap();

@@ -72,6 +72,12 @@ pub struct AppConfig {
     pub secret: String,
     /// Per-app limits.
     pub limits: AppLimits,
+    /// The origins (`scheme://host[:port]`) whose pages may open WebSocket
+    /// connections with this app's key; `*.` before a host also allows its
+    /// subdomains, and an entry `*` allows any. Empty (the default): any
+    /// origin. Checked against the `Origin` header browsers send; a client
+    /// that sends none is not a browser page and is not checked.
+    pub allowed_origins: Vec<String>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -81,6 +87,7 @@ impl std::fmt::Debug for AppConfig {
             .field("key", &self.key)
             .field("secret", &"<redacted>")
             .field("limits", &self.limits)
+            .field("allowed_origins", &self.allowed_origins)
             .finish()
     }
 }
@@ -97,7 +104,33 @@ impl AppConfig {
             key: key.to_owned(),
             secret: secret.to_owned(),
             limits: AppLimits::default(),
+            allowed_origins: Vec::new(),
         }
+    }
+
+    /// Whether a page of `origin` (an `Origin` header) may connect.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        self.allowed_origins.iter().any(|allowed| {
+            let allowed = allowed.trim_end_matches('/').to_ascii_lowercase();
+            if allowed == "*" || allowed == origin {
+                return true;
+            }
+            // `https://*.example.com` matches `https://a.example.com`
+            // (and deeper), not `https://example.com`.
+            match (allowed.split_once("://*."), origin.split_once("://")) {
+                (Some((scheme, domain)), Some((o_scheme, o_host))) => {
+                    scheme == o_scheme
+                        && o_host
+                            .strip_suffix(domain)
+                            .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+                }
+                _ => false,
+            }
+        })
     }
 
     /// The development app of `HERALD_DEV` (`app-id`, `app-key`,
@@ -125,6 +158,26 @@ struct RawApp {
     secret: String,
     #[serde(flatten)]
     limits: AppLimits,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
+}
+
+/// Whether an `allowed_origins` entry is `*` or `scheme://host[:port]`
+/// (host possibly `*.domain`), with nothing after it.
+fn is_valid_origin_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let Some((scheme, host)) = pattern.trim_end_matches('/').split_once("://") else {
+        return false;
+    };
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !host.is_empty()
+        && !host.contains(['/', '*', '?', '#', '@'])
 }
 
 /// All configured apps, indexed by id and by key.
@@ -151,6 +204,16 @@ impl AppRegistry {
                     "app {}: max_channel_name_len cannot exceed {}",
                     app.id,
                     herald_proto::channel::MAX_CHANNEL_NAME_LEN
+                )));
+            }
+            if let Some(bad) = app
+                .allowed_origins
+                .iter()
+                .find(|o| !is_valid_origin_pattern(o))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "app {}: allowed_origins entry {bad:?} is not `*` or scheme://host[:port]",
+                    app.id
                 )));
             }
             let app = Arc::new(app);
@@ -191,6 +254,7 @@ impl AppRegistry {
                     key: r.key,
                     secret: r.secret,
                     limits: r.limits,
+                    allowed_origins: r.allowed_origins,
                 })
             })
             .collect()
@@ -209,5 +273,62 @@ impl AppRegistry {
     /// Every app.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<AppConfig>> {
         self.by_id.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_with(origins: &[&str]) -> AppConfig {
+        let mut app = AppConfig::new("a", "k", "s");
+        app.allowed_origins = origins.iter().map(|o| o.to_string()).collect();
+        app
+    }
+
+    #[test]
+    fn an_app_without_allowed_origins_allows_any() {
+        assert!(app_with(&[]).allows_origin("https://anything.example"));
+        assert!(app_with(&["*"]).allows_origin("null"));
+    }
+
+    #[test]
+    fn allowed_origins_match_scheme_host_and_port_and_wildcard_subdomains() {
+        let app = app_with(&[
+            "https://chat.example.com",
+            "https://*.example.org",
+            "http://localhost:3000",
+        ]);
+        assert!(app.allows_origin("https://chat.example.com"));
+        assert!(app.allows_origin("HTTPS://Chat.Example.com"));
+        assert!(
+            !app.allows_origin("http://chat.example.com"),
+            "another scheme"
+        );
+        assert!(!app.allows_origin("https://chat.example.com.evil.io"));
+        assert!(!app.allows_origin("https://evilchat.example.com"));
+        assert!(app.allows_origin("https://a.example.org"));
+        assert!(app.allows_origin("https://a.b.example.org"));
+        assert!(
+            !app.allows_origin("https://example.org"),
+            "a wildcard needs a subdomain"
+        );
+        assert!(!app.allows_origin("https://badexample.org"));
+        assert!(app.allows_origin("http://localhost:3000"));
+        assert!(!app.allows_origin("http://localhost:3001"));
+    }
+
+    #[test]
+    fn allowed_origins_are_read_from_the_apps_list_and_checked() {
+        let apps = AppRegistry::parse_list(
+            r#"[{"id":"a","key":"k","secret":"s","allowed_origins":["https://x.example"]}]"#,
+        )
+        .unwrap();
+        assert_eq!(apps[0].allowed_origins, ["https://x.example"]);
+        assert!(AppRegistry::new(apps).is_ok());
+        for bad in ["x.example", "https://x.example/path", "https://*"] {
+            let err = AppRegistry::new(vec![app_with(&[bad])]).unwrap_err();
+            assert!(err.to_string().contains("allowed_origins"), "{bad}: {err}");
+        }
     }
 }

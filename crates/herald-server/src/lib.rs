@@ -20,5 +20,5 @@ pub mod telemetry;
 
 pub use nats::{connect_nats, connect_nats_watching, redact_url};
 pub use ops::{nats_ready, ops_router, ReadyCheck};
-pub use serve::{bind, run_main, serve, shutdown_on_signals, Service};
+pub use serve::{bind, run_main, serve, serve_with, shutdown_on_signals, ServeLimits, Service};
 pub use telemetry::{init_tracing, metrics_handle};

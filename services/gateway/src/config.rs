@@ -7,7 +7,9 @@ use herald_config::{
     DEFAULT_PRESENCE_TTL_SECS,
 };
 use herald_proto::Subjects;
+use herald_server::ServeLimits;
 use herald_stream::{StreamArgs, StreamSettings};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// Default HTTP and WebSocket port.
@@ -18,10 +20,13 @@ pub const DEFAULT_ACTIVITY_TIMEOUT_SECS: u64 = 120;
 pub const DEFAULT_PONG_TIMEOUT_SECS: u64 = 30;
 /// Default cap on connections per gateway.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
-/// Default outbound queue per connection, in frames.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 512;
-/// Smallest outbound queue accepted.
-pub const MIN_OUTBOUND_QUEUE: usize = 8;
+/// Default bound of a connection's outbound queue, in bytes (1 MiB).
+pub const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 1024 * 1024;
+/// Smallest outbound queue bound accepted, in bytes.
+pub const MIN_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024;
+/// Default seconds a socket write may take before the client counts as
+/// stuck and is dropped.
+pub const DEFAULT_WRITE_TIMEOUT_SECS: u64 = 10;
 /// Default bound on the events one `resume_from` replays.
 pub const DEFAULT_RESUME_MAX_EVENTS: u64 = 10_000;
 /// Default seconds between presence heartbeats.
@@ -56,10 +61,40 @@ pub struct Cli {
     /// Most WebSocket connections this gateway holds, all apps together.
     #[arg(long, env = "HERALD_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
-    /// Frames queued for one connection before it counts as a slow consumer
-    /// and is closed (it reconnects and resumes).
-    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", default_value_t = DEFAULT_OUTBOUND_QUEUE)]
-    pub outbound_queue: usize,
+    /// Bytes queued for one connection, not yet taken by its socket, before
+    /// it counts as a slow consumer and is closed with 4200 (it reconnects
+    /// and resumes). Replaces the frame count `HERALD_OUTBOUND_QUEUE`.
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE_BYTES", default_value_t = DEFAULT_OUTBOUND_QUEUE_BYTES)]
+    pub outbound_queue_bytes: usize,
+    /// Seconds one socket write may take; a client that does not read for
+    /// that long is dropped (and everything it held released).
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT_SECS", default_value_t = DEFAULT_WRITE_TIMEOUT_SECS)]
+    pub write_timeout_secs: u64,
+    /// Seconds a client may take to send an HTTP request head (also the
+    /// WebSocket upgrade request, and the idle time of a kept-alive
+    /// connection).
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT_SECS", default_value_t = herald_server::serve::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout_secs: u64,
+    /// Most connections that have not finished their first request head;
+    /// more are closed as they arrive.
+    #[arg(long, env = "HERALD_MAX_PENDING_CONNECTIONS", default_value_t = herald_server::serve::DEFAULT_MAX_PENDING_CONNECTIONS)]
+    pub max_pending_connections: usize,
+    /// Seconds the switch to WebSocket may take once it was answered.
+    #[arg(long, env = "HERALD_HANDSHAKE_TIMEOUT_SECS", default_value_t = herald_server::serve::DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
+    pub handshake_timeout_secs: u64,
+    /// Kernel send buffer (`SO_SNDBUF`) of every socket, in bytes; 0 leaves
+    /// it to the kernel's autotuning (up to 4 MiB per socket on Linux, all
+    /// of it held by a client that stops reading).
+    #[arg(long, env = "HERALD_SOCKET_SEND_BUFFER_BYTES", default_value_t = 0)]
+    pub socket_send_buffer_bytes: usize,
+    /// Most WebSocket connections from one client address (0: no limit).
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` is believed, as a comma-separated
+    /// list of addresses or CIDR ranges (e.g. `10.0.0.0/8,::1`). A
+    /// connection from anywhere else counts as its peer address.
+    #[arg(long, env = "HERALD_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpRange>,
     /// Worker threads of the delivery runtime that writes to the sockets,
     /// apart from the one serving the HTTP API, NATS and client frames
     /// (default: one per CPU; 0 writes on that same runtime).
@@ -96,7 +131,17 @@ pub struct Config {
     pub activity_timeout: Duration,
     pub pong_timeout: Duration,
     pub max_connections: usize,
-    pub outbound_queue: usize,
+    /// Bound of a connection's outbound queue, in bytes.
+    pub outbound_queue_bytes: usize,
+    /// How long one socket write may take before the client is dropped.
+    pub write_timeout: Duration,
+    /// Header read timeout, pending-connection cap and handshake timeout
+    /// of the HTTP server.
+    pub http: ServeLimits,
+    /// Most WebSocket connections per client address (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpRange>,
     /// Writer threads (0: writers share the main runtime).
     pub delivery_threads: usize,
     pub gateway_id: String,
@@ -126,7 +171,11 @@ impl Config {
             activity_timeout: Duration::from_secs(DEFAULT_ACTIVITY_TIMEOUT_SECS),
             pong_timeout: Duration::from_secs(DEFAULT_PONG_TIMEOUT_SECS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
-            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
+            write_timeout: Duration::from_secs(DEFAULT_WRITE_TIMEOUT_SECS),
+            http: ServeLimits::default(),
+            max_connections_per_ip: 0,
+            trusted_proxies: Vec::new(),
             delivery_threads: 1,
             gateway_id: random_gateway_id(),
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
@@ -144,6 +193,16 @@ impl TryFrom<Cli> for Config {
         if cli.activity_timeout_secs == 0 || cli.pong_timeout_secs == 0 {
             return Err(ConfigError::Invalid(
                 "activity and pong timeouts must be positive".into(),
+            ));
+        }
+        if cli.write_timeout_secs == 0
+            || cli.header_read_timeout_secs == 0
+            || cli.handshake_timeout_secs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "HERALD_WRITE_TIMEOUT_SECS, HERALD_HEADER_READ_TIMEOUT_SECS and \
+                 HERALD_HANDSHAKE_TIMEOUT_SECS must be positive"
+                    .into(),
             ));
         }
         let gateway_id = cli.gateway_id.unwrap_or_else(random_gateway_id);
@@ -168,7 +227,17 @@ impl TryFrom<Cli> for Config {
             activity_timeout: Duration::from_secs(cli.activity_timeout_secs),
             pong_timeout: Duration::from_secs(cli.pong_timeout_secs),
             max_connections: cli.max_connections,
-            outbound_queue: cli.outbound_queue.max(MIN_OUTBOUND_QUEUE),
+            outbound_queue_bytes: cli.outbound_queue_bytes.max(MIN_OUTBOUND_QUEUE_BYTES),
+            write_timeout: Duration::from_secs(cli.write_timeout_secs),
+            http: ServeLimits {
+                header_read_timeout: Duration::from_secs(cli.header_read_timeout_secs),
+                max_pending_connections: cli.max_pending_connections.max(1),
+                handshake_timeout: Duration::from_secs(cli.handshake_timeout_secs),
+                socket_send_buffer: (cli.socket_send_buffer_bytes > 0)
+                    .then_some(cli.socket_send_buffer_bytes),
+            },
+            max_connections_per_ip: cli.max_connections_per_ip,
+            trusted_proxies: cli.trusted_proxies,
             delivery_threads: cli
                 .delivery_threads
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -178,6 +247,62 @@ impl TryFrom<Cli> for Config {
             resume_max_events: cli.resume_max_events,
             cache_max_age: Duration::from_secs(cli.cache_max_age_secs),
         })
+    }
+}
+
+/// An address or a CIDR range of addresses (`10.0.0.0/8`, `::1`), for
+/// `HERALD_TRUSTED_PROXIES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range. IPv4 addresses written as IPv6
+    /// (`::ffff:10.0.0.1`) count as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (s, None),
+        };
+        let network = addr
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR range"))?
+            .to_canonical();
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0-{max}"))?,
+        };
+        Ok(Self { network, prefix })
     }
 }
 
@@ -194,7 +319,11 @@ mod tests {
         assert_eq!(from_cli.activity_timeout, defaults.activity_timeout);
         assert_eq!(from_cli.pong_timeout, defaults.pong_timeout);
         assert_eq!(from_cli.max_connections, defaults.max_connections);
-        assert_eq!(from_cli.outbound_queue, defaults.outbound_queue);
+        assert_eq!(from_cli.outbound_queue_bytes, defaults.outbound_queue_bytes);
+        assert_eq!(from_cli.write_timeout, defaults.write_timeout);
+        assert_eq!(from_cli.http, defaults.http);
+        assert_eq!(from_cli.max_connections_per_ip, 0);
+        assert!(from_cli.trusted_proxies.is_empty());
         assert_eq!(from_cli.heartbeat_interval, defaults.heartbeat_interval);
         assert_eq!(from_cli.gateway_ttl, defaults.gateway_ttl);
         assert_eq!(from_cli.resume_max_events, defaults.resume_max_events);
@@ -214,5 +343,29 @@ mod tests {
         .unwrap();
         let err = Config::try_from(cli).unwrap_err();
         assert!(err.to_string().contains("HERALD_PRESENCE_TTL_SECS"));
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidr_ranges() {
+        let range: IpRange = "10.0.0.0/8".parse().unwrap();
+        assert!(range.contains("10.1.2.3".parse().unwrap()));
+        assert!(range.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!range.contains("11.0.0.1".parse().unwrap()));
+        let one: IpRange = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        assert!(!one.contains("::2".parse().unwrap()));
+        let any: IpRange = "0.0.0.0/0".parse().unwrap();
+        assert!(any.contains("192.0.2.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "example.com", "10.0.0.0/x"] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from([
+            "herald-gateway",
+            "--dev",
+            "--trusted-proxies",
+            "127.0.0.1,10.0.0.0/8",
+        ])
+        .unwrap();
+        assert_eq!(Config::try_from(cli).unwrap().trusted_proxies.len(), 2);
     }
 }

@@ -2,7 +2,17 @@
 //! `terminate_connections`, server-side subscriptions and occupancy queries.
 //! Every gateway acts on the users and channels it holds and answers; the
 //! HTTP API gathers the answers of every live gateway ([`gather`]).
+//!
+//! One loop serves every request, so nothing in it may wait for a
+//! connection: frames are queued without waiting ([`ConnHandle::deliver`]),
+//! requests are handed over without waiting ([`ConnHandle::control`]), and a
+//! connection that cannot take them is a slow consumer. A stuck socket
+//! therefore delays nobody else's events, terminations or subscriptions.
+//!
+//! [`ConnHandle::deliver`]: crate::hub::ConnHandle::deliver
+//! [`ConnHandle::control`]: crate::hub::ConnHandle::control
 
+use crate::error::ApiError;
 use crate::hub::Control;
 use crate::AppState;
 use axum::extract::ws::Utf8Bytes;
@@ -95,7 +105,9 @@ async fn handle_control(state: &AppState, msg: async_nats::Message) -> anyhow::R
             let req: TerminateRequest = serde_json::from_slice(&msg.payload)?;
             let conns = state.hub.user_connections(&app, &req.user_id);
             for conn in &conns {
-                let _ = conn.ctl.try_send(Control::Terminate);
+                // One that cannot take the request is closed as a slow
+                // consumer instead: terminated either way.
+                conn.control(Control::Terminate);
             }
             serde_json::to_vec(&ControlReply {
                 gateway,
@@ -110,21 +122,23 @@ async fn handle_control(state: &AppState, msg: async_nats::Message) -> anyhow::R
                 .filter_map(|c| ChannelName::parse(c).ok())
                 .collect();
             let conns = state.hub.user_connections(&app, &req.user_id);
+            let mut acted = 0;
             for conn in &conns {
-                for channel in &channels {
-                    let request = if req.subscribe {
-                        Control::Subscribe(channel.clone())
-                    } else {
-                        Control::Unsubscribe(channel.clone())
-                    };
-                    // A connection with a full control queue is busy with
-                    // earlier requests; it is counted but may miss this one.
-                    let _ = conn.ctl.send(request).await;
+                let request = if req.subscribe {
+                    Control::Subscribe(channels.clone())
+                } else {
+                    Control::Unsubscribe(channels.clone())
+                };
+                // Counted only when handed over; one that cannot take it is
+                // closed as a slow consumer (it reconnects into a state its
+                // app server knows) rather than silently missing it.
+                if conn.control(request) {
+                    acted += 1;
                 }
             }
             serde_json::to_vec(&ControlReply {
                 gateway,
-                connections: conns.len(),
+                connections: acted,
             })?
         }
         ControlVerb::Occupancy => {
@@ -146,25 +160,35 @@ async fn handle_control(state: &AppState, msg: async_nats::Message) -> anyhow::R
     Ok(())
 }
 
-/// Ask every live gateway and collect their answers (until all expected
-/// gateways answered, or a timeout).
+/// Ask every live gateway and collect their answers. An answer that lacks
+/// a gateway's part is not an answer: when not every live gateway answered
+/// within [`GATHER_TIMEOUT`], the request fails with 503 (`unavailable`)
+/// rather than reporting partial counts as if they were complete. The
+/// request itself reached every gateway, and every control request is safe
+/// to repeat.
 pub(crate) async fn gather<Req: Serialize, Rep: DeserializeOwned>(
     state: &AppState,
     app: &AppId,
     verb: ControlVerb,
     request: &Req,
-) -> anyhow::Result<Vec<Rep>> {
+) -> Result<Vec<Rep>, ApiError> {
+    let nats_down = |err: &dyn std::fmt::Display| {
+        tracing::warn!(%err, ?verb, "control request not sent");
+        ApiError::Unavailable("The gateways cannot be reached now (NATS); retry".into())
+    };
     let expected = state.presence.live_gateways(state.config.gateway_ttl);
     let inbox = state.nats.new_inbox();
-    let mut replies = state.nats.subscribe(inbox.clone()).await?;
+    let mut replies = state
+        .nats
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| nats_down(&e))?;
+    let payload = serde_json::to_vec(request).map_err(|e| ApiError::Internal(e.into()))?;
     state
         .nats
-        .publish_with_reply(
-            state.subjects.control(app, verb),
-            inbox,
-            serde_json::to_vec(request)?.into(),
-        )
-        .await?;
+        .publish_with_reply(state.subjects.control(app, verb), inbox, payload.into())
+        .await
+        .map_err(|e| nats_down(&e))?;
     let mut answers = Vec::new();
     let deadline = tokio::time::Instant::now() + GATHER_TIMEOUT;
     while answers.len() < expected {
@@ -173,17 +197,23 @@ pub(crate) async fn gather<Req: Serialize, Rep: DeserializeOwned>(
                 Ok(answer) => answers.push(answer),
                 Err(err) => tracing::warn!(%err, "unreadable control reply"),
             },
-            Ok(None) => break,
-            Err(_) => {
-                tracing::warn!(
-                    expected,
-                    got = answers.len(),
-                    ?verb,
-                    "not every gateway answered in time"
-                );
-                break;
-            }
+            Ok(None) | Err(_) => break,
         }
+    }
+    if answers.len() < expected {
+        metrics::counter!("herald_gateway_control_incomplete_total").increment(1);
+        tracing::warn!(
+            expected,
+            got = answers.len(),
+            ?verb,
+            "not every gateway answered in time"
+        );
+        return Err(ApiError::Unavailable(format!(
+            "Only {} of {expected} gateways answered within {} s; the answer would be \
+             incomplete. The request reached every gateway and is safe to repeat",
+            answers.len(),
+            GATHER_TIMEOUT.as_secs()
+        )));
     }
     Ok(answers)
 }

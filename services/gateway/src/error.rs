@@ -17,6 +17,10 @@ pub enum ApiError {
     /// The payload is over the app's message size limit.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A dependency (NATS) cannot take the request now; nothing was done
+    /// that the answer does not say, and a retry may succeed (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// Anything else: logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -28,8 +32,17 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
-        herald_server::http::error_response(status, code, &self.to_string())
+        let mut response = herald_server::http::error_response(status, code, &self.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Retryable: say when (NATS reconnects within seconds).
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

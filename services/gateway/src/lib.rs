@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     pub connection_permits: Arc<Semaphore>,
     /// Connections per app, for the per-app `max_connections` limit.
     pub app_connections: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Connections per client address, for `max_connections_per_ip`.
+    pub ip_connections: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     pub shutdown: CancellationToken,
 }
 
@@ -89,6 +91,7 @@ impl Application {
             delivery: delivery::Delivery::new(config.delivery_threads)?,
             connection_permits: Arc::new(Semaphore::new(config.max_connections)),
             app_connections: Default::default(),
+            ip_connections: Default::default(),
             nats: nats.clone(),
             js,
             presence,
@@ -143,7 +146,8 @@ impl herald_server::Service for Application {
                 tokio::join!(heartbeat, peers, control);
             }
         });
-        herald_server::serve(self.listener, self.router, token.clone()).await?;
+        let limits = self.shared.config.http.clone();
+        herald_server::serve_with(self.listener, self.router, token.clone(), limits).await?;
         let _ = background.await;
         tracing::info!("gateway stopped");
         Ok(())

@@ -8,6 +8,10 @@
 //! expired by the presence service, and its members were announced as gone.
 //! The heartbeat notices (its conditional update finds the key changed) and
 //! announces every key it holds again.
+//!
+//! A key whose delete failed (NATS unreachable, JetStream not ready) would
+//! keep its member online for as long as this gateway lives: it is deleted
+//! again at every heartbeat until the delete succeeds.
 
 use async_nats::jetstream::kv;
 use herald_proto::presence::{
@@ -57,6 +61,8 @@ pub(crate) struct PresenceClient {
     /// The keys this gateway announced and has not forgotten, with their
     /// values, to announce again after an expiry.
     owned: std::sync::Mutex<std::collections::HashMap<String, bytes::Bytes>>,
+    /// Keys forgotten whose delete failed, deleted again at every heartbeat.
+    undeleted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl PresenceClient {
@@ -75,6 +81,7 @@ impl PresenceClient {
             heartbeat,
             peers: Default::default(),
             owned: Default::default(),
+            undeleted: Default::default(),
         }
     }
 
@@ -184,13 +191,46 @@ impl PresenceClient {
         }
     }
 
-    /// Remove a key this gateway wrote. Failures are logged: the presence
-    /// service expires the keys of a gateway that stops heartbeating, but a
-    /// live gateway's stray key would linger, so make them visible.
+    /// Remove a key this gateway wrote. The presence service expires the
+    /// keys of a gateway that stops heartbeating, but a live gateway's stray
+    /// key would keep its member online for ever: a failed delete is
+    /// retried at every heartbeat until it succeeds.
     pub async fn forget(&self, key: &str) {
         self.owned.lock().expect("owned keys lock").remove(key);
         if let Err(err) = self.kv.delete(key).await {
-            tracing::warn!(%err, key, "could not remove presence key");
+            tracing::warn!(%err, key, "could not remove presence key; retrying at the next heartbeat");
+            metrics::counter!("herald_gateway_presence_delete_failures_total").increment(1);
+            self.undeleted
+                .lock()
+                .expect("undeleted keys lock")
+                .insert(key.to_owned());
+        }
+    }
+
+    /// Delete again the keys whose delete failed; those that fail again
+    /// wait for the next heartbeat.
+    async fn retry_deletes(&self) {
+        let keys: Vec<String> = self
+            .undeleted
+            .lock()
+            .expect("undeleted keys lock")
+            .iter()
+            .cloned()
+            .collect();
+        for key in keys {
+            match self.kv.delete(&key).await {
+                Ok(_) => {
+                    self.undeleted
+                        .lock()
+                        .expect("undeleted keys lock")
+                        .remove(&key);
+                    tracing::info!(key, "presence key removed on retry");
+                }
+                Err(err) => {
+                    tracing::warn!(%err, key, "could not remove presence key; retrying later");
+                    return;
+                }
+            }
         }
     }
 
@@ -290,7 +330,10 @@ impl PresenceClient {
                 },
             };
             match result {
-                Ok(revision) => last = Some(revision),
+                Ok(revision) => {
+                    last = Some(revision);
+                    self.retry_deletes().await;
+                }
                 Err(err) => tracing::warn!(%err, "gateway heartbeat failed"),
             }
         }

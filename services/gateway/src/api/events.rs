@@ -173,9 +173,35 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
         .map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))
 }
 
-/// Store every event on every channel, pipelining the publishes and then
-/// awaiting all acks; send user events over core NATS.
+/// How long storing one request may take; then it answers 503.
+const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// NATS cannot take the request: 503, retryable. Events of the request
+/// may have been stored, none is reported as stored.
+fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
+    tracing::warn!(%err, "events not stored");
+    ApiError::Unavailable("Events could not be stored now (NATS is unavailable); retry".into())
+}
+
+/// Store every event on every channel (see [`publish_all`]), within
+/// [`STORE_TIMEOUT`]; answer 503 at once while NATS is disconnected rather
+/// than buffer publishes that may never be stored.
 async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Result<(), ApiError> {
+    if state.nats.connection_state() != async_nats::connection::State::Connected {
+        return Err(unavailable(&"not connected to NATS"));
+    }
+    tokio::time::timeout(STORE_TIMEOUT, publish_all(state, app, events))
+        .await
+        .map_err(|_| unavailable(&"no acknowledgement in time"))?
+}
+
+/// Publish every event on every channel, pipelining the publishes and then
+/// awaiting all acks; send user events over core NATS.
+async fn publish_all(
+    state: &AppState,
+    app: &AppConfig,
+    events: &[ValidEvent],
+) -> Result<(), ApiError> {
     let mut acks = Vec::new();
     for event in events {
         let group = (event.deduplicate && event.targets.len() > 1)
@@ -210,7 +236,7 @@ async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Resu
                         &options,
                     )
                     .await
-                    .map_err(|e| ApiError::Internal(e.into()))?;
+                    .map_err(|e| unavailable(&e))?;
                     acks.push(ack);
                 }
                 Target::User(user) => {
@@ -226,7 +252,7 @@ async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Resu
                             payload.into(),
                         )
                         .await
-                        .map_err(|e| ApiError::Internal(e.into()))?;
+                        .map_err(|e| unavailable(&e))?;
                 }
             }
         }
@@ -235,7 +261,7 @@ async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Resu
     for result in
         futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await
     {
-        result.map_err(|e| ApiError::Internal(anyhow::anyhow!("publish ack: {e}")))?;
+        result.map_err(|e| unavailable(&e))?;
     }
     metrics::counter!("herald_gateway_events_published_total").increment(count);
     Ok(())

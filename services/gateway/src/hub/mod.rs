@@ -6,9 +6,9 @@
 //! ephemeral subject for client events (private and presence channels), and
 //! the presence service's member events (presence channels). A message is
 //! rendered into a client frame once and the same bytes are queued on every
-//! subscribed connection. A connection whose bounded queue is full is a slow
-//! consumer: it is told to close (it reconnects and resumes) rather than
-//! holding memory or slowing everyone else down.
+//! subscribed connection. A connection whose queue holds more bytes than its
+//! bound is a slow consumer: it is told to close (it reconnects and
+//! resumes) rather than holding memory or slowing everyone else down.
 //!
 //! A presence subscriber starts *pending*: its frames are buffered until the
 //! member list it is sent is known, so that it never sees a member event
@@ -16,7 +16,8 @@
 //! is pending likewise until the channel's last event is read, so that it
 //! gets that event first and then only newer ones.
 //!
-//! * [`conn`] — how the hub reaches a connection (queue, control, slow flag).
+//! * [`conn`] — how the hub reaches a connection (byte-bounded queue,
+//!   control, slow flag).
 //! * [`subscriber`] — one subscription and its hold/release rule.
 //! * [`fanout`] — the per-channel task rendering and offering frames.
 //! * [`users`] — signed-in users' connections.
@@ -28,7 +29,7 @@ mod fanout;
 mod subscriber;
 mod users;
 
-pub(crate) use conn::{ConnHandle, Control, Outbound};
+pub(crate) use conn::{ConnHandle, Control, Next, Outbox};
 pub(crate) use fanout::stored_frame;
 pub(crate) use subscriber::Ready;
 

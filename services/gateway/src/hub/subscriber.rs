@@ -113,27 +113,17 @@ impl Subscriber {
 
 #[cfg(test)]
 mod tests {
-    use super::super::conn::Outbound;
+    use super::super::conn::{Next, Outbox};
     use super::*;
-    use tokio::sync::mpsc;
-    use tokio_util::sync::CancellationToken;
+    use std::sync::Arc;
 
-    fn conn() -> (ConnHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(64);
-        let (ctl, _) = mpsc::channel(1);
-        let handle = ConnHandle {
-            id: 1,
-            socket_id: "1.1".into(),
-            tx,
-            ctl,
-            slow: CancellationToken::new(),
-        };
-        (handle, rx)
+    fn conn() -> (ConnHandle, Arc<Outbox>) {
+        ConnHandle::detached(1, 1 << 20)
     }
 
-    fn sent(rx: &mut mpsc::Receiver<Outbound>) -> Vec<String> {
+    fn sent(rx: &mut Arc<Outbox>) -> Vec<String> {
         let mut out = Vec::new();
-        while let Ok(Outbound::Frame(f)) = rx.try_recv() {
+        while let Some(Next::Frame(f)) = rx.try_next() {
             out.push(f.as_str().to_owned());
         }
         out

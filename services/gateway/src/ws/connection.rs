@@ -1,12 +1,22 @@
 //! One client connection: the Pusher protocol state machine.
 //!
 //! A writer task, on the [delivery runtime](crate::delivery), drains the
-//! connection's bounded queue into the socket (batching whatever is queued
-//! into one flush); the reader loop handles
+//! connection's queue ([`Outbox`], bounded by bytes) into the socket,
+//! batching whatever is queued into one flush; the reader loop handles
 //! client frames, control-plane requests, the activity timer and shutdown,
 //! all under one `select!`.
+//!
+//! The reader never waits for the client to read: its replies are queued
+//! like every other frame, and a queue over its bound makes the connection a
+//! slow consumer (closed with 4200). Only the writer waits on the socket,
+//! and never longer than the write timeout for one write: a client that
+//! stops reading is dropped then, and closing never needs room in the queue
+//! ([`Outbox::close`]), so a stuck client can always be let go of. Whatever
+//! ends the connection, the reader then releases what it held (channels,
+//! presence keys, the signed-in user, its connection permits).
 
-use crate::hub::{ConnHandle, Control, Outbound};
+use super::admission::IpSlot;
+use crate::hub::{ConnHandle, Control, Next, Outbox};
 use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
@@ -17,11 +27,28 @@ use herald_proto::{ServerFrame, SocketId, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tungstenite::error::{Error as WsError, ProtocolError};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Control requests a connection may have waiting. Each is one whole API
+/// request (a server-side subscribe carries all its channels), so a
+/// connection that has this many waiting is not keeping up.
+const CONTROL_QUEUE: usize = 16;
+
+/// RFC 6455 close codes for what the WebSocket layer refuses.
+mod ws_close {
+    /// A protocol error (bad framing, an unmasked frame, a reserved opcode).
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame or message over the size limit.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
 
 /// Check the `protocol` query parameter the way Pusher does.
 fn check_protocol(protocol: Option<&str>) -> Result<(), (u16, &'static str)> {
@@ -40,22 +67,32 @@ fn check_protocol(protocol: Option<&str>) -> Result<(), (u16, &'static str)> {
     Ok(())
 }
 
-async fn refuse(mut socket: WebSocket, code: u16, message: &str) {
-    let _ = socket
-        .send(Message::text(
-            ServerFrame::Error {
-                code: Some(code),
-                message,
-            }
-            .to_json(),
-        ))
-        .await;
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from(message.to_owned()),
-        })))
-        .await;
+/// Why a connection is refused before it is served: a Pusher error code
+/// and its message, sent as `pusher:error` and then as the close frame.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub code: u16,
+    pub message: String,
+}
+
+/// Tell the client why it is refused and close, within `timeout` (a client
+/// that does not read is simply dropped).
+async fn refuse(mut socket: WebSocket, refusal: Refusal, timeout: Duration) {
+    let Refusal { code, message } = refusal;
+    let frame = ServerFrame::Error {
+        code: Some(code),
+        message: &message,
+    }
+    .to_json();
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(message),
+    }));
+    let _ = tokio::time::timeout(timeout, async {
+        socket.feed(Message::text(frame)).await?;
+        socket.send(close).await
+    })
+    .await;
 }
 
 /// Counts a connection against its app's limit for as long as it lives.
@@ -88,31 +125,47 @@ impl Drop for AppSlot {
     }
 }
 
+/// What the upgrade decided about a connection before it was upgraded.
+pub(super) struct Admission {
+    /// The app the key names, if any.
+    pub app: Option<Arc<AppConfig>>,
+    /// The `protocol` query parameter.
+    pub protocol: Option<String>,
+    /// Refused at the upgrade (origin, connections per address).
+    pub refused: Option<Refusal>,
+    /// Counts the connection against its client address's limit.
+    pub ip_slot: Option<IpSlot>,
+}
+
 /// Drive one upgraded socket until it closes.
-pub(super) async fn run(
-    socket: WebSocket,
-    state: AppState,
-    key: String,
-    app: Option<Arc<AppConfig>>,
-    protocol: Option<String>,
-) {
-    if let Err((code, message)) = check_protocol(protocol.as_deref()) {
-        return refuse(socket, code, message).await;
+pub(super) async fn run(socket: WebSocket, state: AppState, key: String, admission: Admission) {
+    let timeout = state.config.write_timeout;
+    if let Err((code, message)) = check_protocol(admission.protocol.as_deref()) {
+        let message = message.to_owned();
+        return refuse(socket, Refusal { code, message }, timeout).await;
     }
-    let Some(app) = app else {
+    let Some(app) = admission.app else {
         let message = format!("App key {key} does not exist");
-        return refuse(socket, codes::APP_NOT_FOUND, &message).await;
+        let code = codes::APP_NOT_FOUND;
+        return refuse(socket, Refusal { code, message }, timeout).await;
     };
+    if let Some(refusal) = admission.refused {
+        return refuse(socket, refusal, timeout).await;
+    }
+    let _ip_slot = admission.ip_slot;
     let Ok(_permit) = state.connection_permits.clone().try_acquire_owned() else {
-        return refuse(socket, codes::OVER_CAPACITY, "Over capacity").await;
+        let refusal = Refusal {
+            code: codes::OVER_CAPACITY,
+            message: "Over capacity".into(),
+        };
+        return refuse(socket, refusal, timeout).await;
     };
     let Some(_slot) = AppSlot::acquire(&state, &app) else {
-        return refuse(
-            socket,
-            codes::OVER_CONNECTION_QUOTA,
-            "Application is over connection quota",
-        )
-        .await;
+        let refusal = Refusal {
+            code: codes::OVER_CONNECTION_QUOTA,
+            message: "Application is over connection quota".into(),
+        };
+        return refuse(socket, refusal, timeout).await;
     };
     let socket_id = SocketId::random();
     let span = tracing::info_span!("connection", app = %app.id, socket_id = %socket_id);
@@ -120,12 +173,12 @@ pub(super) async fn run(
 }
 
 async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_id: SocketId) {
-    let (tx, rx) = mpsc::channel(state.config.outbound_queue);
-    let (ctl_tx, ctl_rx) = mpsc::channel(16);
+    let outbox = Outbox::new(state.config.outbound_queue_bytes);
+    let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let handle = ConnHandle {
         id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
         socket_id: socket_id.as_arc().clone(),
-        tx,
+        outbox: outbox.clone(),
         ctl: ctl_tx,
         slow: CancellationToken::new(),
     };
@@ -139,6 +192,13 @@ async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_i
     };
     handle.deliver(established.to_json().into());
 
+    let writer_gone = CancellationToken::new();
+    let writer = state.delivery.spawn(write_loop(
+        sink,
+        handle.clone(),
+        state.config.write_timeout,
+        writer_gone.clone(),
+    ));
     let mut conn = Connection {
         state: state.clone(),
         app,
@@ -149,45 +209,105 @@ async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_i
         publish_limiter: None,
         receipts: HashMap::new(),
     };
-    let writer = state.delivery.spawn(write_loop(sink, rx));
-    let close = conn.read_loop(stream, ctl_rx).await;
+    let close = conn.read_loop(stream, ctl_rx, writer_gone).await;
+    // The writer sends what is queued, then the close frame; it needs no
+    // room in the queue for that, and gives up after the write timeout.
+    outbox.close(close.0, close.1);
     conn.leave_all().await;
-    let _ = conn.handle.tx.send(Outbound::Close(close.0, close.1)).await;
     drop(conn);
     let _ = writer.await;
     tracing::debug!(code = close.0, "disconnected");
     metrics::gauge!("herald_gateway_connections").decrement(1.0);
 }
 
-/// Send queued frames, batching everything already queued into one flush.
+/// Why the writer stopped before the connection ended.
+enum WriteFailed {
+    /// The socket did not take a write within the write timeout.
+    Stuck,
+    /// The socket is broken (the client is gone).
+    Broken,
+}
+
+/// Send queued frames, batching everything already queued into one flush,
+/// until the close (sent after every frame queued before it) or until the
+/// socket fails. Every write has `timeout`; once the close is asked for,
+/// everything left, the close frame included, has `timeout` from then.
 async fn write_loop(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
+    conn: ConnHandle,
+    timeout: Duration,
+    gone: CancellationToken,
 ) {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(out) = next.take() {
-            let result = match out {
-                Outbound::Frame(frame) => sink.feed(Message::Text(frame)).await,
-                Outbound::Close(code, reason) => {
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code,
-                            reason: Utf8Bytes::from_static(reason),
-                        })))
-                        .await;
-                    return;
-                }
-            };
-            if result.is_err() {
-                return;
-            }
-            next = rx.try_recv().ok();
+    let _gone = gone.drop_guard();
+    let outbox = &conn.outbox;
+    let deadline = || {
+        let fresh = Instant::now() + timeout;
+        match outbox.closing() {
+            Some(closing) => fresh.min(closing.since + timeout),
+            None => fresh,
         }
-        if sink.flush().await.is_err() {
-            return;
+    };
+    let result: Result<(), WriteFailed> = async {
+        loop {
+            let mut next = Some(outbox.next().await);
+            while let Some(item) = next.take() {
+                match item {
+                    Next::Frame(frame) => {
+                        bounded(deadline(), sink.feed(Message::Text(frame))).await?;
+                        next = outbox.try_next();
+                        if next.is_none() {
+                            bounded(deadline(), sink.flush()).await?;
+                        }
+                    }
+                    Next::Close(closing) => {
+                        let close = Message::Close(Some(CloseFrame {
+                            code: closing.code,
+                            reason: Utf8Bytes::from_static(closing.reason),
+                        }));
+                        return bounded(deadline(), sink.send(close)).await;
+                    }
+                }
+            }
         }
     }
+    .await;
+    if let Err(WriteFailed::Stuck) = result {
+        // The client stopped reading; if the connection was not already
+        // closing, this is the slow-consumer verdict that ends it.
+        metrics::counter!("herald_gateway_write_timeouts_total").increment(1);
+        if outbox.closing().is_none() {
+            conn.mark_slow("write_timeout");
+        }
+    }
+}
+
+/// One socket operation, given up at `deadline`.
+async fn bounded<F>(deadline: Instant, op: F) -> Result<(), WriteFailed>
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    match tokio::time::timeout_at(deadline, op).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(WriteFailed::Broken),
+        Err(_) => Err(WriteFailed::Stuck),
+    }
+}
+
+/// The close code for a frame the WebSocket layer refused, as RFC 6455
+/// says (1007 not UTF-8, 1009 too big, 1002 a protocol error), or a plain
+/// 1000 when the client is simply gone. The reason stays empty: the code
+/// says it, and a refused frame gets no `pusher:error`.
+fn close_for_read_error(err: axum::Error) -> CloseReason {
+    let inner = err.into_inner();
+    let code = match inner.downcast_ref::<WsError>() {
+        Some(WsError::Utf8(_)) => ws_close::INVALID_PAYLOAD,
+        Some(WsError::Capacity(_)) => ws_close::MESSAGE_TOO_BIG,
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => 1000,
+        Some(WsError::Protocol(_)) => ws_close::PROTOCOL_ERROR,
+        _ => 1000,
+    };
+    tracing::debug!(err = %inner, code, "read failed");
+    (code, "")
 }
 
 /// A presence channel membership of this socket.
@@ -224,10 +344,15 @@ pub(super) struct Connection {
 pub(super) type CloseReason = (u16, &'static str);
 
 impl Connection {
+    /// Handle client frames, control requests and timers until something
+    /// ends the connection. Nothing in here waits for the client to read,
+    /// and the ending conditions are polled first, so a client that keeps
+    /// sending cannot keep a closed connection alive.
     async fn read_loop(
         &mut self,
         mut stream: futures::stream::SplitStream<WebSocket>,
         mut ctl: mpsc::Receiver<Control>,
+        writer_gone: CancellationToken,
     ) -> CloseReason {
         let activity = self.state.config.activity_timeout;
         let pong_timeout = self.state.config.pong_timeout;
@@ -237,8 +362,11 @@ impl Connection {
         let slow = self.handle.slow.clone();
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => return (codes::GENERIC_RECONNECT, "Server shutting down"),
                 _ = slow.cancelled() => return (codes::GENERIC_RECONNECT, "Slow consumer: reconnect and resume"),
+                // The socket broke under the writer: the client is gone.
+                _ = writer_gone.cancelled() => return (1000, ""),
                 _ = tokio::time::sleep_until(deadline) => {
                     if awaiting_pong {
                         return (codes::PONG_NOT_RECEIVED, "Pong reply not received");
@@ -253,10 +381,10 @@ impl Connection {
                     }
                 }
                 msg = stream.next() => {
-                    let Some(Ok(msg)) = msg else {
-                        // Closed by the client, or a protocol error such as a
-                        // frame over the hard size limit (tungstenite answers 1009).
-                        return (1000, "");
+                    let msg = match msg {
+                        Some(Ok(msg)) => msg,
+                        Some(Err(err)) => return close_for_read_error(err),
+                        None => return (1000, ""),
                     };
                     awaiting_pong = false;
                     deadline = Instant::now() + activity;
@@ -277,18 +405,25 @@ impl Connection {
         }
     }
 
-    /// Queue a direct reply. Replies wait for queue space (backpressure on
-    /// this client's own reads) rather than counting as a slow consumer.
-    /// Queue an already rendered frame, waiting for queue space: used for
-    /// what a subscriber must get before its live frames (a replay), which
-    /// is bounded and paced by the client's own reading.
+    /// Queue an already rendered frame, waiting for room: used for what a
+    /// subscriber must get before its live frames (a replay of up to
+    /// `HERALD_RESUME_MAX_EVENTS` events), paced by the client's own
+    /// reading. The wait is bounded like a socket write: no room within the
+    /// write timeout (the client stopped reading) and the connection is a
+    /// slow consumer; once it is, nothing more waits.
     pub(super) async fn send_frame(&self, frame: Utf8Bytes) {
-        let _ = self.handle.tx.send(Outbound::Frame(frame)).await;
+        self.handle
+            .deliver_paced(frame, self.state.config.write_timeout)
+            .await;
     }
 
+    /// Queue a direct reply. It never waits: a reply that does not fit in
+    /// the queue makes the connection a slow consumer, like any frame (a
+    /// client that sends without reading would otherwise stop its own
+    /// reader, and with it every timer and the close). `async` only so that
+    /// every handler sends the same way.
     pub(super) async fn send(&self, frame: ServerFrame<'_>) {
-        let frame = frame.to_json().into();
-        let _ = self.handle.tx.send(Outbound::Frame(frame)).await;
+        self.handle.deliver(frame.to_json().into());
     }
 
     async fn on_control(&mut self, request: Control) -> Option<CloseReason> {
@@ -301,13 +436,19 @@ impl Connection {
                 .await;
                 return Some((codes::UNAUTHORIZED, "Connection terminated by the server"));
             }
-            Control::Subscribe(channel) => self.subscribe_on_server_authority(channel).await,
-            Control::Unsubscribe(channel) => {
-                if self.leave(&channel).await {
-                    self.send(ServerFrame::Unsubscribed {
-                        channel: channel.as_str(),
-                    })
-                    .await;
+            Control::Subscribe(channels) => {
+                for channel in channels {
+                    self.subscribe_on_server_authority(channel).await;
+                }
+            }
+            Control::Unsubscribe(channels) => {
+                for channel in channels {
+                    if self.leave(&channel).await {
+                        self.send(ServerFrame::Unsubscribed {
+                            channel: channel.as_str(),
+                        })
+                        .await;
+                    }
                 }
             }
         }

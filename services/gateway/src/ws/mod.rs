@@ -1,5 +1,6 @@
 //! The WebSocket endpoint `GET /app/{key}?protocol=7`.
 
+mod admission;
 mod client_events;
 mod connection;
 mod publish;
@@ -7,11 +8,13 @@ mod signin;
 mod subscribe;
 
 use crate::AppState;
-use axum::extract::{Path, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 /// Routes of the WebSocket endpoint.
 pub(crate) fn router() -> Router<AppState> {
@@ -36,14 +39,29 @@ async fn upgrade(
     Path(key): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
 ) -> Response {
     let app = state.apps.by_key(&key).cloned();
+    // Decided before the upgrade, so that the per-address count includes
+    // upgrades in flight; a refusal is still told over the WebSocket, as a
+    // Pusher error the client library understands.
+    let client = admission::client_ip(peer.ip(), &headers, &state.config.trusted_proxies);
+    let (ip_slot, refused) = match admission::admit(&state, app.as_deref(), &headers, client) {
+        Ok(slot) => (slot, None),
+        Err(refusal) => (None, Some(refusal)),
+    };
     let limit = app
         .as_ref()
         .map(|a| a.limits.max_message_bytes)
         .unwrap_or(10 * 1024);
     let hard = limit.saturating_mul(HARD_FRAME_FACTOR).max(16 * 1024);
-    let protocol = params.get("protocol").cloned();
+    let admitted = connection::Admission {
+        app,
+        protocol: params.get("protocol").cloned(),
+        refused,
+        ip_slot,
+    };
     ws.max_message_size(hard)
         .max_frame_size(hard)
         // Small read buffer: most frames are a few hundred bytes, and memory
@@ -53,5 +71,5 @@ async fn upgrade(
         // frame (the per-frame `send` dominated the fan-out profile).
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .on_upgrade(move |socket| connection::run(socket, state, key, app, protocol))
+        .on_upgrade(move |socket| connection::run(socket, state, key, admitted))
 }
