@@ -10,6 +10,9 @@
 //   HERALD_HISTORY_PORT    history service
 //   HERALD_PRESENCE_PORT   presence service
 //
+// Tests that kill and restart a gateway start their own nats-server and
+// gateway processes (`privateStack`, from the binaries scripts/test built).
+//
 // Absence ("nothing else arrives") is checked against a marker, never a bare
 // sleep: after the action that must have no effect, make something happen
 // that is ordered after the unwanted frame would have been (an event on the
@@ -467,4 +470,165 @@ export async function signedRequest(apiPort, method, path, body, secret = APP.se
     signal: AbortSignal.timeout(TIMEOUT_MS),
   });
   return bodyOf(res);
+}
+
+// --- processes: a private nats-server and gateways a test may kill -------------
+
+/**
+ * A private nats-server (JetStream, its own store) and `gateways` gateway
+ * processes on it, for tests that kill and restart a gateway: the stack of
+ * scripts/test is shared with every other test and is never killed.
+ * `gateways` is a list of extra environments, one per gateway. The gateway
+ * binary is $HERALD_GATEWAY_BIN, else target/debug/herald-gateway (under
+ * $CARGO_TARGET_DIR when set): the one scripts/test built or found;
+ * nats-server is $HERALD_NATS_SERVER, else `nats-server` on the PATH.
+ * Returns `{ natsPort, gateways: [{port, kill(), start(), restart()}], stop() }`;
+ * call `stop()` in `after`. The app is APP, with client events and client
+ * publishing on.
+ */
+export async function privateStack({ gateways = [{}], apps } = {}) {
+  const { spawn } = await import('node:child_process');
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const root = new URL('../..', import.meta.url).pathname;
+  const bin =
+    process.env.HERALD_GATEWAY_BIN ??
+    path.join(process.env.CARGO_TARGET_DIR ?? path.join(root, 'target'), 'debug', 'herald-gateway');
+  assert.ok(fs.existsSync(bin), `${bin} is missing (scripts/test builds it)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-js-stack-'));
+  const children = new Set();
+  const killAll = () => {
+    for (const child of children) child.kill('SIGKILL');
+  };
+  process.once('exit', killAll);
+
+  const run = (name, command, args, env) => {
+    const log = fs.openSync(path.join(dir, `${name}.log`), 'a');
+    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', log, log] });
+    fs.closeSync(log);
+    children.add(child);
+    child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    child.exited.then(() => children.delete(child));
+    child.once('error', () => {});
+    return child;
+  };
+  const logTail = (name) => {
+    try {
+      return fs.readFileSync(path.join(dir, `${name}.log`), 'utf8').split('\n').slice(-20).join('\n');
+    } catch {
+      return '(no log)';
+    }
+  };
+
+  const natsPort = await freePort();
+  const nats = run('nats', process.env.HERALD_NATS_SERVER ?? 'nats-server', [
+    '-js', '-a', HOST, '-p', String(natsPort), '-sd', path.join(dir, 'nats'),
+  ]);
+  await eventually(
+    async () => {
+      if (nats.exitCode !== null) throw new Error(`nats-server exited: ${logTail('nats')}`);
+      return listening(natsPort);
+    },
+    `the private nats-server on port ${natsPort}`,
+    60_000,
+  );
+
+  const prefix = `hjs${randomUUID().slice(0, 8)}`;
+  const appList = apps ?? [
+    { ...APP, enable_client_messages: true, enable_client_publish: true, client_publishes_per_second: 1000 },
+  ];
+  const common = {
+    NATS_URL: `nats://${HOST}:${natsPort}`,
+    HERALD_PREFIX: prefix,
+    HERALD_APPS: JSON.stringify(appList),
+    HERALD_HOST: HOST,
+    HERALD_ACTIVITY_TIMEOUT_SECS: '4',
+    RUST_LOG: process.env.RUST_LOG ?? 'warn',
+  };
+
+  const started = [];
+  for (const [i, extra] of gateways.entries()) {
+    const name = `gateway${i + 1}`;
+    const gw = {
+      name,
+      port: await freePort(),
+      process: undefined,
+      /** Start the process and wait until it is ready. */
+      async start() {
+        assert.equal(gw.process, undefined, `${name} is running already`);
+        const child = run(name, bin, [], { ...common, HERALD_PORT: String(gw.port), ...extra });
+        gw.process = child;
+        await eventually(
+          async () => {
+            if (child.exitCode !== null || child.signalCode !== null) {
+              throw new Error(`${name} exited: ${logTail(name)}`);
+            }
+            const res = await fetch(`http://${HOST}:${gw.port}/readyz`, { signal: AbortSignal.timeout(2000) });
+            return res.status === 200;
+          },
+          `${name} (${bin}) ready on port ${gw.port}`,
+          60_000,
+        );
+      },
+      /** SIGKILL it (no goodbye to anyone) and wait until it is gone. */
+      async kill() {
+        const child = gw.process;
+        if (!child) return;
+        gw.process = undefined;
+        child.kill('SIGKILL');
+        await withTimeout(child.exited, `${name} to exit`);
+      },
+      async restart() {
+        await gw.kill();
+        await gw.start();
+      },
+    };
+    started.push(gw);
+  }
+  const stack = {
+    natsPort,
+    prefix,
+    gateways: started,
+    async stop() {
+      process.removeListener('exit', killAll);
+      for (const gw of started) await gw.kill().catch(() => {});
+      nats.kill('SIGKILL');
+      await nats.exited;
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await Promise.all(started.map((gw) => gw.start()));
+  } catch (err) {
+    await stack.stop();
+    throw err;
+  }
+  return stack;
+}
+
+/** A TCP port nothing listens on right now. */
+export async function freePort() {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, HOST, () => {
+      const { port: free } = server.address();
+      server.close(() => resolve(free));
+    });
+  });
+}
+
+/** Whether something accepts TCP connections on HOST:port. */
+export async function listening(tcpPort) {
+  const net = await import('node:net');
+  return new Promise((resolve) => {
+    const socket = net.connect(tcpPort, HOST);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
 }
