@@ -203,14 +203,13 @@ async fn oversized_frames_are_refused_and_giant_ones_close_the_socket() {
         .unwrap()
         .contains("exceeds the limit"));
     s.subscribe("ok").await.unwrap();
-    // Beyond the hard cap the WebSocket layer itself refuses the frame, and
-    // the connection ends as if the client had gone: a normal close (1000,
-    // no reason) and no pusher:error first. (RFC 6455's 1009 would say more;
-    // change this together with the gateway and tests/js/limits.)
+    // Beyond the hard cap the WebSocket layer itself refuses the frame: the
+    // connection is closed with RFC 6455's 1009 (message too big), no reason,
+    // and no pusher:error first.
     s.send_text("x".repeat(200 * 1024)).await.unwrap();
     let (before, close) = s.frames_before_close().await.unwrap();
     assert_eq!(before, Vec::<Value>::new(), "no frame before the close");
-    assert_eq!(close, Closed::Code(1000, String::new()));
+    assert_eq!(close, Closed::Code(1009, String::new()));
 }
 
 #[tokio::test]
