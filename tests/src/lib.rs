@@ -181,6 +181,21 @@ impl Stack {
         Running::spawn(app, port).await
     }
 
+    /// The auth configuration tests start from, on `db`.
+    pub fn auth_config(&self, db: &TestDatabase) -> herald_auth::Config {
+        herald_auth::Config::new(&self.nats.url(), self.subjects.clone(), self.apps.clone())
+            .with_database(db.url())
+    }
+
+    /// Start an auth service with a given configuration.
+    pub async fn auth_with(&self, config: herald_auth::Config) -> Running {
+        let app = herald_auth::Application::build(config)
+            .await
+            .expect("auth builds");
+        let port = app.port();
+        Running::spawn(app, port).await
+    }
+
     /// The presence configuration tests start from.
     pub fn presence_config(&self) -> herald_presence::Config {
         let mut config = herald_presence::Config::new(

@@ -1,13 +1,43 @@
 //! The Herald auth service: apps, users, session and channel tokens, rooms.
 //!
-//! In this foundation it carries the shared service skeleton (configuration,
-//! apps, NATS connection, health, readiness and metrics); token issuance and
-//! rooms build on it.
+//! * Users: `PUT/GET /v1/apps/{app}/users/{user_id}`,
+//!   `POST /v1/apps/{app}/users/batch`, `GET /v1/apps/{app}/users?prefix=`
+//!   (app credentials: HTTP Basic key:secret).
+//! * Session tokens: `POST /v1/apps/{app}/users/{user_id}/session-tokens`,
+//!   EdDSA (Ed25519) JWTs with a `kid`; public keys at
+//!   `GET /.well-known/jwks.json`; rotation at `POST /v1/keys/rotate`
+//!   (`Authorization: Bearer $HERALD_AUTH_ADMIN_TOKEN`, compared in constant
+//!   time; disabled when unset).
+//! * [`verify::Verifier`]: verification for other services.
+//! * OpenAPI at `/v1/openapi.json`.
+//!
+//! Without a database URL (only [`Config::new`] in tests makes one) the
+//! service serves health, readiness and metrics only.
 
+mod error;
+mod keys;
+mod routes;
+mod tokens;
+mod users;
+pub mod verify;
+
+pub use error::ApiError;
+pub use keys::{Jwk, JwkSet};
+pub use routes::{ApiDoc, MAX_BODY_BYTES};
+pub use tokens::MAX_GRANTS;
+pub use users::{
+    AVATAR_URL_PATTERN, MAX_AVATAR_URL_LEN, MAX_BATCH, MAX_LIMIT, MAX_METADATA_BYTES, MAX_NAME_LEN,
+};
+
+use anyhow::Context;
 use axum::Router;
 use clap::Parser;
-use herald_config::{AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs};
+use herald_config::{AppRegistry, AppsArgs, ConfigError, DatabaseArgs, ListenArgs, NatsArgs};
 use herald_proto::Subjects;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor, PgPool};
+use std::str::FromStr;
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
@@ -25,16 +55,64 @@ pub struct Cli {
     pub nats: NatsArgs,
     #[command(flatten)]
     pub apps: AppsArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Default session-token lifetime, seconds.
+    #[arg(long, env = "HERALD_SESSION_TOKEN_TTL_SECS", default_value_t = 900)]
+    pub session_token_ttl_secs: u64,
+    /// Longest session-token lifetime a request may ask for, seconds.
+    #[arg(
+        long,
+        env = "HERALD_SESSION_TOKEN_MAX_TTL_SECS",
+        default_value_t = 3600
+    )]
+    pub session_token_max_ttl_secs: u64,
+    /// Bearer token that authorizes `POST /v1/keys/rotate`; rotation is
+    /// disabled when unset or empty.
+    #[arg(long, env = "HERALD_AUTH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
+/// The Postgres schema holding this service's tables.
+pub const SCHEMA: &str = "auth";
+/// Clock-skew allowance added to how long retired keys stay published.
+pub const KEY_RETENTION_LEEWAY_SECS: u64 = 60;
+
 /// Everything the service needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub host: String,
     pub port: u16,
     pub nats_url: String,
     pub subjects: Subjects,
     pub apps: AppRegistry,
+    /// Postgres URL; `None` serves the ops routes only.
+    pub database_url: Option<String>,
+    pub db_max_connections: u32,
+    pub session_token_ttl_secs: u64,
+    pub session_token_max_ttl_secs: u64,
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    /// Redacts the admin token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("nats_url", &self.nats_url)
+            .field("database_url", &self.database_url.is_some())
+            .field("session_token_ttl_secs", &self.session_token_ttl_secs)
+            .field(
+                "session_token_max_ttl_secs",
+                &self.session_token_max_ttl_secs,
+            )
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {
@@ -46,7 +124,18 @@ impl Config {
             nats_url: nats_url.into(),
             subjects,
             apps,
+            database_url: None,
+            db_max_connections: 5,
+            session_token_ttl_secs: 900,
+            session_token_max_ttl_secs: 3600,
+            admin_token: None,
         }
+    }
+
+    /// With a database.
+    pub fn with_database(mut self, url: &str) -> Self {
+        self.database_url = Some(url.to_owned());
+        self
     }
 }
 
@@ -60,8 +149,61 @@ impl TryFrom<Cli> for Config {
             subjects: cli.nats.subjects()?,
             nats_url: cli.nats.nats_url,
             apps: cli.apps.registry()?,
+            database_url: Some(cli.database.database_url),
+            db_max_connections: cli.database.db_max_connections.max(2),
+            session_token_max_ttl_secs: cli.session_token_max_ttl_secs.max(1),
+            session_token_ttl_secs: cli
+                .session_token_ttl_secs
+                .clamp(1, cli.session_token_max_ttl_secs.max(1)),
+            admin_token: cli.admin_token.filter(|t| !t.is_empty()),
         })
     }
+}
+
+/// State shared by the request handlers.
+pub(crate) struct Shared {
+    pub db: PgPool,
+    pub apps: AppRegistry,
+    pub token_ttl_secs: u64,
+    pub token_max_ttl_secs: u64,
+    pub admin_token: Option<String>,
+}
+
+impl Shared {
+    /// How long a retired key stays in the JWKS.
+    pub fn key_retention_secs(&self) -> u64 {
+        self.token_max_ttl_secs + KEY_RETENTION_LEEWAY_SECS
+    }
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+impl herald_server::auth::HasApps for Shared {
+    fn apps(&self) -> &AppRegistry {
+        &self.apps
+    }
+}
+
+/// Connect to Postgres with this service's schema on the search path,
+/// creating the schema, running the migrations and the first signing key.
+pub async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .context("parsing DATABASE_URL")?
+        .options([("search_path", SCHEMA)]);
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .context("connecting to Postgres")?;
+    pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}").as_str())
+        .await?;
+    sqlx::migrate!("../../sql/auth")
+        .run(&pool)
+        .await
+        .context("running migrations")?;
+    keys::ensure_key(&pool).await?;
+    Ok(pool)
 }
 
 /// A built service, listening but not yet serving.
@@ -77,13 +219,35 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let nats = herald_server::connect_nats(&config.nats_url, "herald-auth").await?;
         let (listener, port) = herald_server::bind(&config.host, config.port).await?;
-        let router =
-            Router::new()
-                .layer(TraceLayer::new_for_http())
-                .merge(herald_server::ops_router(vec![(
-                    "nats",
-                    herald_server::nats_ready(nats),
-                )]));
+        let mut checks = vec![("nats", herald_server::nats_ready(nats))];
+        let api = match &config.database_url {
+            Some(url) => {
+                let db = connect_database(url, config.db_max_connections).await?;
+                let pool = db.clone();
+                let postgres_ready: herald_server::ReadyCheck = Arc::new(move || {
+                    let pool = pool.clone();
+                    Box::pin(async move {
+                        pool.execute("SELECT 1")
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                });
+                checks.push(("postgres", postgres_ready));
+                let state = Arc::new(Shared {
+                    db,
+                    apps: config.apps.clone(),
+                    token_ttl_secs: config.session_token_ttl_secs,
+                    token_max_ttl_secs: config.session_token_max_ttl_secs,
+                    admin_token: config.admin_token.clone(),
+                });
+                herald_server::http::json_errors(routes::router().with_state(state))
+            }
+            None => Router::new(),
+        };
+        let router = api
+            .layer(TraceLayer::new_for_http())
+            .merge(herald_server::ops_router(checks));
         tracing::info!(port, apps = config.apps.iter().count(), "auth listening");
         Ok(Self {
             listener,

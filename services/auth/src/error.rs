@@ -1,0 +1,66 @@
+//! The auth service's error type: client errors carry a clear message,
+//! internal ones are logged and answered with a bare 500.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error answered by the auth REST API.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A body field, query parameter or path segment is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The operation is disabled or not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request body is larger than the service accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// A database error or anything else unexpected: logged, never shown.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        ApiError::Internal(err.into())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(err: axum::extract::rejection::JsonRejection) -> Self {
+        if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::PayloadTooLarge(format!(
+                "request body larger than {} bytes",
+                crate::routes::MAX_BODY_BYTES
+            ));
+        }
+        ApiError::BadRequest(format!("invalid JSON body: {}", err.body_text()))
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(err: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(err.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
+        };
+        herald_server::http::error_response(status, code, &self.to_string())
+    }
+}

@@ -1,0 +1,197 @@
+//! Session-token verification for any Herald service: [`Verifier`] fetches
+//! the auth service's JWKS over HTTP, caches it, refetches on an unknown
+//! `kid` (at most once per `refetch_interval`), and verifies a token with
+//! the algorithm pinned to EdDSA, `exp`/`nbf` checked with a small leeway,
+//! and the `app` claim compared with the app the caller expects.
+//!
+//! It lives in the `herald-auth` library for now (`herald_auth::verify`);
+//! it only needs `jsonwebtoken`, `reqwest` and `tokio`, so it can move to a
+//! crate of its own without changes.
+
+use crate::keys::JwkSet;
+/// The JWT library the tokens are made with, for consumers' own checks.
+pub use jsonwebtoken;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, RwLock};
+
+/// The claims of a Herald session token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClaims {
+    /// The user id.
+    pub sub: String,
+    /// The app id.
+    pub app: String,
+    /// Expiry, Unix seconds.
+    pub exp: u64,
+    /// Issued at, Unix seconds.
+    pub iat: u64,
+    /// Not before, Unix seconds.
+    pub nbf: u64,
+    /// Unique token id (a UUID).
+    pub jti: String,
+    /// Channel names, or prefixes ending in `*`, the user may be authorized for.
+    pub grants: Vec<String>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a JWT, an undecodable header or payload, or an algorithm no
+    /// Herald token uses (such as `none`).
+    #[error("malformed token")]
+    Malformed,
+    /// A known algorithm other than EdDSA (HS256, RS256, ...).
+    #[error("token algorithm {0} is not accepted; only EdDSA is")]
+    Algorithm(String),
+    /// The header names no `kid`.
+    #[error("token header has no kid")]
+    MissingKid,
+    /// No published key has this `kid`.
+    #[error("unknown key id {0:?}")]
+    UnknownKid(String),
+    /// The signature does not match.
+    #[error("invalid signature")]
+    BadSignature,
+    /// `exp` has passed (beyond the leeway).
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// Signed for another app.
+    #[error("token belongs to another app")]
+    WrongApp,
+    /// The JWKS could not be fetched or read.
+    #[error("could not fetch the JWKS: {0}")]
+    Jwks(String),
+}
+
+/// Verifies session tokens against a JWKS URL.
+pub struct Verifier {
+    jwks_url: String,
+    http: reqwest::Client,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    last_fetch: Mutex<Option<Instant>>,
+    refetch_interval: Duration,
+    leeway_secs: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("jwks_url", &self.jwks_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default clock-skew allowance on `exp` and `nbf`.
+pub const DEFAULT_LEEWAY_SECS: u64 = 5;
+/// Default minimum time between two JWKS fetches caused by unknown kids.
+pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Verifier {
+    /// A verifier for the JWKS at `jwks_url` (e.g.
+    /// `http://auth:6002/.well-known/jwks.json`), with the default leeway
+    /// and refetch interval. Nothing is fetched until the first token.
+    pub fn new(jwks_url: impl Into<String>) -> Self {
+        Self {
+            jwks_url: jwks_url.into(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            refetch_interval: DEFAULT_REFETCH_INTERVAL,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+        }
+    }
+
+    /// Set the minimum time between two fetches.
+    pub fn with_refetch_interval(mut self, interval: Duration) -> Self {
+        self.refetch_interval = interval;
+        self
+    }
+
+    /// Set the clock-skew allowance on `exp` and `nbf`.
+    pub fn with_leeway_secs(mut self, leeway: u64) -> Self {
+        self.leeway_secs = leeway;
+        self
+    }
+
+    /// Fetch the JWKS now, if the last fetch is older than the refetch
+    /// interval (or there was none). Returns whether it fetched.
+    async fn refresh(&self) -> Result<bool, VerifyError> {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.refetch_interval) {
+            return Ok(false);
+        }
+        *last = Some(Instant::now());
+        let set: JwkSet = self
+            .http
+            .get(&self.jwks_url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| VerifyError::Jwks(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| VerifyError::Jwks(e.to_string()))?;
+        let mut keys = HashMap::new();
+        for jwk in set.keys {
+            if jwk.kty != "OKP" || jwk.crv != "Ed25519" || jwk.alg != "EdDSA" {
+                continue;
+            }
+            if let Ok(key) = DecodingKey::from_ed_components(&jwk.x) {
+                keys.insert(jwk.kid, key);
+            }
+        }
+        *self.keys.write().await = keys;
+        Ok(true)
+    }
+
+    async fn key(&self, kid: &str) -> Result<DecodingKey, VerifyError> {
+        if let Some(key) = self.keys.read().await.get(kid) {
+            return Ok(key.clone());
+        }
+        self.refresh().await?;
+        self.keys
+            .read()
+            .await
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| VerifyError::UnknownKid(kid.to_owned()))
+    }
+
+    /// Verify `token` as a session token of `app`.
+    pub async fn verify(&self, token: &str, app: &str) -> Result<SessionClaims, VerifyError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header.kid.ok_or(VerifyError::MissingKid)?;
+        let key = self.key(&kid).await?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = self.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+        let data =
+            jsonwebtoken::decode::<SessionClaims>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature => VerifyError::BadSignature,
+                    K::ExpiredSignature => VerifyError::Expired,
+                    K::ImmatureSignature => VerifyError::NotYetValid,
+                    K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
+                    _ => VerifyError::Malformed,
+                }
+            })?;
+        if data.claims.app != app {
+            return Err(VerifyError::WrongApp);
+        }
+        Ok(data.claims)
+    }
+}
