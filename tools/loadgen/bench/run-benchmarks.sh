@@ -14,8 +14,14 @@
 #                          busy than this (percent of all cores, over 2 s) ...
 #   BENCH_QUIET_WAIT=300   ... for at most this many seconds (then run anyway
 #                          and say so)
-#   BENCH_ONLY="fanout window latency connections publish jetstream"   a subset
-#                          (add "wb0" for the ceiling with one send() per frame)
+#   BENCH_ONLY="fanout window latency connections publish durable jetstream resume"
+#                          a subset (add "wb0" for the ceiling with one send()
+#                          per frame)
+#   BENCH_DURABLE="1x1 1x16 16x4 64x4 128x8"   durable runs, clients x window
+#
+# The gateway runs with HERALD_APPS: the development app's credentials, with
+# enable_client_publish and a client publish rate high enough not to limit
+# the durable runs (client_publishes_per_second 1,000,000).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)
@@ -26,7 +32,10 @@ out=$(cd "$out" && pwd)
 runs=${RUNS:-3}
 quiet_pct=${BENCH_QUIET_PCT:-15}
 quiet_wait=${BENCH_QUIET_WAIT:-300}
-only=${BENCH_ONLY:-fanout window latency connections publish jetstream}
+only=${BENCH_ONLY:-fanout window latency connections publish durable jetstream resume}
+durable_configs=${BENCH_DURABLE:-1x1 1x16 16x4 64x4 128x8}
+bench_apps='[{"id":"app-id","key":"app-key","secret":"app-secret","enable_client_messages":true,"enable_client_publish":true,"client_publishes_per_second":1000000}]'
+
 results="$out/results.jsonl"
 rel=target/release
 
@@ -91,7 +100,7 @@ start_herald() {
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$nats_port") 2>/dev/null && break; sleep 0.1; done
   gw_port=$(free_port)
   NATS_URL="nats://127.0.0.1:$nats_port" HERALD_DEV=true HERALD_HOST=127.0.0.1 \
-    HERALD_PORT="$gw_port" HERALD_PREFIX=bench RUST_LOG=warn \
+    HERALD_PORT="$gw_port" HERALD_PREFIX=bench RUST_LOG=warn HERALD_APPS="$bench_apps" \
     "$rel/herald-gateway" >"$out/gateway.log" 2>&1 &
   gw_pid=$!
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/healthz" >/dev/null && break; sleep 0.1; done
@@ -136,8 +145,9 @@ measure() {
     log "$label: no result (exit $code); see $logf"
     line='{}'
   fi
-  echo "$line" | jq -c --arg name "$label" --argjson code "$code" '. + {bench: $name, exit: $code}' >>"$results"
-  grep -E '^  ' "$logf" | grep -E 'deliveries per sec|latency  |lost|duplicated  |bytes per connection|opened|cpu|ok' >&2 || true
+  echo "$line" | jq -c --arg name "$label" --argjson code "$code" --arg server "${pids[1]}" \
+    '. + {bench: $name, exit: $code, server_pid: $server}' >>"$results"
+  grep -E '^  ' "$logf" | grep -E 'deliveries per sec|latency  |lost|duplicated  |bytes per connection|opened|acked per sec|ack latency|nacked|replayed events|complete sockets|problems|cpu|ok' >&2 || true
 }
 
 fanout_args=(fanout --subscribers 1000 --duration 10 --concurrency 1 --drain 10)
@@ -182,14 +192,35 @@ for r in $(seq "$runs"); do
     start_herald; sleep 1; measure connections-10000-herald herald "${conn_args[@]}"; stop_herald
     start_ceiling; sleep 1; measure connections-10000-ceiling ceiling "${conn_args[@]}"; stop_ceiling
   fi
+  if want durable; then
+    # herald:publish on private channels, acks awaited: clients x window in flight.
+    start_herald
+    for cw in $durable_configs; do
+      c=${cw%x*} w=${cw#*x}
+      measure "durable-c$c-w$w-herald" herald durable --clients "$c" --window "$w" --messages 10000000 --duration 5
+    done
+    stop_herald
+  fi
+  if want jetstream; then
+    # One run per round, next to the durable runs: the ceiling they are read against.
+    wait_quiet
+    log "jetstream ceiling: 1 run per mode (round $r)"
+    "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 --size 128 | tee "$out/jetstream.$r.log" >&2
+    grep '^RESULT ' "$out/jetstream.$r.log" | cut -c8- | jq -c '. + {bench: "jetstream"}' >>"$results"
+    # The same with Herald's stream settings at 64 in flight.
+    "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 --size 128 --stream herald --mode pipelined --window 64 \
+      | tee "$out/jetstream-w64.$r.log" >&2
+    grep '^RESULT ' "$out/jetstream-w64.$r.log" | cut -c8- | jq -c '. + {bench: "jetstream-w64"}' >>"$results"
+  fi
+  if want resume; then
+    # Replay of 10,000 stored events (HERALD_RESUME_MAX_EVENTS' default bound)
+    # to 1 socket, then to 100 sockets resuming at once.
+    start_herald
+    measure resume-1-herald herald resume --sockets 1 --events 10000
+    measure resume-100-herald herald resume --sockets 100 --events 10000
+    stop_herald
+  fi
 done
-
-if want jetstream; then
-  wait_quiet
-  log "jetstream ceiling: $runs runs per mode"
-  "$rel/herald-ceiling-jetstream" --runs "$runs" --duration 5 --size 128 | tee "$out/jetstream.log" >&2
-  grep '^RESULT ' "$out/jetstream.log" | cut -c8- | jq -c '. + {bench: "jetstream"}' >>"$results"
-fi
 
 # Medians per label.
 log "medians over $runs runs (results in $results)"
@@ -198,6 +229,12 @@ jq -s -r '
   group_by(.bench)[] | . as $g | $g[0].bench as $l |
   if ($l | startswith("fanout")) or ($l | startswith("window")) or ($l | startswith("latency")) or ($l | startswith("publish")) then
     "\($l): deliveries/s \([$g[].deliveries_per_sec] | median), p50 \([$g[].latency.p50_ms] | median) ms, p99 \([$g[].latency.p99_ms] | median) ms, p99.9 \([$g[].latency.p999_ms] | median) ms, publish rate \([$g[].publish_rate] | median)/s, publish p50 \([$g[].publish_latency.p50_ms] | median) ms, lost \([$g[].lost] | add), duplicated \([$g[].duplicated] | add), disconnected \([$g[].disconnected_subscribers] | add), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
+  elif ($l | startswith("durable")) then
+    "\($l): acked/s \([$g[].acked_per_sec] | median), ack p50 \([$g[].ack_latency.p50_ms] | median) ms, p99 \([$g[].ack_latency.p99_ms] | median) ms, runs \([$g[].acked_per_sec] | tostring), nacked \([$g[].nacked] | add), timeouts \([$g[].ack_timeouts] | add), all ok \([$g[].ok] | all), gateway cores \([$g[] | .cpu.server_cores[.server_pid]] | median), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
+  elif ($l | startswith("resume")) then
+    "\($l): replayed events/s (all sockets) \([$g[].replayed_events_per_sec] | median), per socket median \([$g[].per_socket_events_per_sec_median] | median), runs \([$g[].replayed_events_per_sec] | tostring), replay s \([$g[].replay_secs] | median), first event p50 \([$g[].first_event_after.p50_ms] | median) ms, complete sockets \([$g[].complete_sockets] | min) of \($g[0].sockets), all ok \([$g[].ok] | all), preload acked/s \([$g[].preload_acked_per_sec] | median), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
+  elif ($l | startswith("jetstream")) then
+    "\($l): " + ([$g[] | to_entries[] | select(.value | type == "object")] | group_by(.key) | map("\(.[0].key) median \([.[].value.runs[]] | median) runs \([.[].value.runs[]] | tostring)") | join("; "))
   elif ($l | startswith("connections")) then
     "\($l): server bytes/connection \([$g[].server_bytes_per_connection] | median), connects/s \([$g[].connects_per_sec] | median), opened \([$g[].opened] | min), failures \([$g[].failures] | add), loadgen bytes/connection \([$g[].loadgen_bytes_per_connection] | median)"
   else

@@ -3,7 +3,7 @@
 //! can be pointed at Herald or at any other Pusher-compatible server.
 //!
 //! Scenarios (subcommands): `fanout`, `channels`, `connections`, `durable`,
-//! `churn`. Every run is bounded in message/connection count and in time
+//! `resume`, `churn`. Every run is bounded in message/connection count and in time
 //! (a hard `--deadline`), refuses any target that is not a loopback address,
 //! and prints a table followed by one `RESULT {json}` line.
 //!
@@ -56,9 +56,14 @@ enum Scenario {
     /// N idle connections opened at a ramp: connects/s, failures, server
     /// memory per connection (VmRSS of --server-pid).
     Connections(scenario::connections::ConnectionsArgs),
-    /// Durable client publishes (`herald:publish` → `herald:ack`): acked/s and
-    /// ack latency. Reports "unsupported" (exit 0) on servers without it.
+    /// Durable client publishes (`herald:publish` → `herald:ack`) on private
+    /// channels: acked/s and ack latency; any nack fails the run. Reports
+    /// "unsupported" (exit 0) on servers without it.
     Durable(scenario::durable::DurableArgs),
+    /// Sockets resuming a channel K events back (`resume_from`), one or many
+    /// at once: replayed events/s, every event checked once and in order.
+    /// Reports "unsupported" (exit 0) on servers without `herald:publish`.
+    Resume(scenario::resume::ResumeArgs),
     /// Clients connecting, subscribing and leaving continuously: cycles/s,
     /// failures, connect+subscribe latency.
     Churn(scenario::churn::ChurnArgs),
@@ -135,6 +140,7 @@ async fn run(scenario: Scenario, ctx: scenario::Ctx) -> anyhow::Result<report::R
         Scenario::Channels(args) => scenario::pubsub::channels(ctx, args).await,
         Scenario::Connections(args) => scenario::connections::run(ctx, args).await,
         Scenario::Durable(args) => scenario::durable::run(ctx, args).await,
+        Scenario::Resume(args) => scenario::resume::run(ctx, args).await,
         Scenario::Churn(args) => scenario::churn::run(ctx, args).await,
     }
 }

@@ -47,7 +47,7 @@ pub struct Frame<'a> {
 
 /// Keep `data` when it is a string; ignore any other shape (e.g. the object
 /// some servers put in `pusher:error`), which [`data_value`] reads instead.
-fn string_or_none<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
+pub fn string_or_none<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -118,8 +118,60 @@ pub async fn connect(target: &Target, timeout: Duration) -> anyhow::Result<(Ws, 
 /// Subscribe to a public channel and wait for its
 /// `pusher_internal:subscription_succeeded`.
 pub async fn subscribe(ws: &mut Ws, channel: &str, timeout: Duration) -> anyhow::Result<()> {
-    let frame = serde_json::json!({"event": "pusher:subscribe", "data": {"channel": channel}});
-    ws.send(Message::text(frame.to_string())).await?;
+    ws.send(Message::text(subscribe_frame(channel, None, None)))
+        .await?;
+    subscribed(ws, channel, timeout).await
+}
+
+/// Subscribe to `channel` with the `auth` a private channel needs (signed
+/// with the target's app secret for this socket) and wait for
+/// `pusher_internal:subscription_succeeded`. Public channels get no `auth`.
+pub async fn subscribe_signed(
+    ws: &mut Ws,
+    target: &Target,
+    socket_id: &str,
+    channel: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let auth = channel_auth(target, socket_id, channel);
+    ws.send(Message::text(subscribe_frame(
+        channel,
+        auth.as_deref(),
+        None,
+    )))
+    .await?;
+    subscribed(ws, channel, timeout).await
+}
+
+/// The `auth` of a private channel for this socket, as an app's auth
+/// endpoint would sign it (`key:hex(hmac_sha256(secret, "socket_id:channel"))`);
+/// `None` for a public channel.
+pub fn channel_auth(target: &Target, socket_id: &str, channel: &str) -> Option<String> {
+    channel.starts_with("private-").then(|| {
+        herald_proto::pusher::channel_auth(
+            &target.app_key,
+            &target.app_secret,
+            socket_id,
+            channel,
+            None,
+        )
+    })
+}
+
+/// A `pusher:subscribe` frame, with `auth` and Herald's `resume_from` when given.
+pub fn subscribe_frame(channel: &str, auth: Option<&str>, resume_from: Option<u64>) -> String {
+    let mut data = serde_json::json!({ "channel": channel });
+    if let Some(auth) = auth {
+        data["auth"] = auth.into();
+    }
+    if let Some(seq) = resume_from {
+        data["resume_from"] = seq.into();
+    }
+    serde_json::json!({ "event": "pusher:subscribe", "data": data }).to_string()
+}
+
+/// Wait for the `pusher_internal:subscription_succeeded` of `channel`.
+async fn subscribed(ws: &mut Ws, channel: &str, timeout: Duration) -> anyhow::Result<()> {
     tokio::time::timeout(timeout, async {
         loop {
             let text = next_text(ws).await?;
@@ -180,6 +232,32 @@ mod tests {
         assert_eq!(f.event, "lg");
         assert_eq!(f.channel.as_deref(), Some("c"));
         assert!(matches!(f.data, Some(Cow::Borrowed("hl|1|0|5|99|xx"))));
+    }
+
+    #[test]
+    fn private_channels_are_signed_and_public_ones_are_not() {
+        let target = Target::from_args(&crate::target::TargetArgs {
+            host: "127.0.0.1".into(),
+            port: 6001,
+            app_id: "app-id".into(),
+            app_key: "278d425bdf160c739803".into(),
+            app_secret: "7ad3773142a6692b25b8".into(),
+        })
+        .expect("loopback");
+        // Pusher's documented example (channels/server_api/authorizing-users).
+        assert_eq!(
+            channel_auth(&target, "1234.1234", "private-foobar").as_deref(),
+            Some("278d425bdf160c739803:58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4")
+        );
+        assert_eq!(channel_auth(&target, "1234.1234", "foobar"), None);
+        let frame: serde_json::Value =
+            serde_json::from_str(&subscribe_frame("private-c", Some("k:s"), Some(7))).unwrap();
+        assert_eq!(frame["event"], "pusher:subscribe");
+        assert_eq!(frame["data"]["auth"], "k:s");
+        assert_eq!(frame["data"]["resume_from"], 7);
+        let plain: serde_json::Value =
+            serde_json::from_str(&subscribe_frame("c", None, None)).unwrap();
+        assert_eq!(plain["data"], serde_json::json!({ "channel": "c" }));
     }
 
     #[test]

@@ -1,11 +1,24 @@
 //! `durable`: clients publishing over their WebSocket with Herald's
-//! `herald:publish` extension and waiting for `herald:ack {client_id, id,
-//! seq}` (or `herald:nack`): acked messages/s and ack latency.
+//! `herald:publish {channel, event, data, client_id}` extension and waiting
+//! for `herald:ack {client_id, channel, id, seq, ts}` (or `herald:nack
+//! {client_id, code, message}`): acknowledged publishes/s and ack latency.
+//!
+//! Herald stores client publishes on private and presence channels only, and
+//! only from a socket subscribed to the channel. So each client connects,
+//! subscribes to its own private channel `private-loadgen-<run>-d<i>` with
+//! the `auth` an app's auth endpoint would give it (the HMAC of
+//! `socket_id:channel` with the app secret of the target flags), then keeps
+//! `--window` publishes in flight. Every answer is matched to its publish by
+//! `client_id`. A nack, a malformed ack, two publishes acknowledged with the
+//! same `seq`, a `pusher:error`, a lost connection or a missing answer makes
+//! the run fail (exit 1), with the nack codes and the first message of each
+//! kind in the report.
 //!
 //! A probe publish comes first. A server that answers it with `pusher:error`,
 //! closes the connection, or stays silent past `--probe-timeout` does not
 //! support durable publishes: the run reports "unsupported by this server"
-//! and exits 0.
+//! and exits 0. A probe that is nacked is an answer (the server supports the
+//! extension and refuses the publish): the run goes on and fails on its nacks.
 
 use super::{cpu_line, Ctx};
 use crate::report::Report;
@@ -13,18 +26,38 @@ use crate::stats::{latency_json, latency_line, Latencies};
 use crate::target::Target;
 use crate::util::{secs, Clock, FirstError, Payload};
 use crate::ws::{self, Ws};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use futures::{SinkExt, StreamExt};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
+
+/// Which kind of channel the clients publish on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChannelType {
+    /// `private-…`, subscribed with a signed `auth` (what Herald accepts).
+    Private,
+    /// A public channel: Herald nacks every publish on it (`not_allowed`).
+    /// For checking that a run with nacks fails.
+    Public,
+}
+
+impl ChannelType {
+    /// The channel name for `suffix`.
+    pub fn channel(self, suffix: &str) -> String {
+        match self {
+            ChannelType::Private => format!("private-{suffix}"),
+            ChannelType::Public => suffix.to_owned(),
+        }
+    }
+}
 
 /// `durable` flags.
 #[derive(Debug, Clone, Args)]
 pub struct DurableArgs {
-    /// Publishing clients, each on its own channel.
+    /// Publishing clients (connections), each on its own channel.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
     /// Publishes in flight per client (1: each ack awaited before the next).
@@ -39,6 +72,9 @@ pub struct DurableArgs {
     /// Bytes of `data` per message.
     #[arg(long, default_value_t = 128)]
     pub size: usize,
+    /// Channel kind to publish on.
+    #[arg(long, value_enum, default_value = "private")]
+    pub channel_type: ChannelType,
     /// Seconds to wait for the answer to the probe publish.
     #[arg(long, default_value_t = 3.0)]
     pub probe_timeout: f64,
@@ -48,7 +84,8 @@ pub struct DurableArgs {
     /// Seconds one connection (or one subscribe) may take.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
-    /// Do not subscribe to the channel before publishing to it.
+    /// Do not subscribe to the channel before publishing to it (Herald
+    /// nacks every publish with `not_subscribed`).
     #[arg(long)]
     pub no_subscribe: bool,
     /// Event name of the published messages.
@@ -58,13 +95,18 @@ pub struct DurableArgs {
 
 /// The answer to one `herald:publish`.
 #[derive(Debug)]
-enum Answer {
+pub(crate) enum Answer {
     Ack {
         client_id: String,
+        /// The channel named in `data`.
+        channel: String,
+        seq: Option<u64>,
+        /// `id` is a string and `ts` a number.
         well_formed: bool,
     },
     Nack {
         client_id: String,
+        code: String,
         message: String,
     },
     /// `pusher:error`: the server does not know the event (or refused it).
@@ -72,7 +114,7 @@ enum Answer {
     Other,
 }
 
-fn classify(text: &str) -> Answer {
+pub(crate) fn classify(text: &str) -> Answer {
     let Some(frame) = ws::parse(text) else {
         return Answer::Other;
     };
@@ -82,19 +124,26 @@ fn classify(text: &str) -> Answer {
         _ => return Answer::Other,
     }
     let data = ws::data_value(text);
-    let client_id = data
-        .get("client_id")
-        .and_then(|c| c.as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let field = |name: &str| {
+        data.get(name)
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
     match event.as_str() {
         "herald:ack" => Answer::Ack {
-            client_id,
-            well_formed: data.get("seq").is_some_and(|s| s.is_u64())
-                && data.get("id").is_some_and(|s| s.is_string()),
+            client_id: field("client_id"),
+            channel: field("channel"),
+            seq: data.get("seq").and_then(|s| s.as_u64()),
+            well_formed: data.get("id").is_some_and(|s| s.is_string())
+                && data.get("ts").is_some_and(|s| s.is_number()),
         },
         "herald:nack" => Answer::Nack {
-            client_id,
+            client_id: field("client_id"),
+            code: data
+                .get("code")
+                .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_owned))
+                .unwrap_or_else(|| "(none)".into()),
             message: data.to_string(),
         },
         _ => Answer::Error(
@@ -106,7 +155,8 @@ fn classify(text: &str) -> Answer {
     }
 }
 
-fn publish_frame(channel: &str, event: &str, data: &str, client_id: &str) -> String {
+/// A `herald:publish` frame.
+pub(crate) fn publish_frame(channel: &str, event: &str, data: &str, client_id: &str) -> String {
     serde_json::json!({
         "event": "herald:publish",
         "data": { "channel": channel, "event": event, "data": data, "client_id": client_id },
@@ -114,37 +164,66 @@ fn publish_frame(channel: &str, event: &str, data: &str, client_id: &str) -> Str
     .to_string()
 }
 
-async fn open(target: &Target, channel: &str, args: &DurableArgs) -> anyhow::Result<Ws> {
-    let timeout = secs(args.connect_timeout);
-    let (mut socket, _) = ws::connect(target, timeout).await?;
-    if !args.no_subscribe {
-        ws::subscribe(&mut socket, channel, timeout).await?;
+/// Connect and (unless `subscribe` is false) subscribe to `channel`, signed
+/// when it is private.
+pub(crate) async fn open(
+    target: &Target,
+    channel: &str,
+    subscribe: bool,
+    timeout: Duration,
+) -> anyhow::Result<Ws> {
+    let (mut socket, socket_id) = ws::connect(target, timeout).await?;
+    if subscribe {
+        ws::subscribe_signed(&mut socket, target, &socket_id, channel, timeout).await?;
     }
     Ok(socket)
 }
 
-/// The probe: `Ok(None)` when supported, `Ok(Some(reason))` when not.
-async fn probe(target: &Target, run: u32, args: &DurableArgs) -> anyhow::Result<Option<String>> {
-    let channel = format!("loadgen-{run:08x}-probe");
-    let mut socket = open(target, &channel, args).await?;
-    let client_id = format!("{run:08x}-probe");
-    let frame = publish_frame(&channel, &args.event, "probe", &client_id);
-    socket.send(Message::text(frame)).await?;
-    let wait = secs(args.probe_timeout);
-    let answer = tokio::time::timeout(wait, async {
+/// What the probe publish got.
+#[derive(Debug)]
+pub(crate) enum Probe {
+    /// `herald:ack`.
+    Acked,
+    /// `herald:nack`: supported, but refused (the message).
+    Nacked(String),
+    /// No durable publishes on this server (why).
+    Unsupported(String),
+}
+
+/// Publish one probe on `channel` (already subscribed on `socket`).
+pub(crate) async fn probe_on(
+    socket: &mut Ws,
+    channel: &str,
+    event: &str,
+    client_id: &str,
+    wait: Duration,
+) -> Probe {
+    let frame = publish_frame(channel, event, "probe", client_id);
+    if let Err(e) = socket.send(Message::text(frame)).await {
+        return Probe::Unsupported(format!("the server closed the connection: {e}"));
+    }
+    tokio::time::timeout(wait, async {
         loop {
-            let text = match ws::next_text(&mut socket).await {
+            let text = match ws::next_text(socket).await {
                 Ok(t) => t,
-                Err(e) => return Some(format!("the server closed the connection: {e:#}")),
+                Err(e) => {
+                    return Probe::Unsupported(format!("the server closed the connection: {e:#}"))
+                }
             };
             match classify(&text) {
-                Answer::Ack { client_id: c, .. } | Answer::Nack { client_id: c, .. }
-                    if c == client_id =>
-                {
-                    return None
-                }
+                Answer::Ack { client_id: c, .. } if c == client_id => return Probe::Acked,
+                Answer::Nack {
+                    client_id: c,
+                    message,
+                    ..
+                } if c == client_id => return Probe::Nacked(message),
                 Answer::Error(message) => {
-                    return Some(format!("the server answered pusher:error: {message}"))
+                    return Probe::Unsupported(format!(
+                        "the server answered pusher:error: {message}"
+                    ))
+                }
+                Answer::Other if ws::parse(&text).is_some_and(|f| f.event == "pusher:ping") => {
+                    let _ = ws::pong(socket).await;
                 }
                 _ => {}
             }
@@ -152,11 +231,33 @@ async fn probe(target: &Target, run: u32, args: &DurableArgs) -> anyhow::Result<
     })
     .await
     .unwrap_or_else(|_| {
-        Some(format!(
+        Probe::Unsupported(format!(
             "no herald:ack or herald:nack within {} s",
             wait.as_secs_f64()
         ))
-    });
+    })
+}
+
+async fn probe(target: &Target, run: u32, args: &DurableArgs) -> anyhow::Result<Probe> {
+    let channel = args
+        .channel_type
+        .channel(&format!("loadgen-{run:08x}-probe"));
+    let mut socket = open(
+        target,
+        &channel,
+        !args.no_subscribe,
+        secs(args.connect_timeout),
+    )
+    .await?;
+    let client_id = format!("{run:08x}-probe");
+    let answer = probe_on(
+        &mut socket,
+        &channel,
+        &args.event,
+        &client_id,
+        secs(args.probe_timeout),
+    )
+    .await;
     ws::close(socket, secs(1.0)).await;
     Ok(answer)
 }
@@ -165,15 +266,19 @@ struct Shared {
     clock: Clock,
     run: u32,
     tickets: AtomicU64,
+    sent: AtomicU64,
     acked: AtomicU64,
     nacked: AtomicU64,
     timeouts: AtomicU64,
     malformed: AtomicU64,
+    duplicate_seqs: AtomicU64,
     unexpected: AtomicU64,
     failed_clients: AtomicU64,
     last_ack_us: AtomicU64,
     latencies: Latencies,
+    nack_codes: Mutex<BTreeMap<String, u64>>,
     first_nack: FirstError,
+    first_malformed: FirstError,
     first_error: FirstError,
 }
 
@@ -182,15 +287,17 @@ pub async fn run(ctx: Ctx, args: DurableArgs) -> anyhow::Result<Report> {
     let target = ctx.target.clone();
     anyhow::ensure!(args.clients > 0, "need at least one client");
     let run = crate::util::run_id();
+    let window = args.window.max(1);
     let mut report = Report::new(
         "durable",
         format!(
-            "durable: {} client(s), window {}, {} B messages",
-            args.clients, args.window, args.size
+            "durable: {} client(s), window {}, {} B messages, {:?} channels",
+            args.clients, window, args.size, args.channel_type
         ),
     );
     report.json("target", target.addr.to_string());
-    if let Some(reason) = probe(&target, run, &args).await? {
+    let probe = probe(&target, run, &args).await?;
+    if let Probe::Unsupported(reason) = probe {
         eprintln!("durable: herald:publish is unsupported by this server ({reason})");
         report.add("supported", "no: unsupported by this server", false);
         report.add("reason", reason.clone(), reason);
@@ -198,26 +305,46 @@ pub async fn run(ctx: Ctx, args: DurableArgs) -> anyhow::Result<Report> {
         return Ok(report);
     }
     report.add("supported", "yes", true);
+    if let Probe::Nacked(message) = &probe {
+        eprintln!("durable: the probe publish was nacked: {message}");
+        report.add("probe_nack", message.clone(), message.clone());
+    }
 
     let shared = Arc::new(Shared {
         clock: Clock::new(),
         run,
         tickets: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
         acked: AtomicU64::new(0),
         nacked: AtomicU64::new(0),
         timeouts: AtomicU64::new(0),
         malformed: AtomicU64::new(0),
+        duplicate_seqs: AtomicU64::new(0),
         unexpected: AtomicU64::new(0),
         failed_clients: AtomicU64::new(0),
         last_ack_us: AtomicU64::new(0),
         latencies: Latencies::new(8),
+        nack_codes: Mutex::new(BTreeMap::new()),
         first_nack: FirstError::default(),
+        first_malformed: FirstError::default(),
         first_error: FirstError::default(),
     });
+    let opened = futures::future::join_all((0..args.clients).map(|i| {
+        let target = target.clone();
+        let channel = args
+            .channel_type
+            .channel(&format!("loadgen-{run:08x}-d{i}"));
+        let subscribe = !args.no_subscribe;
+        let timeout = secs(args.connect_timeout);
+        async move {
+            let socket = open(&target, &channel, subscribe, timeout).await;
+            (i, channel, socket)
+        }
+    }))
+    .await;
     let mut sockets = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
-        let channel = format!("loadgen-{run:08x}-d{i}");
-        match open(&target, &channel, &args).await {
+    for (i, channel, socket) in opened {
+        match socket {
             Ok(s) => sockets.push((i, channel, s)),
             Err(e) => {
                 shared.failed_clients.fetch_add(1, Ordering::SeqCst);
@@ -249,29 +376,49 @@ pub async fn run(ctx: Ctx, args: DurableArgs) -> anyhow::Result<Report> {
     futures::future::join_all(handles).await;
     let cpu = cpu.finish();
 
+    let sent = shared.sent.load(Ordering::SeqCst);
     let acked = shared.acked.load(Ordering::SeqCst);
     let nacked = shared.nacked.load(Ordering::SeqCst);
     let timeouts = shared.timeouts.load(Ordering::SeqCst);
     let malformed = shared.malformed.load(Ordering::SeqCst);
+    let duplicate_seqs = shared.duplicate_seqs.load(Ordering::SeqCst);
+    let unexpected = shared.unexpected.load(Ordering::SeqCst);
     let failed = shared.failed_clients.load(Ordering::SeqCst);
     let elapsed = shared
         .last_ack_us
         .load(Ordering::SeqCst)
         .saturating_sub(started_us) as f64
         / 1e6;
-    let sent = shared.tickets.load(Ordering::SeqCst).min(args.messages);
+    report.add(
+        "channel_type",
+        format!("{:?}", args.channel_type).to_lowercase(),
+        format!("{:?}", args.channel_type).to_lowercase(),
+    );
     report.count("clients", args.clients as u64);
     report.count("client_failures", failed);
-    report.count("window", args.window as u64);
+    report.count("window", window as u64);
+    report.count("in_flight", (args.clients * window) as u64);
     report.count("sent", sent);
     report.count("acked", acked);
     report.count("nacked", nacked);
+    let codes = shared.nack_codes.lock().expect("nack codes").clone();
+    report.add(
+        "nack_codes",
+        if codes.is_empty() {
+            "-".to_string()
+        } else {
+            codes
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        serde_json::to_value(&codes).unwrap_or_default(),
+    );
     report.count("ack_timeouts", timeouts);
     report.count("malformed_acks", malformed);
-    report.count(
-        "unexpected_answers",
-        shared.unexpected.load(Ordering::SeqCst),
-    );
+    report.count("duplicate_seqs", duplicate_seqs);
+    report.count("unexpected_answers", unexpected);
     report.num("elapsed_secs", elapsed, 2, "s");
     report.num("acked_per_sec", acked as f64 / elapsed.max(1e-9), 1, "/s");
     let latency = shared.latencies.merged();
@@ -281,13 +428,23 @@ pub async fn run(ctx: Ctx, args: DurableArgs) -> anyhow::Result<Report> {
         latency_json(&latency),
     );
     report.add("cpu", cpu_line(&cpu), cpu);
-    if let Some(e) = shared.first_nack.get() {
-        report.add("first_nack", e.clone(), e);
+    for (key, first) in [
+        ("first_nack", &shared.first_nack),
+        ("first_malformed", &shared.first_malformed),
+        ("first_error", &shared.first_error),
+    ] {
+        if let Some(e) = first.get() {
+            report.add(key, e.clone(), e);
+        }
     }
-    if let Some(e) = shared.first_error.get() {
-        report.add("first_error", e.clone(), e);
-    }
-    let ok = failed == 0 && nacked == 0 && timeouts == 0 && malformed == 0 && acked > 0;
+    let ok = failed == 0
+        && nacked == 0
+        && timeouts == 0
+        && malformed == 0
+        && duplicate_seqs == 0
+        && unexpected == 0
+        && acked > 0
+        && acked == sent;
     report.add("ok", ok.to_string(), ok);
     Ok(report)
 }
@@ -303,6 +460,9 @@ async fn client(
     let mut recorder = shared.latencies.recorder(index);
     // client_id → send time (µs on the run clock).
     let mut in_flight: HashMap<String, u64> = HashMap::new();
+    // The seqs this client's publishes were stored at: two publishes
+    // acknowledged with one seq mean one of them was not stored.
+    let mut seqs: HashSet<u64> = HashSet::new();
     let mut n = 0u64;
     let ack_timeout = secs(args.ack_timeout);
     let mut last_progress = Instant::now();
@@ -326,8 +486,12 @@ async fn client(
             if let Err(e) = socket.send(Message::text(frame)).await {
                 shared.first_error.set(format!("send: {e}"));
                 shared.failed_clients.fetch_add(1, Ordering::SeqCst);
+                shared
+                    .timeouts
+                    .fetch_add(in_flight.len() as u64, Ordering::SeqCst);
                 return;
             }
+            shared.sent.fetch_add(1, Ordering::SeqCst);
             in_flight.insert(client_id, t_us);
         }
         if in_flight.is_empty() {
@@ -340,6 +504,10 @@ async fn client(
                     shared
                         .timeouts
                         .fetch_add(in_flight.len() as u64, Ordering::SeqCst);
+                    shared.first_error.set(format!(
+                        "no herald:ack or herald:nack within {} s",
+                        ack_timeout.as_secs_f64()
+                    ));
                     break;
                 }
                 Ok(msg) => msg,
@@ -361,6 +529,8 @@ async fn client(
         match classify(text.as_str()) {
             Answer::Ack {
                 client_id,
+                channel: acked_channel,
+                seq,
                 well_formed,
             } => match in_flight.remove(&client_id) {
                 Some(t_us) => {
@@ -368,22 +538,50 @@ async fn client(
                     recorder.record(now.saturating_sub(t_us));
                     shared.acked.fetch_add(1, Ordering::SeqCst);
                     shared.last_ack_us.fetch_max(now, Ordering::SeqCst);
-                    if !well_formed {
-                        shared.malformed.fetch_add(1, Ordering::SeqCst);
+                    match seq {
+                        Some(seq) if well_formed && acked_channel == channel => {
+                            if !seqs.insert(seq) {
+                                shared.duplicate_seqs.fetch_add(1, Ordering::SeqCst);
+                                shared.first_error.set(format!(
+                                    "two publishes of {channel} acknowledged with seq {seq}"
+                                ));
+                            }
+                        }
+                        _ => {
+                            shared.malformed.fetch_add(1, Ordering::SeqCst);
+                            shared.first_malformed.set(text.as_str().to_owned());
+                        }
                     }
                     last_progress = Instant::now();
                 }
                 None => {
                     shared.unexpected.fetch_add(1, Ordering::SeqCst);
+                    shared.first_error.set(format!(
+                        "an ack for no publish in flight: {}",
+                        text.as_str()
+                    ));
                 }
             },
-            Answer::Nack { client_id, message } => {
+            Answer::Nack {
+                client_id,
+                code,
+                message,
+            } => {
                 if in_flight.remove(&client_id).is_some() {
                     shared.nacked.fetch_add(1, Ordering::SeqCst);
+                    *shared
+                        .nack_codes
+                        .lock()
+                        .expect("nack codes")
+                        .entry(code)
+                        .or_default() += 1;
                     shared.first_nack.set(message);
                     last_progress = Instant::now();
                 } else {
                     shared.unexpected.fetch_add(1, Ordering::SeqCst);
+                    shared
+                        .first_error
+                        .set(format!("a nack for no publish in flight: {message}"));
                 }
             }
             Answer::Error(message) => {
@@ -408,24 +606,35 @@ mod tests {
 
     #[test]
     fn classifies_acks_nacks_and_errors() {
-        let ack =
-            r#"{"event":"herald:ack","data":"{\"client_id\":\"c1\",\"id\":\"x\",\"seq\":4}"}"#;
-        assert!(
-            matches!(classify(ack), Answer::Ack { ref client_id, well_formed: true } if client_id == "c1")
-        );
+        // Herald's shapes (herald-proto's ServerFrame::Ack / Nack).
+        let ack = r#"{"event":"herald:ack","channel":"private-c","data":"{\"channel\":\"private-c\",\"client_id\":\"c1\",\"id\":\"x\",\"seq\":4,\"ts\":1700000000000}"}"#;
+        assert!(matches!(
+            classify(ack),
+            Answer::Ack { ref client_id, ref channel, seq: Some(4), well_formed: true }
+                if client_id == "c1" && channel == "private-c"
+        ));
         let ack_obj = r#"{"event":"herald:ack","data":{"client_id":"c2","id":"x"}}"#;
         assert!(matches!(
             classify(ack_obj),
             Answer::Ack {
+                seq: None,
                 well_formed: false,
                 ..
             }
         ));
-        let nack =
-            r#"{"event":"herald:nack","data":{"client_id":"c3","code":4000,"message":"no"}}"#;
-        assert!(matches!(classify(nack), Answer::Nack { ref client_id, .. } if client_id == "c3"));
+        let nack = r#"{"event":"herald:nack","data":"{\"client_id\":\"c3\",\"code\":\"not_allowed\",\"message\":\"no\"}"}"#;
+        assert!(matches!(
+            classify(nack),
+            Answer::Nack { ref client_id, ref code, .. } if client_id == "c3" && code == "not_allowed"
+        ));
         let err = r#"{"event":"pusher:error","data":{"code":null,"message":"Unsupported event \"herald:publish\""}}"#;
         assert!(matches!(classify(err), Answer::Error(ref m) if m.contains("Unsupported")));
         assert!(matches!(classify(r#"{"event":"x"}"#), Answer::Other));
+    }
+
+    #[test]
+    fn channel_types_name_channels() {
+        assert_eq!(ChannelType::Private.channel("lg-1"), "private-lg-1");
+        assert_eq!(ChannelType::Public.channel("lg-1"), "lg-1");
     }
 }

@@ -5,6 +5,7 @@ pub mod churn;
 pub mod connections;
 pub mod durable;
 pub mod pubsub;
+pub mod resume;
 
 use crate::target::Target;
 use crate::util::{secs, CpuMeter};
