@@ -201,7 +201,9 @@ impl Repairer {
                 .filter(|user| !reply.members.contains_key(*user))
                 .cloned()
                 .collect();
+            view.started = true;
             view.revision = reply.revision;
+            view.repaired_up_to = reply.revision;
             view.members = reply.members.clone();
             (added, removed)
         };
@@ -398,20 +400,22 @@ fn presence_event(
         return;
     };
     if !repaired {
-        // Keep the channel's view; an event the view already reflects (one
-        // that arrived late, after a post-reconnect re-read) is not sent.
+        // An event from before a post-reconnect re-read whose differences
+        // were sent is stale: not sent again. Others keep the view current.
         let mut view = entry.members.lock().expect("members lock");
-        if revision <= view.revision {
+        if revision <= view.repaired_up_to {
             return;
         }
-        view.revision = revision;
-        match event {
-            PresenceEvent::MemberAdded { user_info, .. } => {
-                view.members
-                    .insert(user.as_str().to_owned(), user_info.clone());
-            }
-            PresenceEvent::MemberRemoved { .. } => {
-                view.members.remove(user.as_str());
+        if revision > view.revision {
+            view.revision = revision;
+            match event {
+                PresenceEvent::MemberAdded { user_info, .. } => {
+                    view.members
+                        .insert(user.as_str().to_owned(), user_info.clone());
+                }
+                PresenceEvent::MemberRemoved { .. } => {
+                    view.members.remove(user.as_str());
+                }
             }
         }
     }

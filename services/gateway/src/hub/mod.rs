@@ -49,9 +49,20 @@ type ChannelKey = (AppId, ChannelName);
 /// the member list as of a KV revision, kept up to date by the member
 /// events, so that after a NATS reconnect (member events are core NATS and
 /// may have been missed) the difference to a fresh list can be sent.
+///
+/// The view starts from the first subscriber's member list and then follows
+/// the member events only: a later subscriber's list must not move it ahead,
+/// since events older than that list may still be on their way to the
+/// subscribers who were there before (they need them).
 #[derive(Debug, Default)]
 pub(super) struct MemberView {
+    /// Set once the first member list arrived.
+    pub started: bool,
+    /// The newest revision the view reflects.
     pub revision: u64,
+    /// Member events at or below this revision came before a post-reconnect
+    /// re-read whose differences were already sent: they are stale.
+    pub repaired_up_to: u64,
     pub members: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
@@ -184,7 +195,8 @@ impl Hub {
         let channels = self.channels.lock().expect("hub lock");
         if let Some(entry) = channels.get(&key) {
             let mut view = entry.members.lock().expect("members lock");
-            if revision > view.revision {
+            if !view.started {
+                view.started = true;
                 view.revision = revision;
                 view.members = members.clone();
             }
