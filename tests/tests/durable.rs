@@ -540,3 +540,61 @@ async fn member_changes_missed_while_a_gateway_was_cut_off_from_nats_are_sent_as
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_closed_with_4200_resumes_and_has_lost_nothing() {
+    let mut app = herald_config::AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.max_message_bytes = 256 * 1024;
+    let stack = Stack::with_apps(herald_config::AppRegistry::single(app));
+    let mut config = stack.gateway_config();
+    config.outbound_queue_bytes = 1024 * 1024;
+    let gateway = stack.gateway_with(config).await;
+    let api = stack.api(&gateway);
+    let channel = "slow-resume";
+    let mut slow = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    slow.subscribe(channel).await.unwrap();
+
+    // The socket stops reading; 200 KiB events until the gateway gives up
+    // on it (the loopback buffers hold a few MiB).
+    let padding = "x".repeat(200 * 1024);
+    let mut published = 0u64;
+    while metric(gateway.port, "herald_gateway_slow_consumers_total").await < 1.0 {
+        assert!(published < 400, "no slow consumer after {published} events");
+        for _ in 0..10 {
+            trigger_ok(&api, channel, &format!("{published:06}{padding}")).await;
+            published += 1;
+        }
+    }
+    // What was queued for it arrives, then 4200.
+    let mut got = Vec::new();
+    let code = loop {
+        match slow.next_frame().await {
+            Ok(frame) if frame["event"] == "e" => got.push(super_got(&frame)),
+            Ok(_) => {}
+            Err(err) => break err.to_string(),
+        }
+    };
+    assert!(code.contains("4200"), "closed with 4200: {code}");
+    // More events while it is away, then it resumes from what it has.
+    for i in 0..20 {
+        trigger_ok(&api, channel, &format!("after-{i}")).await;
+    }
+    trigger_ok(&api, channel, "marker").await;
+    let from = got.last().map(|g| g.seq).unwrap_or(0);
+    let mut again = PusherSocket::connect(gateway.port, "app-key")
+        .await
+        .unwrap();
+    subscribe_resuming(&mut again, channel, from).await;
+    let mut rest = Vec::new();
+    read_until(&mut again, "e", "marker", &mut rest).await;
+    got.extend(rest);
+    let stored = stack.stored_seqs(channel).await;
+    assert_complete_chain("slow then resumed", &got, &stored);
+}
+
+/// `got` of a frame whose data may be large (only its seq chain matters).
+fn super_got(frame: &Value) -> Got {
+    got(frame)
+}
