@@ -331,3 +331,11 @@ pub async fn wait_ready(port: u16, timeout: std::time::Duration) {
     })
     .await;
 }
+
+/// The presence KV key of a gateway's heartbeat (named in herald-proto).
+pub fn gateway_key(gateway: &str) -> String {
+    herald_proto::presence::PresenceKey::Gateway {
+        gateway: gateway.to_owned(),
+    }
+    .render()
+}

@@ -663,7 +663,7 @@ async fn a_gateway_whose_keys_were_expired_while_it_lived_announces_its_members_
     for key in doomed {
         kv.delete(key).await.unwrap();
     }
-    kv.delete(format!("gw.{id}")).await.unwrap();
+    kv.delete(herald_tests::gateway_key(&id)).await.unwrap();
 
     // Bob is told alice left, then, once her gateway's next heartbeat finds
     // its key gone, that she is back.

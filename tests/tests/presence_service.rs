@@ -107,7 +107,7 @@ impl FakeGateway {
         };
         self.kv
             .put(
-                format!("gw.{}", self.id),
+                herald_tests::gateway_key(&self.id),
                 serde_json::to_vec(&hb).unwrap().into(),
             )
             .await
@@ -504,11 +504,11 @@ async fn members_of_a_gateway_that_stops_heartbeating_are_removed_within_the_ttl
     eventually(WAIT, "the dead gateway's keys to be deleted", || async {
         let any = dying.exists(&sub_key).await
             || dying.exists(&conn_key).await
-            || dying.exists("gw.dying").await;
+            || dying.exists(&herald_tests::gateway_key("dying")).await;
         (!any).then_some(())
     })
     .await;
-    assert!(alive.exists("gw.alive").await);
+    assert!(alive.exists(&herald_tests::gateway_key("alive")).await);
 
     // The live gateway's members are untouched, across a few more sweeps.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -1063,7 +1063,7 @@ async fn the_delete_markers_of_gone_sockets_are_purged_and_a_restart_after_that_
     })
     .await;
     assert!(gw.exists(&gw.sub_key("presence-reap", "1.1")).await);
-    assert!(gw.exists(&format!("gw.{}", gw.id)).await);
+    assert!(gw.exists(&herald_tests::gateway_key(&gw.id)).await);
 
     // A restart reads a bucket without them and has nothing to say.
     presence.kill().await;
