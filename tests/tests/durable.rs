@@ -598,3 +598,75 @@ async fn a_slow_consumer_closed_with_4200_resumes_and_has_lost_nothing() {
 fn super_got(frame: &Value) -> Got {
     got(frame)
 }
+
+#[tokio::test]
+async fn private_presence_and_cache_channels_resume_after_their_usual_authorization() {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let gateway = stack.gateway().await;
+    let api = stack.api(&gateway);
+    for channel in ["private-r", "presence-r", "cache-r"] {
+        for i in 0..5 {
+            trigger_ok(&api, channel, &format!("{channel}-{i}")).await;
+        }
+        trigger_ok(&api, channel, "last").await;
+        let stored = stack.stored_seqs(channel).await;
+        let from = stored[1];
+        let mut socket = PusherSocket::connect(gateway.port, "app-key")
+            .await
+            .unwrap();
+        // Without authorization a resume is refused like any subscribe.
+        let refused = socket
+            .subscribe_with(
+                json!({ "channel": channel, "resume_from": from, "auth": "app-key:bad" }),
+            )
+            .await
+            .unwrap();
+        if channel != "cache-r" {
+            assert_eq!(refused["event"], "pusher:subscription_error", "{channel}");
+        }
+        let mut socket = PusherSocket::connect(gateway.port, "app-key")
+            .await
+            .unwrap();
+        let auth = |socket: &PusherSocket, data: Option<&str>| {
+            herald_proto::pusher::channel_auth("app-key", SECRET, &socket.socket_id, channel, data)
+        };
+        let frame = match channel {
+            "private-r" => socket
+                .subscribe_with(
+                    json!({ "channel": channel, "resume_from": from, "auth": auth(&socket, None) }),
+                )
+                .await
+                .unwrap(),
+            "presence-r" => {
+                let data = json!({ "user_id": "u1" }).to_string();
+                socket
+                    .subscribe_with(json!({ "channel": channel, "resume_from": from,
+                        "auth": auth(&socket, Some(&data)), "channel_data": data }))
+                    .await
+                    .unwrap()
+            }
+            _ => socket
+                .subscribe_with(json!({ "channel": channel, "resume_from": from }))
+                .await
+                .unwrap(),
+        };
+        assert_eq!(
+            frame["event"], "pusher_internal:subscription_succeeded",
+            "{channel}: {frame}"
+        );
+        // The events after the position, in order; for the cache channel
+        // instead of its last event alone (and no cache_miss).
+        let mut got = Vec::new();
+        read_until(&mut socket, "e", "last", &mut got).await;
+        let data: Vec<&str> = got.iter().map(|g| g.data.as_str()).collect();
+        let expected = [2, 3, 4].map(|i| format!("{channel}-{i}"));
+        assert_eq!(
+            &data[..3],
+            &expected.iter().map(String::as_str).collect::<Vec<_>>()[..],
+            "{channel}"
+        );
+        assert_eq!(data.len(), 4, "{channel}: {data:?}");
+        assert_complete_chain(channel, &got, &stored[2..]);
+    }
+}
