@@ -281,6 +281,29 @@ async fn a_position_further_back_than_the_replay_bound_or_past_the_end_gets_resu
     assert_eq!(resume_failed(&frame).1, "unknown_position");
 }
 
+/// Wait until the gateway's gap-repair counter moved past `before`.
+async fn gap_repaired(port: u16, before: f64) {
+    herald_testkit::eventually(
+        Duration::from_secs(30),
+        "the gateway to repair the gap",
+        || async {
+            (metric(port, "herald_gateway_gaps_repaired_total").await > before).then_some(())
+        },
+    )
+    .await;
+}
+
+/// `n` sockets subscribed to `channel`.
+async fn subscribers(port: u16, channel: &str, n: usize) -> Vec<PusherSocket> {
+    let mut subs = Vec::new();
+    for _ in 0..n {
+        let mut s = PusherSocket::connect(port, "app-key").await.unwrap();
+        s.subscribe(channel).await.unwrap();
+        subs.push(s);
+    }
+    subs
+}
+
 /// A gateway whose NATS connection goes through a [`TcpProxy`]: cut, it
 /// closes the gateway's connection and refuses new ones, while NATS and every
 /// other client carry on.
@@ -348,14 +371,7 @@ async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected
     let stack = Stack::start();
     let (proxy, gateway) = gateway_behind_proxy(&stack).await;
     let channel = "cut-room";
-    let mut subs = Vec::new();
-    for _ in 0..2 {
-        let mut s = PusherSocket::connect(gateway.port, "app-key")
-            .await
-            .unwrap();
-        s.subscribe(channel).await.unwrap();
-        subs.push(s);
-    }
+    let mut subs = subscribers(gateway.port, channel, 2).await;
     let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
     for i in 0..20 {
         store_directly(&js, &stack, channel, &format!("before-{i}")).await;
@@ -368,15 +384,7 @@ async fn events_stored_while_a_gateway_was_cut_off_from_nats_reach_its_connected
     }
     proxy.reopen();
     // After the reconnect, more events; the marker ends each reader.
-    herald_testkit::eventually(
-        Duration::from_secs(20),
-        "the gateway to repair the gap",
-        || async {
-            (metric(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
-                .then_some(())
-        },
-    )
-    .await;
+    gap_repaired(gateway.port, gaps_before).await;
     for i in 0..20 {
         store_directly(&js, &stack, channel, &format!("after-{i}")).await;
     }
@@ -392,14 +400,7 @@ async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_s
     let (proxy, gateway) = gateway_behind_proxy(&stack).await;
     let api = stack.api(&gateway);
     let channel = "restart-room";
-    let mut subs = Vec::new();
-    for _ in 0..2 {
-        let mut s = PusherSocket::connect(gateway.port, "app-key")
-            .await
-            .unwrap();
-        s.subscribe(channel).await.unwrap();
-        subs.push(s);
-    }
+    let mut subs = subscribers(gateway.port, channel, 2).await;
     for i in 0..20 {
         trigger_ok(&api, channel, &format!("before-{i}")).await;
     }
@@ -413,15 +414,7 @@ async fn after_a_nats_restart_every_acknowledged_event_reaches_every_connected_s
         store_directly(&js, &stack, channel, &format!("while-away-{i}")).await;
     }
     proxy.reopen();
-    herald_testkit::eventually(
-        Duration::from_secs(30),
-        "the gateway to repair the gap",
-        || async {
-            (metric(gateway.port, "herald_gateway_gaps_repaired_total").await > gaps_before)
-                .then_some(())
-        },
-    )
-    .await;
+    gap_repaired(gateway.port, gaps_before).await;
     // Acknowledged publishes through the gateway's own HTTP API again.
     for i in 0..20 {
         trigger_ok(&api, channel, &format!("after-{i}")).await;
