@@ -307,8 +307,8 @@ impl Drop for GatewayProcess {
 }
 
 /// The value of a metric in a service's Prometheus text (`name` may carry
-/// labels, e.g. `x_total{event="connected"}`), summed over every series it
-/// starts; 0 if absent.
+/// labels, e.g. `x_total{event="connected"}`), summed over every series of
+/// that metric (not of others whose names merely start with it); 0 if absent.
 pub async fn metric(port: u16, name: &str) -> f64 {
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
         .await
@@ -317,7 +317,10 @@ pub async fn metric(port: u16, name: &str) -> f64 {
         .await
         .expect("metrics text");
     text.lines()
-        .filter(|l| l.starts_with(name))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

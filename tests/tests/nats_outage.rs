@@ -6,7 +6,7 @@
 
 use herald_proto::presence::{GatewayHeartbeat, PresenceKey};
 use herald_proto::pusher;
-use herald_tests::{eventually, PusherSocket, Stack};
+use herald_tests::{eventually, metric, PusherSocket, Stack};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -34,19 +34,6 @@ async fn join(socket: &mut PusherSocket, channel: &str, user: &str) {
         .next_event_of(&["pusher_internal:subscription_succeeded"])
         .await
         .unwrap();
-}
-
-async fn metric(port: u16, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter_map(|rest| rest.trim().parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@
 use futures::{SinkExt, StreamExt};
 use herald_config::{AppConfig, AppRegistry};
 use herald_proto::pusher;
-use herald_tests::{eventually, PusherSocket, Stack};
+use herald_tests::{eventually, metric, PusherSocket, Stack};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -100,20 +100,6 @@ fn frame_drawing_a_big_reply() -> String {
 /// Send `frame` in a loop until the socket fails (the gateway dropped it).
 fn spam_until_dropped(mut ws: Raw, frame: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move { while ws.send(Message::text(frame.clone())).await.is_ok() {} })
-}
-
-/// A value of the gateway process's Prometheus metrics (0 if absent).
-async fn metric(port: u16, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter_map(|line| line.strip_prefix(name))
-        .filter_map(|rest| rest.trim().parse::<f64>().ok())
-        .sum()
 }
 
 fn big_events_app() -> AppConfig {

@@ -98,8 +98,6 @@ pub enum StreamError {
 /// The steps of reading a range of stored events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplayStep {
-    /// Reading the stream's state.
-    StreamInfo,
     /// Finding the channel's first stored event.
     FirstEvent,
     /// Creating the ephemeral ordered consumer.
@@ -111,7 +109,6 @@ pub enum ReplayStep {
 impl std::fmt::Display for ReplayStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            ReplayStep::StreamInfo => "read the stream's state",
             ReplayStep::FirstEvent => "find the channel's first event",
             ReplayStep::CreateConsumer => "create an ordered consumer",
             ReplayStep::Read => "read the next event",

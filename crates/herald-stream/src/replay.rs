@@ -82,13 +82,13 @@ pub async fn channel_position(
             source: e,
         }
     };
-    let mut stream = open_stream(js, subjects).await?;
-    let state = stream
-        .info()
+    // Opening the stream reads its info: the state comes with it.
+    let name = subjects.channels_stream();
+    let stream = js
+        .get_stream(&name)
         .await
-        .map_err(|e| failed(ReplayStep::StreamInfo)(e.into()))?
-        .state
-        .clone();
+        .map_err(|source| StreamError::OpenStream { name, source })?;
+    let state = stream.cached_info().state.clone();
     let first_seq = match stream.get_first_raw_message_by_subject(&subject, 1).await {
         Ok(msg) => msg.sequence,
         Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => 0,
@@ -97,7 +97,7 @@ pub async fn channel_position(
     let last_seq = if first_seq == 0 {
         0
     } else {
-        last_seq(js, subjects, app, channel).await?
+        last_of_subject(&stream, subject).await?
     };
     Ok(ChannelPosition {
         first_seq,
@@ -114,23 +114,24 @@ pub async fn last_seq(
     app: &AppId,
     channel: &ChannelName,
 ) -> Result<u64, StreamError> {
-    let stream = open_stream(js, subjects).await?;
-    let subject = subjects.channel(app, channel);
+    let name = subjects.channels_stream();
+    let stream = js
+        .get_stream_no_info(&name)
+        .await
+        .map_err(|source| StreamError::OpenStream { name, source })?;
+    last_of_subject(&stream, subjects.channel(app, channel)).await
+}
+
+/// The newest sequence stored on `subject` of an open stream (0: none).
+async fn last_of_subject<I>(
+    stream: &stream::Stream<I>,
+    subject: String,
+) -> Result<u64, StreamError> {
     match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(msg) => Ok(msg.sequence),
         Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
         Err(source) => Err(StreamError::Read { subject, source }),
     }
-}
-
-async fn open_stream(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-) -> Result<stream::Stream<stream::Info>, StreamError> {
-    let name = subjects.channels_stream();
-    js.get_stream(&name)
-        .await
-        .map_err(|source| StreamError::OpenStream { name, source })
 }
 
 /// Whether a client holding every event of the channel up to `after` can be
@@ -194,7 +195,11 @@ impl RangeReader {
                 pending: 0,
             });
         }
-        let stream = open_stream(js, subjects).await?;
+        let name = subjects.channels_stream();
+        let stream = js
+            .get_stream_no_info(&name)
+            .await
+            .map_err(|source| StreamError::OpenStream { name, source })?;
         let failed = |e: Box<dyn std::error::Error + Send + Sync>| StreamError::Replay {
             subject: subject.clone(),
             step: ReplayStep::CreateConsumer,
