@@ -17,6 +17,19 @@ pub const CURRENT_VERSION: u32 = 1;
 pub const HEADER_KIND: &str = "Herald-Kind";
 /// JetStream's de-duplication header.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// A `Nats-Msg-Id` derived from `parts` (what makes a publish "the same
+/// one": app, channel, author, a client's key ...): hex SHA-256 of the parts,
+/// each ended by a NUL byte so that no two different lists collide.
+pub fn derived_msg_id(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(hash.finalize())
+}
+
 /// Set by JetStream on republished messages: the stream sequence.
 pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
 /// Set by JetStream on republished messages: previous sequence on the subject.

@@ -69,13 +69,7 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 /// idempotency key: per channel, so a retried multi-channel publish stores
 /// each channel's copy once.
 fn idempotent_msg_id(app: &str, channel: &str, key: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    for part in ["http", app, channel, key] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
-    hex::encode(hash.finalize())
+    herald_proto::envelope::derived_msg_id(&["http", app, channel, key])
 }
 
 fn parse_target(app: &AppConfig, name: &str) -> Result<Target, ApiError> {

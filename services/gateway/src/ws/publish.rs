@@ -13,12 +13,12 @@
 
 use super::connection::Connection;
 use governor::{Quota, RateLimiter};
+use herald_proto::envelope::derived_msg_id;
 use herald_proto::frame::nack;
 use herald_proto::pusher::ClientFrame;
 use herald_proto::{ChannelKind, ChannelName, Envelope, EventKind, EventName, ServerFrame};
 use herald_stream::PublishOptions;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -46,22 +46,12 @@ struct Stored {
 /// the same author on the same channel is one message, whichever socket
 /// (a reconnect) retries it.
 fn publish_msg_id(app: &str, channel: &str, author: Option<&str>, client_id: &str) -> String {
-    let mut hash = Sha256::new();
-    for part in ["publish", app, channel, author.unwrap_or(""), client_id] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
-    hex::encode(hash.finalize())
+    derived_msg_id(&["publish", app, channel, author.unwrap_or(""), client_id])
 }
 
 /// The de-duplication key of a receipt: one per user, channel, kind and seq.
 fn receipt_msg_id(app: &str, channel: &str, user: &str, kind: EventKind, seq: u64) -> String {
-    let mut hash = Sha256::new();
-    for part in [kind.as_str(), app, channel, user, &seq.to_string()] {
-        hash.update(part.as_bytes());
-        hash.update([0]);
-    }
-    hex::encode(hash.finalize())
+    derived_msg_id(&[kind.as_str(), app, channel, user, &seq.to_string()])
 }
 
 impl Connection {
