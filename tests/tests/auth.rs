@@ -3,9 +3,10 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use herald_auth::verify::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
-use herald_auth::verify::{SessionClaims, Verifier, VerifyError};
 use herald_config::{AppConfig, AppRegistry};
+use herald_proto::token::{SessionClaims, TokenKind};
+use herald_server::token::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
+use herald_server::token::{Verifier, VerifyError};
 use herald_testkit::TestDatabase;
 use herald_tests::{dev_app, Running, Stack};
 use serde_json::{json, Value};
@@ -144,6 +145,7 @@ fn claims(app: &str, iat: u64, nbf: u64, exp: u64) -> SessionClaims {
         iat,
         nbf,
         jti: "00000000-0000-0000-0000-000000000000".into(),
+        kind: TokenKind::Session,
         grants: vec![],
     }
 }
@@ -484,7 +486,11 @@ async fn an_issued_token_verifies_with_the_jwks() {
     let header = jsonwebtoken::decode_header(token).unwrap();
     assert_eq!(header.alg, Algorithm::EdDSA);
     assert_eq!(header.kid.as_deref(), t["kid"].as_str());
-    let c = e.verifier().verify(token, "app-id").await.unwrap();
+    let c = e
+        .verifier()
+        .verify_session(token, Some("app-id"))
+        .await
+        .unwrap();
     assert_eq!(c.sub, "u1");
     assert_eq!(c.app, "app-id");
     assert_eq!(c.grants, ["private-user-42", "presence-room-*"]);
@@ -556,7 +562,10 @@ async fn forged_and_tampered_tokens_are_refused_with_the_precise_error() {
         b64(&json!({"alg": "none", "typ": "JWT", "kid": kid})),
         parts[1]
     );
-    assert_eq!(v.verify(&none, "app-id").await, Err(VerifyError::Malformed));
+    assert_eq!(
+        v.verify_session(&none, Some("app-id")).await,
+        Err(VerifyError::Malformed)
+    );
     // HS256 "signed" with the public key bytes (key confusion).
     let jwks: Value = e
         .http
@@ -579,7 +588,7 @@ async fn forged_and_tampered_tokens_are_refused_with_the_precise_error() {
     )
     .unwrap();
     assert_eq!(
-        v.verify(&hs, "app-id").await,
+        v.verify_session(&hs, Some("app-id")).await,
         Err(VerifyError::Algorithm("HS256".into()))
     );
     // An RS256 header on an EdDSA signature.
@@ -590,40 +599,41 @@ async fn forged_and_tampered_tokens_are_refused_with_the_precise_error() {
         parts[2]
     );
     assert_eq!(
-        v.verify(&rs, "app-id").await,
+        v.verify_session(&rs, Some("app-id")).await,
         Err(VerifyError::Algorithm("RS256".into()))
     );
     // No kid, an unknown kid.
     let c = claims("app-id", t, t, t + 60);
     assert_eq!(
-        v.verify(&sign(ed(None), &c), "app-id").await,
+        v.verify_session(&sign(ed(None), &c), Some("app-id")).await,
         Err(VerifyError::MissingKid)
     );
     assert_eq!(
-        v.verify(&sign(ed(Some("nope")), &c), "app-id").await,
+        v.verify_session(&sign(ed(Some("nope")), &c), Some("app-id"))
+            .await,
         Err(VerifyError::UnknownKid("nope".into()))
     );
     // Expired, not yet valid (beyond the leeway), another app.
     assert_eq!(
-        v.verify(
+        v.verify_session(
             &sign(ed(Some(&kid)), &claims("app-id", t - 120, t - 120, t - 60)),
-            "app-id"
+            Some("app-id")
         )
         .await,
         Err(VerifyError::Expired)
     );
     assert_eq!(
-        v.verify(
+        v.verify_session(
             &sign(ed(Some(&kid)), &claims("app-id", t, t + 60, t + 120)),
-            "app-id"
+            Some("app-id")
         )
         .await,
         Err(VerifyError::NotYetValid)
     );
     assert_eq!(
-        v.verify(
+        v.verify_session(
             &sign(ed(Some(&kid)), &claims("other-app", t, t, t + 60)),
-            "app-id"
+            Some("app-id")
         )
         .await,
         Err(VerifyError::WrongApp)
@@ -631,9 +641,9 @@ async fn forged_and_tampered_tokens_are_refused_with_the_precise_error() {
     // The leeway: 5 s by default.
     let lenient = e.verifier();
     assert!(lenient
-        .verify(
+        .verify_session(
             &sign(ed(Some(&kid)), &claims("app-id", t - 60, t - 60, t - 2)),
-            "app-id"
+            Some("app-id")
         )
         .await
         .is_ok());
@@ -643,22 +653,22 @@ async fn forged_and_tampered_tokens_are_refused_with_the_precise_error() {
     payload["grants"] = json!(["*"]);
     let tampered = format!("{}.{}.{}", parts[0], b64(&payload), parts[2]);
     assert_eq!(
-        v.verify(&tampered, "app-id").await,
+        v.verify_session(&tampered, Some("app-id")).await,
         Err(VerifyError::BadSignature)
     );
     let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
     sig[0] ^= 1;
     let tampered = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(sig));
     assert_eq!(
-        v.verify(&tampered, "app-id").await,
+        v.verify_session(&tampered, Some("app-id")).await,
         Err(VerifyError::BadSignature)
     );
     assert_eq!(
-        v.verify("not.a.jwt", "app-id").await,
+        v.verify_session("not.a.jwt", Some("app-id")).await,
         Err(VerifyError::Malformed)
     );
     // The untouched token still verifies.
-    assert!(v.verify(&good, "app-id").await.is_ok());
+    assert!(v.verify_session(&good, Some("app-id")).await.is_ok());
 }
 
 #[tokio::test]
@@ -684,8 +694,11 @@ async fn a_token_of_another_app_is_refused() {
     assert_eq!(s, 200);
     let token = b["token"].as_str().unwrap();
     let v = e.verifier();
-    assert_eq!(v.verify(token, "app-id").await, Err(VerifyError::WrongApp));
-    assert!(v.verify(token, "other-app").await.is_ok());
+    assert_eq!(
+        v.verify_session(token, Some("app-id")).await,
+        Err(VerifyError::WrongApp)
+    );
+    assert!(v.verify_session(token, Some("other-app")).await.is_ok());
 }
 
 #[tokio::test]
@@ -698,7 +711,10 @@ async fn an_expired_issued_token_is_refused() {
         .to_owned();
     let v = e.verifier().with_leeway_secs(0);
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_eq!(v.verify(&token, "app-id").await, Err(VerifyError::Expired));
+    assert_eq!(
+        v.verify_session(&token, Some("app-id")).await,
+        Err(VerifyError::Expired)
+    );
 }
 
 #[tokio::test]
@@ -708,7 +724,7 @@ async fn rotation_signs_with_the_new_kid_and_old_tokens_keep_verifying_across_re
     let old = e.token("u1", json!({})).await;
     let v = e.verifier();
     assert!(v
-        .verify(old["token"].as_str().unwrap(), "app-id")
+        .verify_session(old["token"].as_str().unwrap(), Some("app-id"))
         .await
         .is_ok());
     let new_kid = e.rotate().await;
@@ -717,11 +733,11 @@ async fn rotation_signs_with_the_new_kid_and_old_tokens_keep_verifying_across_re
     assert_eq!(new["kid"].as_str().unwrap(), new_kid);
     // The verifier has never seen the new kid: it refetches the JWKS.
     assert!(v
-        .verify(new["token"].as_str().unwrap(), "app-id")
+        .verify_session(new["token"].as_str().unwrap(), Some("app-id"))
         .await
         .is_ok());
     assert!(v
-        .verify(old["token"].as_str().unwrap(), "app-id")
+        .verify_session(old["token"].as_str().unwrap(), Some("app-id"))
         .await
         .is_ok());
     let jwks: Value = e
@@ -760,11 +776,11 @@ async fn rotation_signs_with_the_new_kid_and_old_tokens_keep_verifying_across_re
     };
     let v = e.verifier();
     assert!(v
-        .verify(old["token"].as_str().unwrap(), "app-id")
+        .verify_session(old["token"].as_str().unwrap(), Some("app-id"))
         .await
         .is_ok());
     assert!(v
-        .verify(new["token"].as_str().unwrap(), "app-id")
+        .verify_session(new["token"].as_str().unwrap(), Some("app-id"))
         .await
         .is_ok());
     assert_eq!(
@@ -787,7 +803,8 @@ async fn a_key_retired_longer_than_the_longest_token_leaves_the_jwks() {
         .unwrap();
     let v = e.verifier();
     assert_eq!(
-        v.verify(old["token"].as_str().unwrap(), "app-id").await,
+        v.verify_session(old["token"].as_str().unwrap(), Some("app-id"))
+            .await,
         Err(VerifyError::UnknownKid(
             old["kid"].as_str().unwrap().to_owned()
         ))
@@ -802,14 +819,15 @@ async fn the_verifier_refetches_an_unknown_kid_at_most_once_per_interval() {
         .with_refetch_interval(std::time::Duration::from_secs(3600));
     let first = e.token("u1", json!({})).await;
     assert!(v
-        .verify(first["token"].as_str().unwrap(), "app-id")
+        .verify_session(first["token"].as_str().unwrap(), Some("app-id"))
         .await
         .is_ok());
     e.rotate().await;
     let second = e.token("u1", json!({})).await;
     // Within the interval, the new kid is not fetched.
     assert_eq!(
-        v.verify(second["token"].as_str().unwrap(), "app-id").await,
+        v.verify_session(second["token"].as_str().unwrap(), Some("app-id"))
+            .await,
         Err(VerifyError::UnknownKid(
             second["kid"].as_str().unwrap().to_owned()
         ))

@@ -48,6 +48,16 @@ pub struct PresenceTtlArgs {
     pub presence_ttl_secs: u64,
 }
 
+/// Where a service that verifies Herald tokens (gateway, history,
+/// presence) finds the auth service's public keys. Unset: tokens are not
+/// accepted (app credentials and Pusher signatures still are).
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The auth service's JWKS URL, e.g. `http://127.0.0.1:6002/.well-known/jwks.json`.
+    #[arg(long, env = "HERALD_AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+}
+
 /// Where a service's HTTP listener binds.
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {

@@ -47,6 +47,14 @@ pub enum EventKind {
     Delivered,
     /// A read receipt: a user has read the channel up to a seq.
     Read,
+    /// A user became a member of the channel (a room or DM); `data` is a
+    /// [`Membership`].
+    MemberJoined,
+    /// A user stopped being a member; `data` is a [`Membership`].
+    MemberLeft,
+    /// The channel was destroyed (a room): every earlier event of it was
+    /// purged from the stream and read models forget it. `data` is `{}`.
+    ChannelPurged,
     /// A kind written by a newer Herald: carried through, never dropped.
     #[serde(other)]
     Unknown,
@@ -60,8 +68,39 @@ impl EventKind {
             EventKind::Message => "message",
             EventKind::Delivered => "delivered",
             EventKind::Read => "read",
+            EventKind::MemberJoined => "member_joined",
+            EventKind::MemberLeft => "member_left",
+            EventKind::ChannelPurged => "channel_purged",
             EventKind::Unknown => "unknown",
         }
+    }
+}
+
+/// Pusher event names of the membership kinds, as subscribers receive them.
+pub mod event_names {
+    /// [`super::EventKind::MemberJoined`].
+    pub const MEMBER_JOINED: &str = "herald:member_joined";
+    /// [`super::EventKind::MemberLeft`].
+    pub const MEMBER_LEFT: &str = "herald:member_left";
+    /// [`super::EventKind::ChannelPurged`].
+    pub const CHANNEL_PURGED: &str = "herald:channel_purged";
+}
+
+/// The `data` of a membership event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The user who joined or left.
+    pub user_id: String,
+    /// The room, when the channel is a room's (absent on DMs and on
+    /// channels the app manages itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room_id: Option<String>,
+}
+
+impl Membership {
+    /// As an envelope's `data` string.
+    pub fn to_data(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -179,6 +218,23 @@ mod tests {
         );
         env.client_id = Some("k".into());
         assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+    }
+
+    #[test]
+    fn membership_kinds_have_stable_wire_names() {
+        for (kind, name) in [
+            (EventKind::MemberJoined, "member_joined"),
+            (EventKind::MemberLeft, "member_left"),
+            (EventKind::ChannelPurged, "channel_purged"),
+        ] {
+            assert_eq!(kind.as_str(), name);
+            assert_eq!(serde_json::to_value(kind).unwrap(), name);
+        }
+        let m = Membership {
+            user_id: "u".into(),
+            room_id: Some("r".into()),
+        };
+        assert_eq!(serde_json::from_str::<Membership>(&m.to_data()).unwrap(), m);
     }
 
     #[test]

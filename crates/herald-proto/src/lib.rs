@@ -9,6 +9,8 @@
 //! * [`pusher`] — Pusher protocol 7 client frames, codes, and the HMAC signatures of the
 //!   Pusher HTTP API and channel authorization.
 //! * [`id`] — user ids, socket ids and event names, each validated once.
+//! * [`token`] — session and channel token claims, grants, single-use
+//!   bindings, and the channel names of rooms and direct messages.
 //! * [`error`] — matchable error kinds shared by all of the above.
 
 pub mod channel;
@@ -20,6 +22,7 @@ pub mod id;
 pub mod presence;
 pub mod pusher;
 pub mod subject;
+pub mod token;
 
 pub use channel::{AppId, ChannelKind, ChannelName};
 pub use envelope::{Envelope, EventKind};

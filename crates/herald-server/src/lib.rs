@@ -10,6 +10,8 @@
 //! * [`http`] — the one JSON error answer, for handlers and for every
 //!   rejection axum makes by itself.
 //! * [`auth`] — the [`auth::AuthorizedApp`] extractor of the REST APIs.
+//! * [`token`] — session and channel token verification against the
+//!   auth service's JWKS.
 
 pub mod auth;
 pub mod http;
@@ -17,6 +19,7 @@ pub mod nats;
 pub mod ops;
 pub mod serve;
 pub mod telemetry;
+pub mod token;
 
 pub use nats::{connect_nats, connect_nats_watching, redact_url};
 pub use ops::{nats_ready, ops_router, ReadyCheck};

@@ -74,6 +74,13 @@ pub enum StreamError {
         #[source]
         source: context::CreateKeyValueError,
     },
+    /// Binding a session token to a socket failed (NATS unreachable).
+    #[error("cannot record the token's binding: {source}")]
+    Binding {
+        /// The KV error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A live message lacks JetStream's sequence headers: it was not
     /// republished by the stream.
     #[error("message lacks the {0} header")]

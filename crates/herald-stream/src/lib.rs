@@ -4,6 +4,7 @@
 //!   the `CHANNELS` stream's configuration, created idempotently by whichever
 //!   service starts first, with a warning when services disagree about it;
 //! * [`ensure_bucket`] — the one get-or-create of every KV bucket;
+//! * [`TokenBindings`] — single-use session tokens bound to one socket;
 //! * [`publish_envelope`] — publishing an [`Envelope`] with its headers;
 //! * [`LiveEvent`] — reading a live (republished) message back;
 //! * [`last_event`] — a channel's last stored event;
@@ -13,6 +14,7 @@
 //! [`Envelope`]: herald_proto::Envelope
 
 mod barrier;
+mod bindings;
 mod bucket;
 mod channels;
 mod error;
@@ -23,6 +25,7 @@ pub mod replay;
 mod settings;
 
 pub use barrier::server_barrier;
+pub use bindings::{BindOutcome, TokenBindings};
 pub use bucket::{ensure_bucket, ensure_presence_bucket, BucketSpec};
 pub use channels::{channels_stream_config, config_drift, ensure_channels_stream, SettingDrift};
 pub use error::{BarrierLoss, BarrierStep, ReplayStep, StreamError};

@@ -10,8 +10,8 @@
 use anyhow::Context;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use herald_server::token::{Jwk, JwkSet};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use serde::Serialize;
 use sqlx::PgPool;
 
 /// Advisory-lock key serializing key creation and rotation across instances.
@@ -36,31 +36,6 @@ impl SigningKey {
     pub fn encoding_key(&self) -> jsonwebtoken::EncodingKey {
         jsonwebtoken::EncodingKey::from_ed_der(&self.pkcs8)
     }
-}
-
-/// One public key as a JWK (RFC 8037: OKP / Ed25519).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct Jwk {
-    /// Always `OKP`.
-    pub kty: String,
-    /// Always `Ed25519`.
-    pub crv: String,
-    /// The public key, base64url without padding (32 bytes).
-    pub x: String,
-    /// Key id, as in the token header's `kid`.
-    pub kid: String,
-    /// Always `EdDSA`.
-    pub alg: String,
-    /// Always `sig`.
-    #[serde(rename = "use")]
-    pub use_: String,
-}
-
-/// A JSON Web Key Set.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct JwkSet {
-    /// The current key first, then retired keys whose tokens may still be valid.
-    pub keys: Vec<Jwk>,
 }
 
 fn generate() -> anyhow::Result<(String, Vec<u8>, Vec<u8>)> {

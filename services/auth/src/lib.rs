@@ -8,7 +8,7 @@
 //!   `GET /.well-known/jwks.json`; rotation at `POST /v1/keys/rotate`
 //!   (`Authorization: Bearer $HERALD_AUTH_ADMIN_TOKEN`, compared in constant
 //!   time; disabled when unset).
-//! * [`verify::Verifier`]: verification for other services.
+//! * Verification for other services: `herald_server::token::Verifier`.
 //! * OpenAPI at `/v1/openapi.json`.
 //!
 //! Without a database URL (only [`Config::new`] in tests makes one) the
@@ -19,12 +19,11 @@ mod keys;
 mod routes;
 mod tokens;
 mod users;
-pub mod verify;
 
 pub use error::ApiError;
-pub use keys::{Jwk, JwkSet};
+pub use herald_proto::token::MAX_GRANTS;
+pub use herald_server::token::{Jwk, JwkSet};
 pub use routes::{ApiDoc, MAX_BODY_BYTES};
-pub use tokens::MAX_GRANTS;
 pub use users::{
     AVATAR_URL_PATTERN, MAX_AVATAR_URL_LEN, MAX_BATCH, MAX_LIMIT, MAX_METADATA_BYTES, MAX_NAME_LEN,
 };
@@ -151,10 +150,14 @@ impl TryFrom<Cli> for Config {
             apps: cli.apps.registry()?,
             database_url: Some(cli.database.database_url),
             db_max_connections: cli.database.db_max_connections.max(2),
-            session_token_max_ttl_secs: cli.session_token_max_ttl_secs.max(1),
-            session_token_ttl_secs: cli
-                .session_token_ttl_secs
-                .clamp(1, cli.session_token_max_ttl_secs.max(1)),
+            session_token_max_ttl_secs: cli
+                .session_token_max_ttl_secs
+                .clamp(1, herald_proto::token::MAX_SESSION_TOKEN_LIFE_SECS),
+            session_token_ttl_secs: cli.session_token_ttl_secs.clamp(
+                1,
+                cli.session_token_max_ttl_secs
+                    .clamp(1, herald_proto::token::MAX_SESSION_TOKEN_LIFE_SECS),
+            ),
             admin_token: cli.admin_token.filter(|t| !t.is_empty()),
         })
     }

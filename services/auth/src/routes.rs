@@ -22,7 +22,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
     components(schemas(
         crate::users::User, crate::users::UserBody, crate::users::BatchBody, crate::users::BatchAnswer,
         crate::users::SearchPage, crate::tokens::TokenRequest, crate::tokens::TokenAnswer,
-        crate::tokens::Rotated, crate::keys::Jwk, crate::keys::JwkSet,
+        crate::tokens::Rotated, herald_server::token::Jwk, herald_server::token::JwkSet,
     )),
     modifiers(&Security)
 )]
@@ -83,7 +83,7 @@ mod tests {
         );
         assert_eq!(
             s["TokenRequest"]["properties"]["grants"]["maxItems"],
-            crate::tokens::MAX_GRANTS
+            herald_proto::token::MAX_GRANTS
         );
         let put = &doc["paths"]["/v1/apps/{app}/users/{user_id}"]["put"];
         let uid = put["parameters"]

@@ -1,20 +1,17 @@
 //! Session tokens, the JWKS and key rotation.
 
 use crate::error::ApiError;
-use crate::keys::{self, JwkSet};
-use crate::verify::SessionClaims;
+use crate::keys;
 use crate::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald_proto::ChannelName;
+use herald_proto::token::{SessionClaims, TokenKind, MAX_GRANTS};
 use herald_server::auth::AuthorizedApp;
+use herald_server::token::JwkSet;
 use serde::{Deserialize, Serialize};
-
-/// Most grants in one token.
-pub const MAX_GRANTS: usize = 100;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -48,10 +45,8 @@ pub(crate) struct TokenAnswer {
 }
 
 pub(crate) fn validate_grant(grant: &str) -> Result<(), ApiError> {
-    let bad = |why: String| ApiError::BadRequest(format!("grant {grant:?}: {why}"));
-    let name = grant.strip_suffix('*').unwrap_or(grant);
-    ChannelName::parse(name).map_err(|e| bad(e.to_string()))?;
-    Ok(())
+    herald_proto::token::validate_grant(grant)
+        .map_err(|e| ApiError::BadRequest(format!("grant {grant:?}: {e}")))
 }
 
 fn now_secs() -> u64 {
@@ -113,6 +108,7 @@ pub(crate) async fn issue(
         iat: now,
         nbf: now,
         jti: uuid::Uuid::new_v4().to_string(),
+        kind: TokenKind::Session,
         grants: body.grants,
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);

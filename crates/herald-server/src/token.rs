@@ -1,39 +1,45 @@
-//! Session-token verification for any Herald service: [`Verifier`] fetches
-//! the auth service's JWKS over HTTP, caches it, refetches on an unknown
-//! `kid` (at most once per `refetch_interval`), and verifies a token with
-//! the algorithm pinned to EdDSA, `exp`/`nbf` checked with a small leeway,
+//! Token verification for every Herald service: [`Verifier`] fetches the
+//! auth service's JWKS over HTTP, caches it, refetches on an unknown `kid`
+//! (at most once per `refetch_interval`), and verifies a session or channel
+//! token (claims in `herald_proto::token`) with the algorithm pinned to
+//! EdDSA, `exp`/`nbf` checked with a small leeway, the `kind` claim checked,
 //! and the `app` claim compared with the app the caller expects.
 //!
-//! It lives in the `herald-auth` library for now (`herald_auth::verify`);
-//! it only needs `jsonwebtoken`, `reqwest` and `tokio`, so it can move to a
-//! crate of its own without changes.
+//! Only the auth service holds private keys; everyone else verifies here.
 
-use crate::keys::JwkSet;
+use herald_proto::token::{ChannelClaims, SessionClaims, TokenKind};
 /// The JWT library the tokens are made with, for consumers' own checks.
 pub use jsonwebtoken;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, RwLock};
 
-/// The claims of a Herald session token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionClaims {
-    /// The user id.
-    pub sub: String,
-    /// The app id.
-    pub app: String,
-    /// Expiry, Unix seconds.
-    pub exp: u64,
-    /// Issued at, Unix seconds.
-    pub iat: u64,
-    /// Not before, Unix seconds.
-    pub nbf: u64,
-    /// Unique token id (a UUID).
-    pub jti: String,
-    /// Channel names, or prefixes ending in `*`, the user may be authorized for.
-    pub grants: Vec<String>,
+/// One public key as a JWK (RFC 8037: OKP / Ed25519).
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Jwk {
+    /// Always `OKP`.
+    pub kty: String,
+    /// Always `Ed25519`.
+    pub crv: String,
+    /// The public key, base64url without padding (32 bytes).
+    pub x: String,
+    /// Key id, as in the token header's `kid`.
+    pub kid: String,
+    /// Always `EdDSA`.
+    pub alg: String,
+    /// Always `sig`.
+    #[serde(rename = "use")]
+    pub use_: String,
+}
+
+/// A JSON Web Key Set.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JwkSet {
+    /// The current key first, then retired keys whose tokens may still be valid.
+    pub keys: Vec<Jwk>,
 }
 
 /// Why a token was refused.
@@ -64,6 +70,9 @@ pub enum VerifyError {
     /// Signed for another app.
     #[error("token belongs to another app")]
     WrongApp,
+    /// A session token where a channel token is expected, or the reverse.
+    #[error("wrong kind of token: a {0} token is expected")]
+    WrongKind(&'static str),
     /// The JWKS could not be fetched or read.
     #[error("could not fetch the JWKS: {0}")]
     Jwks(String),
@@ -166,8 +175,30 @@ impl Verifier {
             .ok_or_else(|| VerifyError::UnknownKid(kid.to_owned()))
     }
 
-    /// Verify `token` as a session token of `app`.
-    pub async fn verify(&self, token: &str, app: &str) -> Result<SessionClaims, VerifyError> {
+    /// Verify `token` as a session token of `app` (of any app when `None`:
+    /// the caller then looks the claimed app up itself).
+    pub async fn verify_session(
+        &self,
+        token: &str,
+        app: Option<&str>,
+    ) -> Result<SessionClaims, VerifyError> {
+        let claims: SessionClaims = self.decode(token).await?;
+        check(claims.kind, TokenKind::Session, &claims.app, app)?;
+        Ok(claims)
+    }
+
+    /// Verify `token` as a channel token of `app`.
+    pub async fn verify_channel(
+        &self,
+        token: &str,
+        app: &str,
+    ) -> Result<ChannelClaims, VerifyError> {
+        let claims: ChannelClaims = self.decode(token).await?;
+        check(claims.kind, TokenKind::Channel, &claims.app, Some(app))?;
+        Ok(claims)
+    }
+
+    async fn decode<T: DeserializeOwned>(&self, token: &str) -> Result<T, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
@@ -178,20 +209,45 @@ impl Verifier {
         validation.leeway = self.leeway_secs;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
-        let data =
-            jsonwebtoken::decode::<SessionClaims>(token, &key, &validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                match e.kind() {
-                    K::InvalidSignature => VerifyError::BadSignature,
-                    K::ExpiredSignature => VerifyError::Expired,
-                    K::ImmatureSignature => VerifyError::NotYetValid,
-                    K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
-                    _ => VerifyError::Malformed,
-                }
-            })?;
-        if data.claims.app != app {
-            return Err(VerifyError::WrongApp);
-        }
+        let data = jsonwebtoken::decode::<T>(token, &key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => VerifyError::BadSignature,
+                K::ExpiredSignature => VerifyError::Expired,
+                K::ImmatureSignature => VerifyError::NotYetValid,
+                K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
+                _ => VerifyError::Malformed,
+            }
+        })?;
         Ok(data.claims)
     }
+}
+
+fn check(
+    kind: TokenKind,
+    expected: TokenKind,
+    app: &str,
+    expected_app: Option<&str>,
+) -> Result<(), VerifyError> {
+    if kind != expected {
+        return Err(VerifyError::WrongKind(match expected {
+            TokenKind::Session => "session",
+            TokenKind::Channel => "channel",
+        }));
+    }
+    if expected_app.is_some_and(|a| a != app) {
+        return Err(VerifyError::WrongApp);
+    }
+    Ok(())
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
