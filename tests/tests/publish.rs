@@ -99,6 +99,74 @@ async fn a_publish_retried_three_times_is_stored_once_and_acked_three_times_with
 }
 
 #[tokio::test]
+async fn publishes_sent_back_to_back_are_stored_and_acked_in_the_order_sent_even_past_the_in_flight_bound(
+) {
+    let mut app = dev_app();
+    app.limits.enable_client_publish = true;
+    app.limits.client_publishes_per_second = 1_000_000;
+    let stack = Stack::with_apps(herald_config::AppRegistry::single(app));
+    let gateway = stack.gateway().await;
+    let channels = ["private-a", "private-b"];
+    let mut alice = PusherSocket::connect(gateway.port, KEY).await.unwrap();
+    alice.sign_in(SECRET, "alice", Value::Null).await.unwrap();
+    let mut bob = PusherSocket::connect(gateway.port, KEY).await.unwrap();
+    for channel in channels {
+        alice.subscribe_private(SECRET, channel).await.unwrap();
+        bob.subscribe_private(SECRET, channel).await.unwrap();
+    }
+    // More than the gateway keeps in flight per connection (256), sent
+    // without waiting for any answer, alternating between two channels.
+    const N: usize = 600;
+    for i in 0..N {
+        publish(
+            &mut alice,
+            json!({ "channel": channels[i % 2], "event": "m", "data": i.to_string(), "client_id": format!("m-{i}") }),
+        )
+        .await;
+    }
+    let mut last_seq = 0;
+    for i in 0..N {
+        let (kind, data) = answer(&mut alice).await;
+        assert_eq!(kind, "herald:ack", "{data}");
+        assert_eq!(
+            data["client_id"],
+            format!("m-{i}"),
+            "answers come in the order sent"
+        );
+        let seq = data["seq"].as_u64().unwrap();
+        assert!(
+            seq > last_seq,
+            "stored in the order sent: {seq} after {last_seq}"
+        );
+        last_seq = seq;
+    }
+    for channel in channels {
+        assert_eq!(
+            stored_count(&stack, channel).await,
+            (N / 2) as u64,
+            "{channel}"
+        );
+    }
+    // Bob gets every one once, each channel's in the order alice sent
+    // them (two channels are two streams of events: no order between them).
+    let mut next = [0usize, 1];
+    for _ in 0..N {
+        let frame = bob.next_event_of(&["m"]).await.unwrap();
+        let c = channels
+            .iter()
+            .position(|c| frame["channel"] == *c)
+            .unwrap();
+        assert_eq!(
+            frame["data"],
+            next[c].to_string(),
+            "bob's next on {}",
+            channels[c]
+        );
+        next[c] += 2;
+    }
+}
+
+#[tokio::test]
 async fn every_refused_publish_is_a_nack_with_its_documented_code() {
     let stack = publishing_stack();
     let gateway = stack.gateway().await;

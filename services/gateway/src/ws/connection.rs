@@ -16,6 +16,7 @@
 //! presence keys, the signed-in user, its connection permits).
 
 use super::admission::IpSlot;
+use super::publish::{InFlight, MAX_IN_FLIGHT};
 use crate::hub::{ConnHandle, Control, Next, Outbox};
 use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -360,6 +361,10 @@ impl Connection {
         let mut awaiting_pong = false;
         let shutdown = self.state.shutdown.clone();
         let slow = self.handle.slow.clone();
+        // Publishes and receipts sent to JetStream, awaiting its answer. A
+        // local, not a field: the futures are `Send` but not `Sync`, and
+        // handlers hold `&self` across awaits.
+        let mut in_flight = InFlight::default();
         loop {
             tokio::select! {
                 biased;
@@ -380,7 +385,13 @@ impl Connection {
                         return close;
                     }
                 }
-                msg = stream.next() => {
+                // Answers to this socket's publishes, in the order it sent them.
+                Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.on_settled(settled).await;
+                }
+                // With too many publishes in flight, stop reading until one
+                // is answered: the client's own sends then back up.
+                msg = stream.next(), if in_flight.len() < MAX_IN_FLIGHT => {
                     let msg = match msg {
                         Some(Ok(msg)) => msg,
                         Some(Err(err)) => return close_for_read_error(err),
@@ -389,7 +400,7 @@ impl Connection {
                     awaiting_pong = false;
                     deadline = Instant::now() + activity;
                     let outcome = match msg {
-                        Message::Text(text) => self.on_text(text.as_str()).await,
+                        Message::Text(text) => self.on_text(text.as_str(), &mut in_flight).await,
                         Message::Binary(_) => {
                             self.send(ServerFrame::Error { code: None, message: "Binary frames are not supported" }).await;
                             None
@@ -455,7 +466,7 @@ impl Connection {
         None
     }
 
-    async fn on_text(&mut self, text: &str) -> Option<CloseReason> {
+    async fn on_text(&mut self, text: &str, in_flight: &mut InFlight) -> Option<CloseReason> {
         let limit = self.app.limits.max_message_bytes;
         if text.len() > limit {
             let message = format!(
@@ -494,12 +505,15 @@ impl Connection {
             "pusher:subscribe" => self.on_subscribe(&frame).await,
             "pusher:unsubscribe" => self.on_unsubscribe(&frame).await,
             "pusher:signin" => return self.on_signin(&frame).await,
-            "herald:publish" => self.on_publish(&frame).await,
+            "herald:publish" => self.on_publish(&frame, in_flight).await,
             "herald:delivered" => {
-                self.on_receipt(&frame, herald_proto::EventKind::Delivered)
+                self.on_receipt(&frame, herald_proto::EventKind::Delivered, in_flight)
                     .await
             }
-            "herald:read" => self.on_receipt(&frame, herald_proto::EventKind::Read).await,
+            "herald:read" => {
+                self.on_receipt(&frame, herald_proto::EventKind::Read, in_flight)
+                    .await
+            }
             event if event.starts_with("client-") => self.on_client_event(&frame).await,
             other => {
                 let message = format!("Unsupported event {other:?}");

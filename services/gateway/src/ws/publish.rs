@@ -10,8 +10,21 @@
 //! gets the event like any stored event (the author's socket is excluded:
 //! the ack is its echo). Every refusal is a `herald:nack` with one of the
 //! codes of [`herald_proto::frame::nack`].
+//!
+//! Publishes of one connection are pipelined: each is validated and sent to
+//! JetStream in the order it arrived (so a channel stores them in that
+//! order), and its acknowledgement joins the connection's [`InFlight`]
+//! queue instead of being awaited before the next frame is read. The reader
+//! answers them in order as JetStream confirms them. At most
+//! [`MAX_IN_FLIGHT`] wait at once; then the reader stops reading the socket
+//! until one is answered (TCP pushes back on the client). A refusal found
+//! before storing (bad input, rate, permission) is answered at once, so it
+//! may overtake the acks of earlier publishes; clients match answers by
+//! `client_id`.
 
 use super::connection::Connection;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use governor::{Quota, RateLimiter};
 use herald_proto::envelope::derived_msg_id;
 use herald_proto::frame::nack;
@@ -28,6 +41,37 @@ pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
 /// Longest wait for JetStream to acknowledge a stored event.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most publishes and receipts of one connection awaiting JetStream's
+/// acknowledgement: enough to fill a JetStream round trip at full speed,
+/// few enough that a connection cannot hold much of the server's memory.
+pub(crate) const MAX_IN_FLIGHT: usize = 256;
+
+/// The stores of one connection awaiting JetStream's answer, in the order
+/// they were sent.
+pub(super) type InFlight = FuturesOrdered<BoxFuture<'static, Settled>>;
+
+/// A store JetStream answered (or that failed), to be told to the client.
+pub(super) struct Settled {
+    what: Pending,
+    result: Result<Stored, Nack>,
+}
+
+/// What was being stored.
+enum Pending {
+    /// A `herald:publish`, answered with an ack or a nack.
+    Publish {
+        client_id: String,
+        channel: ChannelName,
+    },
+    /// A receipt: nacked on failure, and no longer counted as sent.
+    Receipt {
+        channel: ChannelName,
+        kind: EventKind,
+        seq: u64,
+        previous: Option<u64>,
+    },
+}
+
 /// A refusal: a `herald:nack` code and message.
 type Nack = (&'static str, String);
 
@@ -36,7 +80,7 @@ fn nack_of(code: &'static str, message: impl Into<String>) -> Nack {
 }
 
 /// What a stored publish is acknowledged with.
-struct Stored {
+pub(super) struct Stored {
     id: String,
     seq: u64,
     ts: i64,
@@ -55,17 +99,41 @@ fn receipt_msg_id(app: &str, channel: &str, user: &str, kind: EventKind, seq: u6
 }
 
 impl Connection {
-    /// `herald:publish {channel, event, data, client_id}`.
-    pub(super) async fn on_publish(&mut self, frame: &ClientFrame) {
+    /// `herald:publish {channel, event, data, client_id}`: refused at once,
+    /// or sent to JetStream with its answer left in flight.
+    pub(super) async fn on_publish(&mut self, frame: &ClientFrame, in_flight: &mut InFlight) {
         let fields = frame.data_object().unwrap_or_default();
         let client_id = fields
             .get("client_id")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
-        let outcome = self.publish(&fields, &client_id).await;
-        match outcome {
-            Ok((channel, stored)) => {
+        match self.publish(&fields, &client_id).await {
+            Ok((channel, stored)) => in_flight.push_back(Box::pin(async move {
+                Settled {
+                    what: Pending::Publish { client_id, channel },
+                    result: stored.await,
+                }
+            })),
+            Err(nack) => self.nack_publish(&client_id, nack).await,
+        }
+    }
+
+    async fn nack_publish(&self, client_id: &str, (code, message): Nack) {
+        metrics::counter!("herald_gateway_client_publishes_refused_total", "code" => code)
+            .increment(1);
+        self.send(ServerFrame::Nack {
+            client_id,
+            code,
+            message: &message,
+        })
+        .await
+    }
+
+    /// Tell the client how a store ended.
+    pub(super) async fn on_settled(&mut self, settled: Settled) {
+        match (settled.what, settled.result) {
+            (Pending::Publish { client_id, channel }, Ok(stored)) => {
                 metrics::counter!("herald_gateway_client_publishes_total").increment(1);
                 self.send(ServerFrame::Ack {
                     client_id: &client_id,
@@ -76,11 +144,33 @@ impl Connection {
                 })
                 .await
             }
-            Err((code, message)) => {
-                metrics::counter!("herald_gateway_client_publishes_refused_total", "code" => code)
+            (Pending::Publish { client_id, .. }, Err(nack)) => {
+                self.nack_publish(&client_id, nack).await
+            }
+            (Pending::Receipt { kind, .. }, Ok(_)) => {
+                metrics::counter!("herald_gateway_receipts_total", "kind" => kind.as_str())
                     .increment(1);
+            }
+            (
+                Pending::Receipt {
+                    channel,
+                    kind,
+                    seq,
+                    previous,
+                },
+                Err((code, message)),
+            ) => {
+                // Not stored: a retry of this seq must not be skipped as
+                // already sent (unless a later receipt went out meanwhile).
+                let key = (channel, kind);
+                if self.receipts.get(&key) == Some(&seq) {
+                    match previous {
+                        Some(p) => self.receipts.insert(key, p),
+                        None => self.receipts.remove(&key),
+                    };
+                }
                 self.send(ServerFrame::Nack {
-                    client_id: &client_id,
+                    client_id: "",
                     code,
                     message: &message,
                 })
@@ -105,9 +195,14 @@ impl Connection {
     }
 
     /// `herald:delivered` / `herald:read` `{channel, seq}`.
-    pub(super) async fn on_receipt(&mut self, frame: &ClientFrame, kind: EventKind) {
+    pub(super) async fn on_receipt(
+        &mut self,
+        frame: &ClientFrame,
+        kind: EventKind,
+        in_flight: &mut InFlight,
+    ) {
         let fields = frame.data_object().unwrap_or_default();
-        if let Err((code, message)) = self.receipt(&fields, kind, &frame.event).await {
+        if let Err((code, message)) = self.receipt(&fields, kind, &frame.event, in_flight).await {
             self.send(ServerFrame::Nack {
                 client_id: "",
                 code,
@@ -174,7 +269,7 @@ impl Connection {
         &mut self,
         fields: &Map<String, Value>,
         client_id: &str,
-    ) -> Result<(ChannelName, Stored), Nack> {
+    ) -> Result<(ChannelName, BoxFuture<'static, Result<Stored, Nack>>), Nack> {
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
             return Err(nack_of(
                 nack::INVALID,
@@ -227,7 +322,7 @@ impl Connection {
             author,
         );
         envelope.client_id = Some(client_id.to_owned());
-        let stored = self.store(&channel, &envelope, &msg_id).await?;
+        let stored = self.store(&channel, envelope, &msg_id).await?;
         Ok((channel, stored))
     }
 
@@ -236,6 +331,7 @@ impl Connection {
         fields: &Map<String, Value>,
         kind: EventKind,
         event: &str,
+        in_flight: &mut InFlight,
     ) -> Result<(), Nack> {
         let channel = self.publishable_channel(fields)?;
         let seq = fields
@@ -252,7 +348,8 @@ impl Connection {
         // A receipt says "everything up to seq": one at or below what this
         // socket already sent for the channel adds nothing.
         let key = (channel.clone(), kind);
-        if self.receipts.get(&key).is_some_and(|last| *last >= seq) {
+        let previous = self.receipts.get(&key).copied();
+        if previous.is_some_and(|last| last >= seq) {
             return Ok(());
         }
         self.within_publish_rate()?;
@@ -266,22 +363,38 @@ impl Connection {
             data,
             Some(user),
         );
-        self.store(&channel, &envelope, &msg_id).await?;
+        let stored = self.store(&channel, envelope, &msg_id).await?;
+        // Counted as sent now, so that the next receipt of the same seq is
+        // skipped while this one is in flight; a failure takes it back.
         self.receipts.insert(key, seq);
-        metrics::counter!("herald_gateway_receipts_total", "kind" => kind.as_str()).increment(1);
+        in_flight.push_back(Box::pin(async move {
+            Settled {
+                what: Pending::Receipt {
+                    channel,
+                    kind,
+                    seq,
+                    previous,
+                },
+                result: stored.await,
+            }
+        }));
         Ok(())
     }
 
-    /// Store an envelope (excluding this socket from its delivery) and
-    /// return what identifies it; for a duplicate, the original's.
+    /// Send an envelope to its channel's subject (excluding this socket
+    /// from its delivery) and return the wait for JetStream's answer: what
+    /// identifies the stored event, or for a duplicate the original's.
+    /// Sending happens here, in call order, so that one connection's
+    /// publishes are stored in the order it sent them.
     async fn store(
         &self,
         channel: &ChannelName,
-        envelope: &Envelope,
+        envelope: Envelope,
         msg_id: &str,
-    ) -> Result<Stored, Nack> {
-        let state = &self.state;
-        let unavailable = |err: &dyn std::fmt::Display| {
+    ) -> Result<BoxFuture<'static, Result<Stored, Nack>>, Nack> {
+        let state = self.state.clone();
+        let channel = channel.clone();
+        let unavailable = move |channel: &ChannelName, err: &dyn std::fmt::Display| {
             tracing::warn!(%err, %channel, "client publish not stored");
             nack_of(
                 nack::UNAVAILABLE,
@@ -296,34 +409,36 @@ impl Connection {
             &state.js,
             &state.subjects,
             &self.app.id,
-            channel,
-            envelope,
+            &channel,
+            &envelope,
             msg_id,
             &options,
         )
         .await
-        .map_err(|e| unavailable(&e))?;
-        let ack = tokio::time::timeout(STORE_TIMEOUT, ack)
-            .await
-            .map_err(|_| unavailable(&"timed out"))?
-            .map_err(|e| unavailable(&e))?;
-        if !ack.duplicate {
-            return Ok(Stored {
-                id: envelope.id.clone(),
+        .map_err(|e| unavailable(&channel, &e))?;
+        Ok(Box::pin(async move {
+            let ack = tokio::time::timeout(STORE_TIMEOUT, ack)
+                .await
+                .map_err(|_| unavailable(&channel, &"timed out"))?
+                .map_err(|e| unavailable(&channel, &e))?;
+            if !ack.duplicate {
+                return Ok(Stored {
+                    id: envelope.id,
+                    seq: ack.sequence,
+                    ts: envelope.at,
+                });
+            }
+            // A retry: JetStream names the original's sequence; its id and
+            // time are in the stored original.
+            let original = herald_stream::stored_event(&state.js, &state.subjects, ack.sequence)
+                .await
+                .map_err(|e| unavailable(&channel, &e))?;
+            Ok(Stored {
+                id: original.id,
                 seq: ack.sequence,
-                ts: envelope.at,
-            });
-        }
-        // A retry: JetStream names the original's sequence; its id and time
-        // are in the stored original.
-        let original = herald_stream::stored_event(&state.js, &state.subjects, ack.sequence)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(Stored {
-            id: original.id,
-            seq: ack.sequence,
-            ts: original.at,
-        })
+                ts: original.at,
+            })
+        }))
     }
 }
 
