@@ -43,8 +43,21 @@ impl PusherSocket {
     /// Connect to `ws://127.0.0.1:{port}/app/{key}?protocol=7` and wait for
     /// `pusher:connection_established`.
     pub async fn connect(port: u16, key: &str) -> anyhow::Result<Self> {
-        let url =
-            format!("ws://127.0.0.1:{port}/app/{key}?protocol=7&client=herald-testkit&version=0.1");
+        Self::connect_with_query(port, key, "").await
+    }
+
+    /// Connect with a session token on the URL (`&token=`), and wait for
+    /// `pusher:connection_established`.
+    pub async fn connect_with_token(port: u16, key: &str, token: &str) -> anyhow::Result<Self> {
+        Self::connect_with_query(port, key, &format!("&token={token}")).await
+    }
+
+    /// Connect with `extra` appended to the query string (starting with
+    /// `&`), and wait for `pusher:connection_established`.
+    pub async fn connect_with_query(port: u16, key: &str, extra: &str) -> anyhow::Result<Self> {
+        let url = format!(
+            "ws://127.0.0.1:{port}/app/{key}?protocol=7&client=herald-testkit&version=0.1{extra}"
+        );
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
         let mut socket = Self {
             ws,

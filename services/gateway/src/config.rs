@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use herald_config::{
-    AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs, PresenceTtlArgs,
+    AppRegistry, AppsArgs, ConfigError, ListenArgs, NatsArgs, PresenceTtlArgs, TokenArgs,
     DEFAULT_PRESENCE_TTL_SECS,
 };
 use herald_proto::Subjects;
@@ -117,6 +117,8 @@ pub struct Cli {
     /// to a new subscriber (older: `pusher:cache_miss`).
     #[arg(long, env = "HERALD_CACHE_MAX_AGE_SECS", default_value_t = DEFAULT_CACHE_MAX_AGE_SECS)]
     pub cache_max_age_secs: u64,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 }
 
 /// Everything the gateway needs to start.
@@ -152,6 +154,9 @@ pub struct Config {
     pub resume_max_events: u64,
     /// `HERALD_CACHE_MAX_AGE_SECS`: the oldest cached event sent on subscribe.
     pub cache_max_age: Duration,
+    /// `HERALD_AUTH_JWKS_URL`: where session and channel tokens' keys are;
+    /// `None` refuses tokens (`?token=`, a subscribe's `token`).
+    pub auth_jwks_url: Option<String>,
 }
 
 fn random_gateway_id() -> String {
@@ -182,6 +187,7 @@ impl Config {
             gateway_ttl: Duration::from_secs(DEFAULT_PRESENCE_TTL_SECS),
             resume_max_events: DEFAULT_RESUME_MAX_EVENTS,
             cache_max_age: Duration::from_secs(DEFAULT_CACHE_MAX_AGE_SECS),
+            auth_jwks_url: None,
         }
     }
 }
@@ -246,6 +252,7 @@ impl TryFrom<Cli> for Config {
             gateway_ttl: Duration::from_secs(ttl_secs),
             resume_max_events: cli.resume_max_events,
             cache_max_age: Duration::from_secs(cli.cache_max_age_secs),
+            auth_jwks_url: cli.tokens.auth_jwks_url.filter(|u| !u.is_empty()),
         })
     }
 }

@@ -45,6 +45,11 @@ pub(crate) struct Shared {
     /// Connections per client address, for `max_connections_per_ip`.
     pub ip_connections: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     pub shutdown: CancellationToken,
+    /// Verifies session and channel tokens; `None` without
+    /// `HERALD_AUTH_JWKS_URL`.
+    pub verifier: Option<herald_server::token::Verifier>,
+    /// Single-use bindings of session tokens to sockets.
+    pub bindings: herald_stream::TokenBindings,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -77,9 +82,18 @@ impl Application {
             config.heartbeat_interval,
         ));
 
+        let bindings =
+            herald_stream::TokenBindings::open(&js, &config.subjects, config.stream.replicas)
+                .await?;
+        let verifier = config
+            .auth_jwks_url
+            .as_deref()
+            .map(herald_server::token::Verifier::new);
         let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
+            verifier,
+            bindings,
             apps: config.apps.clone(),
             subjects: config.subjects.clone(),
             hub: hub::Hub::new(

@@ -136,6 +136,8 @@ pub(super) struct Admission {
     pub refused: Option<Refusal>,
     /// Counts the connection against its client address's limit.
     pub ip_slot: Option<IpSlot>,
+    /// A session token from the URL (`?token=`).
+    pub token: Option<String>,
 }
 
 /// Drive one upgraded socket until it closes.
@@ -170,10 +172,17 @@ pub(super) async fn run(socket: WebSocket, state: AppState, key: String, admissi
     };
     let socket_id = SocketId::random();
     let span = tracing::info_span!("connection", app = %app.id, socket_id = %socket_id);
-    tracing::Instrument::instrument(serve(socket, state, app, socket_id), span).await;
+    let token = admission.token;
+    tracing::Instrument::instrument(serve(socket, state, app, socket_id, token), span).await;
 }
 
-async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_id: SocketId) {
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    app: Arc<AppConfig>,
+    socket_id: SocketId,
+    token: Option<String>,
+) {
     let outbox = Outbox::new(state.config.outbound_queue_bytes);
     let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
     let handle = ConnHandle {
@@ -210,7 +219,14 @@ async fn serve(socket: WebSocket, state: AppState, app: Arc<AppConfig>, socket_i
         publish_limiter: None,
         receipts: HashMap::new(),
     };
-    let close = conn.read_loop(stream, ctl_rx, writer_gone).await;
+    let refused = match token {
+        Some(token) => conn.sign_in_with_token(&token).await,
+        None => None,
+    };
+    let close = match refused {
+        Some(close) => close,
+        None => conn.read_loop(stream, ctl_rx, writer_gone).await,
+    };
     // The writer sends what is queued, then the close frame; it needs no
     // room in the queue for that, and gives up after the write timeout.
     outbox.close(close.0, close.1);
@@ -324,6 +340,9 @@ pub(super) struct SignedIn {
     pub user_data: serde_json::Value,
     /// The KV key announcing the connection, deleted on close.
     pub key: String,
+    /// Signed in by a session token: presence memberships must then be
+    /// this user's own.
+    pub by_token: bool,
 }
 
 pub(super) struct Connection {

@@ -61,6 +61,7 @@ async fn upgrade(
         protocol: params.get("protocol").cloned(),
         refused,
         ip_slot,
+        token: params.get("token").filter(|t| !t.is_empty()).cloned(),
     };
     ws.max_message_size(hard)
         .max_frame_size(hard)

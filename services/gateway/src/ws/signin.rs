@@ -1,10 +1,18 @@
-//! User authentication (`pusher:signin`): the app signs `user_data` for this
-//! socket; a signed-in socket receives events sent to its user and can be
+//! User authentication: `pusher:signin` (the app signs `user_data` for this
+//! socket), or a session token on the WebSocket URL (`?token=`, Herald
+//! extension), which signs the connection in as the token's user as soon as
+//! it opens. A signed-in socket receives events sent to its user and can be
 //! terminated or subscribed by the app server.
+//!
+//! A session token is single-use: its first use binds it to one socket
+//! (`herald_stream::TokenBindings`), and any other connection showing it is
+//! refused, so a leaked or replayed token cannot open a second connection.
 
 use super::connection::{CloseReason, Connection, SignedIn};
 use herald_proto::pusher::{self, codes, ClientFrame};
 use herald_proto::{ServerFrame, UserId, MAX_USER_ID_LEN};
+use herald_server::token::VerifyError;
+use herald_stream::BindOutcome;
 use serde_json::Value;
 
 impl Connection {
@@ -44,6 +52,87 @@ impl Connection {
                 format!("user_data needs an id (string of 1-{MAX_USER_ID_LEN} characters)");
             return self.signin_failed(&message).await;
         };
+        self.complete_signin(id, parsed, user_data, false).await
+    }
+
+    /// Sign the connection in with the session token of its URL.
+    pub(super) async fn sign_in_with_token(&mut self, token: &str) -> Option<CloseReason> {
+        let Some(verifier) = &self.state.verifier else {
+            return self
+                .signin_failed("This server does not accept session tokens")
+                .await;
+        };
+        let claims = match verifier
+            .verify_session(token, Some(self.app.id.as_str()))
+            .await
+        {
+            Ok(claims) => claims,
+            Err(VerifyError::Jwks(err)) => {
+                tracing::error!(%err, "cannot fetch the auth service's keys");
+                return self.token_unavailable().await;
+            }
+            Err(err) => {
+                metrics::counter!("herald_gateway_token_refusals_total", "reason" => "invalid")
+                    .increment(1);
+                return self
+                    .signin_failed(&format!("Invalid session token: {err}"))
+                    .await;
+            }
+        };
+        let Ok(id) = UserId::parse(&claims.sub) else {
+            return self
+                .signin_failed("Invalid session token: bad user id")
+                .await;
+        };
+        match self
+            .state
+            .bindings
+            .bind(&self.app.id, &claims.jti, &self.handle.socket_id)
+            .await
+        {
+            Ok(BindOutcome::Bound | BindOutcome::AlreadyThisSocket) => {}
+            Ok(BindOutcome::OtherSocket) => {
+                metrics::counter!("herald_gateway_token_refusals_total", "reason" => "reused")
+                    .increment(1);
+                return self
+                    .signin_failed(
+                        "This session token was already used by another connection; \
+                         ask your backend for a new one",
+                    )
+                    .await;
+            }
+            Err(err) => {
+                tracing::error!(%err, "token binding not recorded");
+                return self.token_unavailable().await;
+            }
+        }
+        let parsed = serde_json::json!({ "id": id.as_str() });
+        let user_data = parsed.to_string();
+        self.complete_signin(id, parsed, &user_data, true).await
+    }
+
+    /// The token could not be checked now (auth service or NATS away):
+    /// the client should reconnect later with a fresh token.
+    async fn token_unavailable(&self) -> Option<CloseReason> {
+        let message = "Session tokens cannot be checked right now; reconnect later";
+        self.send(ServerFrame::Error {
+            code: Some(codes::GENERIC_RECONNECT),
+            message,
+        })
+        .await;
+        Some((codes::GENERIC_RECONNECT, "Session token not checked"))
+    }
+
+    /// Record the signed-in user and tell the client (`pusher:signin_success`,
+    /// which pusher-js also takes after a token sign-in: it then subscribes
+    /// to the user's `#server-to-user-` channel by itself).
+    async fn complete_signin(
+        &mut self,
+        id: UserId,
+        parsed: Value,
+        user_data: &str,
+        by_token: bool,
+    ) -> Option<CloseReason> {
         let key = match self
             .state
             .presence
@@ -68,6 +157,7 @@ impl Connection {
             id,
             user_data: parsed,
             key,
+            by_token,
         });
         self.send(ServerFrame::SigninSuccess { user_data }).await;
         None

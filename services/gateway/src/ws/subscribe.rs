@@ -22,6 +22,9 @@ enum Authority<'a> {
         auth: &'a str,
         channel_data: Option<&'a str>,
     },
+    /// The client, with a channel token from the auth service (`token`,
+    /// Herald extension) instead of `auth`.
+    Token(&'a str),
     /// The app server, through the HTTP API.
     Server,
 }
@@ -124,12 +127,15 @@ impl Connection {
             Ok(resume) => resume,
             Err(refusal) => return self.refuse(name, refusal).await,
         };
-        let authority = Authority::Client {
-            auth: data
-                .get("auth")
-                .and_then(|a| a.as_str())
-                .unwrap_or_default(),
-            channel_data: data.get("channel_data").and_then(|a| a.as_str()),
+        let authority = match data.get("token").and_then(|t| t.as_str()) {
+            Some(token) => Authority::Token(token),
+            None => Authority::Client {
+                auth: data
+                    .get("auth")
+                    .and_then(|a| a.as_str())
+                    .unwrap_or_default(),
+                channel_data: data.get("channel_data").and_then(|a| a.as_str()),
+            },
         };
         if let Err(refusal) = self.subscribe(&channel, authority, resume).await {
             self.refuse(name, refusal).await;
@@ -171,6 +177,65 @@ impl Connection {
                 self.refuse(name, refusal).await;
             }
         }
+    }
+
+    /// A connection signed in with a session token joins presence channels
+    /// as that user only: `channel_data` naming someone else is refused,
+    /// even when the app signed it.
+    fn check_member_is_token_user(&self, member: Option<&Member>) -> Result<(), Refusal> {
+        match (&self.user, member) {
+            (Some(user), Some(member)) if user.by_token && user.id != member.user_id => {
+                Err(Refusal::new(
+                    AuthError,
+                    "channel_data's user_id is not the user of this connection's session token",
+                    403,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Check a channel token: signed by the auth service for this app, this
+    /// channel and this socket, not expired. Returns the presence member it
+    /// names.
+    async fn check_channel_token(
+        &self,
+        token: &str,
+        channel: &ChannelName,
+    ) -> Result<Option<Member>, Refusal> {
+        let refuse = |m: String| Refusal::new(AuthError, m, 401);
+        let Some(verifier) = &self.state.verifier else {
+            return Err(refuse("This server does not accept channel tokens".into()));
+        };
+        let claims = match verifier.verify_channel(token, self.app.id.as_str()).await {
+            Ok(claims) => claims,
+            Err(herald_server::token::VerifyError::Jwks(err)) => {
+                tracing::error!(%err, "cannot fetch the auth service's keys");
+                return Err(Refusal::new(
+                    ServerError,
+                    "Channel tokens cannot be checked right now; retry",
+                    503,
+                ));
+            }
+            Err(err) => return Err(refuse(format!("Invalid channel token: {err}"))),
+        };
+        if claims.channel != channel.as_str() {
+            return Err(refuse("The channel token is for another channel".into()));
+        }
+        if claims.socket_id != *self.handle.socket_id {
+            return Err(refuse("The channel token is for another connection".into()));
+        }
+        if channel.kind() != ChannelKind::Presence {
+            return Ok(None);
+        }
+        let user_id = UserId::parse(&claims.sub)
+            .map_err(|_| refuse("Invalid channel token: bad user id".into()))?;
+        let member = Member {
+            user_id,
+            user_info: claims.user_info.unwrap_or(Value::Null),
+        };
+        self.check_member_is_token_user(Some(&member))?;
+        Ok(Some(member))
     }
 
     async fn subscribe(
@@ -231,8 +296,11 @@ impl Connection {
                     };
                     return Err(Refusal::new(AuthError, message, 401));
                 }
-                channel_data.map(parse_member).transpose()?
+                let member = channel_data.map(parse_member).transpose()?;
+                self.check_member_is_token_user(member.as_ref())?;
+                member
             }
+            (Authority::Token(token), _) => self.check_channel_token(token, channel).await?,
             (Authority::Server, ChannelKind::Presence) => {
                 let Some(user) = &self.user else {
                     return Err(Refusal::new(
