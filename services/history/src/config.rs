@@ -1,7 +1,9 @@
 //! History service configuration.
 
 use clap::Parser;
-use herald_config::{AppRegistry, AppsArgs, ConfigError, DatabaseArgs, ListenArgs, NatsArgs};
+use herald_config::{
+    AppRegistry, AppsArgs, ConfigError, DatabaseArgs, ListenArgs, NatsArgs, TokenArgs,
+};
 use herald_proto::Subjects;
 use herald_stream::{StreamArgs, StreamSettings};
 
@@ -26,6 +28,8 @@ pub struct Cli {
     /// Most events applied in one Postgres transaction.
     #[arg(long, env = "HERALD_PROJECTION_BATCH", default_value_t = 500)]
     pub projection_batch: usize,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 }
 
 /// Everything the history service needs to start.
@@ -40,6 +44,9 @@ pub struct Config {
     pub apps: AppRegistry,
     pub stream: StreamSettings,
     pub projection_batch: usize,
+    /// `HERALD_AUTH_JWKS_URL`: accept users' session tokens (their view);
+    /// `None` accepts app credentials only.
+    pub auth_jwks_url: Option<String>,
 }
 
 impl Config {
@@ -55,6 +62,7 @@ impl Config {
             apps,
             stream: StreamSettings::default(),
             projection_batch: 500,
+            auth_jwks_url: None,
         }
     }
 }
@@ -73,6 +81,7 @@ impl TryFrom<Cli> for Config {
             apps: cli.apps.registry()?,
             stream: cli.stream.settings(),
             projection_batch: cli.projection_batch.clamp(1, 10_000),
+            auth_jwks_url: cli.tokens.auth_jwks_url.filter(|u| !u.is_empty()),
         })
     }
 }

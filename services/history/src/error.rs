@@ -13,6 +13,9 @@ pub enum ApiError {
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// Authenticated, but not allowed to see this.
+    #[error("{0}")]
+    Forbidden(String),
     /// A database error or anything else unexpected: logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -29,6 +32,7 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
         herald_server::http::error_response(status, code, &self.to_string())

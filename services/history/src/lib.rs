@@ -37,6 +37,8 @@ pub const SCHEMA: &str = "history";
 pub(crate) struct Shared {
     pub db: PgPool,
     pub apps: AppRegistry,
+    /// Verifies users' session tokens; `None` without `HERALD_AUTH_JWKS_URL`.
+    pub verifier: Option<herald_server::token::Verifier>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -44,6 +46,12 @@ pub(crate) type AppState = Arc<Shared>;
 impl herald_server::auth::HasApps for Shared {
     fn apps(&self) -> &AppRegistry {
         &self.apps
+    }
+}
+
+impl herald_server::auth::HasVerifier for Shared {
+    fn verifier(&self) -> Option<&herald_server::token::Verifier> {
+        self.verifier.as_ref()
     }
 }
 
@@ -111,6 +119,10 @@ impl Application {
         let state = Arc::new(Shared {
             db: db.pool.clone(),
             apps: config.apps.clone(),
+            verifier: config
+                .auth_jwks_url
+                .as_deref()
+                .map(herald_server::token::Verifier::new),
         });
         let pool = db.pool.clone();
         let postgres_ready: herald_server::ReadyCheck = Arc::new(move || {

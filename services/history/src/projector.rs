@@ -1,4 +1,6 @@
-//! The projector: folds the `CHANNELS` stream into the `messages` table.
+//! The projector: folds the `CHANNELS` stream into the `messages` table
+//! (triggered and published events) and the `channel_members` table (member
+//! joined / left; a purged channel forgets its messages and members).
 //!
 //! Exactly-once in effect: each batch is applied in one transaction that
 //! first locks the projection's checkpoint row, skips every event at or below
@@ -11,6 +13,7 @@
 use anyhow::{anyhow, Context};
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use herald_proto::envelope::Membership;
 use herald_proto::{Envelope, EventKind, Subjects};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -205,7 +208,16 @@ impl Projector {
                 .stream_sequence as i64;
             max_seq = max_seq.max(seq);
             match Envelope::decode(&msg.payload) {
-                Ok(env) if matches!(env.kind, EventKind::Trigger | EventKind::Message) => {
+                Ok(env)
+                    if matches!(
+                        env.kind,
+                        EventKind::Trigger
+                            | EventKind::Message
+                            | EventKind::MemberJoined
+                            | EventKind::MemberLeft
+                            | EventKind::ChannelPurged
+                    ) =>
+                {
                     rows.push(Row { seq, env })
                 }
                 Ok(env) => tracing::debug!(seq, kind = ?env.kind, "not a history event"),
@@ -231,26 +243,22 @@ impl Projector {
         .await?;
         rows.retain(|r| r.seq > checkpoint);
         let applied = rows.len();
-        if !rows.is_empty() {
-            let cols = Columns::from_rows(&rows);
-            sqlx::query(
-                "INSERT INTO messages (app_id, channel, seq, id, kind, event, data, author, client_id, ts)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
-                                      $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&cols.app)
-            .bind(&cols.channel)
-            .bind(&cols.seq)
-            .bind(&cols.id)
-            .bind(&cols.kind)
-            .bind(&cols.event)
-            .bind(&cols.data)
-            .bind(&cols.author)
-            .bind(&cols.client_id)
-            .bind(&cols.ts)
-            .execute(&mut *tx)
-            .await?;
+        // In stream order: runs of messages are inserted together; a
+        // membership event or a purge is applied where it stands (a purge
+        // forgets the messages before it, not those after it).
+        let mut run_start = 0;
+        for i in 0..=rows.len() {
+            let is_message = rows
+                .get(i)
+                .is_some_and(|r| matches!(r.env.kind, EventKind::Trigger | EventKind::Message));
+            if is_message {
+                continue;
+            }
+            insert_messages(&mut tx, &rows[run_start..i]).await?;
+            if let Some(row) = rows.get(i) {
+                apply_membership(&mut tx, row).await?;
+            }
+            run_start = i + 1;
         }
         if max_seq > checkpoint {
             sqlx::query("UPDATE projection_checkpoints SET last_seq = $2 WHERE name = $1")
@@ -266,4 +274,70 @@ impl Projector {
         tracing::debug!(applied, max_seq, "batch projected");
         Ok(())
     }
+}
+
+/// Insert a run of message rows with one statement.
+async fn insert_messages(tx: &mut PgConnection, rows: &[Row]) -> anyhow::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let cols = Columns::from_rows(rows);
+    sqlx::query(
+        "INSERT INTO messages (app_id, channel, seq, id, kind, event, data, author, client_id, ts)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
+                              $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&cols.app)
+    .bind(&cols.channel)
+    .bind(&cols.seq)
+    .bind(&cols.id)
+    .bind(&cols.kind)
+    .bind(&cols.event)
+    .bind(&cols.data)
+    .bind(&cols.author)
+    .bind(&cols.client_id)
+    .bind(&cols.ts)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Apply a member joined / left or a channel purge.
+async fn apply_membership(tx: &mut PgConnection, row: &Row) -> anyhow::Result<()> {
+    let env = &row.env;
+    if env.kind == EventKind::ChannelPurged {
+        sqlx::query("DELETE FROM messages WHERE app_id = $1 AND channel = $2 AND seq < $3")
+            .bind(&env.app)
+            .bind(&env.channel)
+            .bind(row.seq)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM channel_members WHERE app_id = $1 AND channel = $2")
+            .bind(&env.app)
+            .bind(&env.channel)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(());
+    }
+    let Ok(member) = serde_json::from_str::<Membership>(&env.data) else {
+        metrics::counter!("herald_history_undecodable_events_total").increment(1);
+        tracing::warn!(seq = row.seq, kind = ?env.kind, "membership event without a user_id");
+        return Ok(());
+    };
+    let query = if env.kind == EventKind::MemberJoined {
+        "INSERT INTO channel_members (app_id, channel, user_id, since) VALUES ($1, $2, $3, $4)
+         ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM channel_members WHERE app_id = $1 AND channel = $2 AND user_id = $3
+         AND $4::int8 IS NOT NULL"
+    };
+    sqlx::query(query)
+        .bind(&env.app)
+        .bind(&env.channel)
+        .bind(&member.user_id)
+        .bind(row.seq)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

@@ -69,6 +69,8 @@ pub struct Cli {
     /// Replicas of the KV buckets this service creates (3 on a NATS cluster).
     #[arg(long, env = "HERALD_KV_REPLICAS", default_value_t = DEFAULT_KV_REPLICAS)]
     pub kv_replicas: usize,
+    #[command(flatten)]
+    pub tokens: herald_config::TokenArgs,
 }
 
 /// A default duration as the whole milliseconds its flag takes.
@@ -103,6 +105,9 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// How long a socket key's delete marker is kept before it is purged.
     pub tombstone_age: Duration,
+    /// `HERALD_AUTH_JWKS_URL`: accept users' session tokens (their view);
+    /// `None` accepts app credentials only.
+    pub auth_jwks_url: Option<String>,
 }
 
 impl Config {
@@ -121,6 +126,7 @@ impl Config {
             kv_replicas: DEFAULT_KV_REPLICAS,
             lease_ttl: DEFAULT_LEASE_TTL,
             tombstone_age: DEFAULT_TOMBSTONE_AGE,
+            auth_jwks_url: None,
         }
     }
 }
@@ -162,6 +168,7 @@ impl TryFrom<Cli> for Config {
             kv_replicas: positive("HERALD_KV_REPLICAS", cli.kv_replicas as u64)? as usize,
             lease_ttl: Duration::from_secs(positive("HERALD_PRESENCE_LEASE_SECS", cli.lease_secs)?),
             tombstone_age: Duration::from_secs(cli.tombstone_secs),
+            auth_jwks_url: cli.tokens.auth_jwks_url.filter(|u| !u.is_empty()),
         })
     }
 }

@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub timeout: Duration,
     /// Whether this instance holds the lease (a standby answers 503 at once).
     pub active: Arc<AtomicBool>,
+    /// Verifies users' session tokens; `None` without `HERALD_AUTH_JWKS_URL`.
+    pub verifier: Option<herald_server::token::Verifier>,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -69,6 +71,12 @@ pub(crate) type AppState = Arc<Shared>;
 impl herald_server::auth::HasApps for Shared {
     fn apps(&self) -> &AppRegistry {
         &self.apps
+    }
+}
+
+impl herald_server::auth::HasVerifier for Shared {
+    fn verifier(&self) -> Option<&herald_server::token::Verifier> {
+        self.verifier.as_ref()
     }
 }
 
@@ -131,6 +139,10 @@ impl Application {
             last_seen: last_seen.clone(),
             timeout: config.query_timeout,
             active: active.clone(),
+            verifier: config
+                .auth_jwks_url
+                .as_deref()
+                .map(herald_server::token::Verifier::new),
         });
         let flag = |flag: &Arc<AtomicBool>, reason: &'static str| -> herald_server::ReadyCheck {
             let flag = flag.clone();

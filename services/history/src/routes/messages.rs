@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_proto::ChannelName;
-use herald_server::auth::AuthorizedApp;
+use herald_server::auth::Caller;
 use serde::{Deserialize, Serialize};
 
 /// Page size when `limit` is not given.
@@ -72,19 +72,22 @@ fn parse_positive(name: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError
     responses(
         (status = 200, description = "A page of events, newest first", body = Page),
         (status = 400, description = "Invalid channel name or paging parameter"),
-        (status = 401, description = "Missing or wrong app credentials"),
+        (status = 401, description = "Missing or wrong app credentials or session token"),
+        (status = 403, description = "The token's user may not read this channel"),
     ),
-    security(("app_basic" = []))
+    security(("app_basic" = []), ("session_token" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    AuthorizedApp(app): AuthorizedApp,
+    caller: Caller,
     Path((app_id, channel)): Path<(String, String)>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {
     let channel =
         ChannelName::parse(&channel).map_err(|e| ApiError::BadRequest(format!("Channel: {e}")))?;
+    let app = caller.app().clone();
+    super::may_read(&state, &caller, &channel).await?;
     let limit = parse_positive("limit", query.limit.as_deref())?.unwrap_or(DEFAULT_LIMIT);
     if limit > MAX_LIMIT {
         return Err(ApiError::BadRequest(format!(

@@ -28,6 +28,41 @@ impl Modify for BasicAuth {
             "app_basic",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
         );
+        components.add_security_scheme(
+            "session_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Whether `caller` may read `channel`: the app may read every channel; a
+/// user one a grant of their session token names, or one they are a
+/// member of (a room, a direct message, a channel whose members the app
+/// manages), as projected from the channel's membership events.
+pub(crate) async fn may_read(
+    state: &crate::Shared,
+    caller: &herald_server::auth::Caller,
+    channel: &herald_proto::ChannelName,
+) -> Result<(), crate::ApiError> {
+    let herald_server::auth::Caller::User { app, claims } = caller else {
+        return Ok(());
+    };
+    if claims.grants_channel(channel.as_str()) {
+        return Ok(());
+    }
+    let member: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM channel_members WHERE app_id = $1 AND channel = $2 AND user_id = $3",
+    )
+    .bind(app.id.as_str())
+    .bind(channel.as_str())
+    .bind(&claims.sub)
+    .fetch_optional(&state.db)
+    .await?;
+    match member {
+        Some(_) => Ok(()),
+        None => Err(crate::ApiError::Forbidden(
+            "This session token's user is neither granted nor a member of this channel".into(),
+        )),
     }
 }
 

@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use herald_proto::{ChannelKind, ChannelName};
-use herald_server::auth::AuthorizedApp;
+use herald_server::auth::Caller;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -45,17 +45,19 @@ pub(crate) struct Members {
     responses(
         (status = 200, description = "The channel's members", body = Members),
         (status = 400, description = "Invalid or non-presence channel name"),
-        (status = 401, description = "Missing or wrong app credentials"),
+        (status = 401, description = "Missing or wrong app credentials or session token"),
+        (status = 403, description = "The token's user is neither granted the channel nor in it"),
         (status = 503, description = "Presence state not loaded yet"),
     ),
-    security(("app_basic" = []))
+    security(("app_basic" = []), ("session_token" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
 pub(crate) async fn members(
     State(state): State<AppState>,
-    AuthorizedApp(app): AuthorizedApp,
+    caller: Caller,
     Path((app_id, channel)): Path<(String, String)>,
 ) -> Result<Json<Members>, ApiError> {
+    let app = caller.app().clone();
     let channel =
         ChannelName::parse(&channel).map_err(|e| ApiError::BadRequest(format!("Channel: {e}")))?;
     if channel.kind() != ChannelKind::Presence {
@@ -63,6 +65,10 @@ pub(crate) async fn members(
             "only presence channels (presence-*) have members".into(),
         ));
     }
+    let granted = match &caller {
+        Caller::App(_) => true,
+        Caller::User { claims, .. } => claims.grants_channel(channel.as_str()),
+    };
     let app = app.id.clone();
     let members = ask(&state, |reply| Command::Members {
         app,
@@ -70,6 +76,15 @@ pub(crate) async fn members(
         reply,
     })
     .await?;
+    // A user sees a channel's members if granted the channel, or while in
+    // it themselves (as the channel's own member list shows them).
+    if let Some(user) = caller.user().filter(|_| !granted) {
+        if !members.iter().any(|(id, _)| id == user) {
+            return Err(ApiError::Forbidden(
+                "This session token's user is neither granted this channel nor in it".into(),
+            ));
+        }
+    }
     let members: Vec<Member> = members
         .into_iter()
         .map(|(user_id, user_info)| Member { user_id, user_info })

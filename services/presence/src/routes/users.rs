@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use futures::{StreamExt, TryStreamExt};
 use herald_proto::presence::{last_seen_key, MAX_USER_ID_LEN};
 use herald_proto::{now_ms, AppId, UserId};
-use herald_server::auth::AuthorizedApp;
+use herald_server::auth::Caller;
 use serde::{Deserialize, Serialize};
 
 /// Most users in one batch query.
@@ -109,19 +109,19 @@ fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
     responses(
         (status = 200, description = "The user's presence", body = UserPresence),
         (status = 400, description = "Invalid user id"),
-        (status = 401, description = "Missing or wrong app credentials"),
+        (status = 401, description = "Missing or wrong app credentials or session token"),
         (status = 503, description = "Presence state not loaded yet"),
     ),
-    security(("app_basic" = []))
+    security(("app_basic" = []), ("session_token" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 pub(crate) async fn one(
     State(state): State<AppState>,
-    AuthorizedApp(app): AuthorizedApp,
+    caller: Caller,
     Path((app_id, user_id)): Path<(String, String)>,
 ) -> Result<Json<UserPresence>, ApiError> {
     let user_id = parse_user_id(&user_id)?;
-    let mut users = lookup(&state, app.id.clone(), vec![user_id]).await?;
+    let mut users = lookup(&state, &caller, vec![user_id]).await?;
     Ok(Json(users.remove(0)))
 }
 
@@ -134,15 +134,15 @@ pub(crate) async fn one(
     responses(
         (status = 200, description = "Each user's presence, in the order asked", body = BatchReply),
         (status = 400, description = "Malformed body, invalid user id, or more than 1,000 users"),
-        (status = 401, description = "Missing or wrong app credentials"),
+        (status = 401, description = "Missing or wrong app credentials or session token"),
         (status = 503, description = "Presence state not loaded yet"),
     ),
-    security(("app_basic" = []))
+    security(("app_basic" = []), ("session_token" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 pub(crate) async fn batch(
     State(state): State<AppState>,
-    AuthorizedApp(app): AuthorizedApp,
+    caller: Caller,
     Path(app_id): Path<String>,
     body: Result<Json<BatchRequest>, JsonRejection>,
 ) -> Result<Json<BatchReply>, ApiError> {
@@ -158,22 +158,43 @@ pub(crate) async fn batch(
         .iter()
         .map(|user_id| parse_user_id(&user_id.0))
         .collect::<Result<Vec<_>, _>>()?;
-    let users = lookup(&state, app.id.clone(), user_ids).await?;
+    let users = lookup(&state, &caller, user_ids).await?;
     Ok(Json(BatchReply { users }))
 }
 
 /// Presence from the engine, last-seen from its bucket (offline users only).
+///
+/// Any user of the app may see whether another is online and when they
+/// were last seen (what a chat's online dot needs); a user's token sees
+/// only those of the other's `channels` that the token grants or that the
+/// caller is in too.
 async fn lookup(
     state: &AppState,
-    app: AppId,
+    caller: &Caller,
     user_ids: Vec<UserId>,
 ) -> Result<Vec<UserPresence>, ApiError> {
-    let presence = ask(state, |reply| Command::Users {
+    let app = caller.app().id.clone();
+    let mut asked = user_ids.clone();
+    let caller_id = match caller {
+        Caller::App(_) => None,
+        Caller::User { claims, .. } => Some(parse_user_id(&claims.sub)?),
+    };
+    if let Some(me) = &caller_id {
+        asked.push(me.clone());
+    }
+    let mut presence = ask(state, |reply| Command::Users {
         app: app.clone(),
-        user_ids: user_ids.clone(),
+        user_ids: asked,
         reply,
     })
     .await?;
+    if let (Caller::User { claims, .. }, Some(_)) = (caller, &caller_id) {
+        let mine = presence.pop().map(|p| p.channels).unwrap_or_default();
+        for p in &mut presence {
+            p.channels
+                .retain(|c| claims.grants_channel(c) || mine.binary_search(c).is_ok());
+        }
+    }
     let now = now_ms();
     let users = futures::stream::iter(user_ids.into_iter().zip(presence))
         .map(|(user_id, presence)| {
