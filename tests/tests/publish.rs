@@ -322,9 +322,10 @@ async fn receipts_are_stored_once_per_seq_and_reach_the_other_subscribers_with_t
             .await
             .unwrap();
     }
-    // Frames of one socket are handled in order, and a receipt is stored
-    // before the next frame is read: once bob's ping is answered, all three
-    // were handled, and the marker comes after them.
+    // Frames of one socket are handled in order, and a receipt is sent to
+    // JetStream before the next frame is read: once bob's ping is answered,
+    // all three were handled, and the marker (published after that on the
+    // same NATS connection) is stored after them.
     bob.send_event("pusher:ping", json!({})).await.unwrap();
     bob.next_event_of(&["pusher:pong"]).await.unwrap();
     let marker = stack.api(&gateway);
@@ -368,6 +369,52 @@ async fn receipts_are_stored_once_per_seq_and_reach_the_other_subscribers_with_t
         .await
         .unwrap();
     assert_eq!(answer(&mut anonymous).await.1["code"], "invalid");
+}
+
+#[tokio::test]
+async fn a_burst_of_read_receipts_collapses_to_fewer_stored_ones_and_the_highest_always_arrives() {
+    let mut app = dev_app();
+    app.limits.enable_client_publish = true;
+    app.limits.client_publishes_per_second = 1_000_000;
+    let stack = Stack::with_apps(herald_config::AppRegistry::single(app));
+    let gateway = stack.gateway().await;
+    let channel = "private-scroll";
+    let mut alice = signed_in_member(gateway.port, "alice", channel).await;
+    let mut bob = signed_in_member(gateway.port, "bob", channel).await;
+    // Bob scrolls through 300 messages, marking each read as it goes.
+    const N: u64 = 300;
+    for seq in 1..=N {
+        bob.send_event("herald:read", json!({ "channel": channel, "seq": seq }))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&N) {
+        let frame = alice.next_event_of(&["herald:read"]).await.unwrap();
+        seen.push(data_of(&frame)["seq"].as_u64().unwrap());
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "increasing, each once: {seen:?}"
+    );
+    // While one is in flight the next ones wait, collapsed to the highest:
+    // a burst of 300 stores far fewer.
+    assert!(
+        seen.len() < (N / 2) as usize,
+        "{} stored: {seen:?}",
+        seen.len()
+    );
+    // What alice saw is what the stream holds, and nothing else is coming.
+    let stored = stack.stored_events(channel).await;
+    let stored: Vec<u64> = stored
+        .iter()
+        .map(|(_, env)| {
+            serde_json::from_str::<Value>(&env.data).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(stored, seen);
 }
 
 #[tokio::test]

@@ -76,8 +76,13 @@ impl EventKind {
     }
 }
 
-/// Pusher event names of the membership kinds, as subscribers receive them.
+/// Pusher event names of Herald's own kinds, as subscribers receive them
+/// (the receipts are also what clients send to make them).
 pub mod event_names {
+    /// [`super::EventKind::Delivered`]: a client's `herald:delivered`.
+    pub const DELIVERED: &str = "herald:delivered";
+    /// [`super::EventKind::Read`]: a client's `herald:read`.
+    pub const READ: &str = "herald:read";
     /// [`super::EventKind::MemberJoined`].
     pub const MEMBER_JOINED: &str = "herald:member_joined";
     /// [`super::EventKind::MemberLeft`].

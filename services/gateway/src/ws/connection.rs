@@ -357,7 +357,7 @@ pub(super) struct Connection {
     /// `herald:publish` and receipt rate limiter, created on first use.
     pub publish_limiter: Option<governor::DefaultDirectRateLimiter>,
     /// The highest receipt seq this socket stored, per channel and kind.
-    pub receipts: HashMap<(ChannelName, herald_proto::EventKind), u64>,
+    pub receipts: HashMap<(ChannelName, herald_proto::EventKind), super::publish::ReceiptState>,
 }
 
 /// Why the reader stopped: the close code and reason to send.
@@ -406,7 +406,7 @@ impl Connection {
                 }
                 // Answers to this socket's publishes, in the order it sent them.
                 Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.on_settled(settled).await;
+                    self.on_settled(settled, &mut in_flight).await;
                 }
                 // With too many publishes in flight, stop reading until one
                 // is answered: the client's own sends then back up.
@@ -525,11 +525,11 @@ impl Connection {
             "pusher:unsubscribe" => self.on_unsubscribe(&frame).await,
             "pusher:signin" => return self.on_signin(&frame).await,
             "herald:publish" => self.on_publish(&frame, in_flight).await,
-            "herald:delivered" => {
+            herald_proto::envelope::event_names::DELIVERED => {
                 self.on_receipt(&frame, herald_proto::EventKind::Delivered, in_flight)
                     .await
             }
-            "herald:read" => {
+            herald_proto::envelope::event_names::READ => {
                 self.on_receipt(&frame, herald_proto::EventKind::Read, in_flight)
                     .await
             }

@@ -63,13 +63,26 @@ enum Pending {
         client_id: String,
         channel: ChannelName,
     },
-    /// A receipt: nacked on failure, and no longer counted as sent.
+    /// A receipt: nacked on failure; a later one that waited for it is
+    /// sent next.
     Receipt {
         channel: ChannelName,
         kind: EventKind,
-        seq: u64,
-        previous: Option<u64>,
+        previous: u64,
     },
+}
+
+/// Receipts of one kind on one channel, from this connection. At most one
+/// is in flight; those arriving meanwhile collapse into `waiting`, the
+/// highest of them, sent when the one in flight is answered. A client that
+/// marks every message read as it scrolls thus stores a handful of
+/// receipts, not one per message, and the last one always goes out.
+#[derive(Debug, Default)]
+pub(super) struct ReceiptState {
+    /// The highest seq stored or in flight.
+    sent: u64,
+    in_flight: bool,
+    waiting: Option<u64>,
 }
 
 /// A refusal: a `herald:nack` code and message.
@@ -131,7 +144,7 @@ impl Connection {
     }
 
     /// Tell the client how a store ended.
-    pub(super) async fn on_settled(&mut self, settled: Settled) {
+    pub(super) async fn on_settled(&mut self, settled: Settled, in_flight: &mut InFlight) {
         match (settled.what, settled.result) {
             (Pending::Publish { client_id, channel }, Ok(stored)) => {
                 metrics::counter!("herald_gateway_client_publishes_total").increment(1);
@@ -147,35 +160,58 @@ impl Connection {
             (Pending::Publish { client_id, .. }, Err(nack)) => {
                 self.nack_publish(&client_id, nack).await
             }
-            (Pending::Receipt { kind, .. }, Ok(_)) => {
+            (Pending::Receipt { channel, kind, .. }, Ok(_)) => {
                 metrics::counter!("herald_gateway_receipts_total", "kind" => kind.as_str())
                     .increment(1);
+                self.send_waiting_receipt(channel, kind, in_flight).await;
             }
             (
                 Pending::Receipt {
                     channel,
                     kind,
-                    seq,
                     previous,
                 },
                 Err((code, message)),
             ) => {
-                // Not stored: a retry of this seq must not be skipped as
-                // already sent (unless a later receipt went out meanwhile).
-                let key = (channel, kind);
-                if self.receipts.get(&key) == Some(&seq) {
-                    match previous {
-                        Some(p) => self.receipts.insert(key, p),
-                        None => self.receipts.remove(&key),
-                    };
+                // Not stored: a retry of that seq must not be skipped as
+                // already sent.
+                if let Some(state) = self.receipts.get_mut(&(channel.clone(), kind)) {
+                    state.sent = previous;
                 }
                 self.send(ServerFrame::Nack {
                     client_id: "",
                     code,
                     message: &message,
                 })
-                .await
+                .await;
+                self.send_waiting_receipt(channel, kind, in_flight).await;
             }
+        }
+    }
+
+    /// The receipt in flight was answered: send the one that waited, if any.
+    async fn send_waiting_receipt(
+        &mut self,
+        channel: ChannelName,
+        kind: EventKind,
+        in_flight: &mut InFlight,
+    ) {
+        let key = (channel, kind);
+        let Some(state) = self.receipts.get_mut(&key) else {
+            return;
+        };
+        state.in_flight = false;
+        let Some(seq) = state.waiting.take().filter(|w| *w > state.sent) else {
+            return;
+        };
+        let (channel, kind) = key;
+        if let Err((code, message)) = self.store_receipt(channel, kind, seq, in_flight).await {
+            self.send(ServerFrame::Nack {
+                client_id: "",
+                code,
+                message: &message,
+            })
+            .await
         }
     }
 
@@ -202,7 +238,7 @@ impl Connection {
         in_flight: &mut InFlight,
     ) {
         let fields = frame.data_object().unwrap_or_default();
-        if let Err((code, message)) = self.receipt(&fields, kind, &frame.event, in_flight).await {
+        if let Err((code, message)) = self.receipt(&fields, kind, in_flight).await {
             self.send(ServerFrame::Nack {
                 client_id: "",
                 code,
@@ -330,7 +366,6 @@ impl Connection {
         &mut self,
         fields: &Map<String, Value>,
         kind: EventKind,
-        event: &str,
         in_flight: &mut InFlight,
     ) -> Result<(), Nack> {
         let channel = self.publishable_channel(fields)?;
@@ -339,20 +374,46 @@ impl Connection {
             .and_then(Value::as_u64)
             .filter(|s| *s > 0)
             .ok_or_else(|| nack_of(nack::INVALID, "seq (a positive integer) is required"))?;
+        if self.author(&channel).is_none() {
+            return Err(nack_of(
+                nack::NOT_ALLOWED,
+                "Receipts need a user: sign in, or join the presence channel",
+            ));
+        }
+        // A receipt says "everything up to seq": one at or below what this
+        // socket already sent (or is about to) adds nothing, and one that
+        // arrives while another is in flight waits, collapsed to the highest.
+        let state = self.receipts.entry((channel.clone(), kind)).or_default();
+        if seq <= state.sent || state.waiting.is_some_and(|w| seq <= w) {
+            return Ok(());
+        }
+        if state.in_flight {
+            state.waiting = Some(seq);
+            metrics::counter!("herald_gateway_receipts_collapsed_total").increment(1);
+            return Ok(());
+        }
+        self.within_publish_rate()?;
+        self.store_receipt(channel, kind, seq, in_flight).await
+    }
+
+    /// Store a receipt now, and count it as in flight.
+    async fn store_receipt(
+        &mut self,
+        channel: ChannelName,
+        kind: EventKind,
+        seq: u64,
+        in_flight: &mut InFlight,
+    ) -> Result<(), Nack> {
         let Some(user) = self.author(&channel) else {
             return Err(nack_of(
                 nack::NOT_ALLOWED,
                 "Receipts need a user: sign in, or join the presence channel",
             ));
         };
-        // A receipt says "everything up to seq": one at or below what this
-        // socket already sent for the channel adds nothing.
-        let key = (channel.clone(), kind);
-        let previous = self.receipts.get(&key).copied();
-        if previous.is_some_and(|last| last >= seq) {
-            return Ok(());
-        }
-        self.within_publish_rate()?;
+        let event = match kind {
+            EventKind::Delivered => herald_proto::envelope::event_names::DELIVERED,
+            _ => herald_proto::envelope::event_names::READ,
+        };
         let msg_id = receipt_msg_id(self.app.id.as_str(), channel.as_str(), &user, kind, seq);
         let data = serde_json::json!({ "user_id": user, "seq": seq }).to_string();
         let envelope = Envelope::new(
@@ -364,15 +425,15 @@ impl Connection {
             Some(user),
         );
         let stored = self.store(&channel, envelope, &msg_id).await?;
-        // Counted as sent now, so that the next receipt of the same seq is
-        // skipped while this one is in flight; a failure takes it back.
-        self.receipts.insert(key, seq);
+        let state = self.receipts.entry((channel.clone(), kind)).or_default();
+        let previous = state.sent;
+        state.sent = seq;
+        state.in_flight = true;
         in_flight.push_back(Box::pin(async move {
             Settled {
                 what: Pending::Receipt {
                     channel,
                     kind,
-                    seq,
                     previous,
                 },
                 result: stored.await,
