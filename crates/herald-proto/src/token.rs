@@ -57,8 +57,14 @@ pub struct SessionClaims {
 }
 
 impl SessionClaims {
-    /// Whether one of the token's grants allows `channel`.
+    /// Whether one of the token's grants allows `channel`. Room and DM
+    /// channels ([`is_membership_channel`]) belong to their members: only a
+    /// grant naming one exactly reaches it, never a prefix (`private-*`
+    /// would otherwise open every DM of the app).
     pub fn grants_channel(&self, channel: &str) -> bool {
+        if is_membership_channel(channel) {
+            return self.grants.iter().any(|g| g == channel);
+        }
         self.grants.iter().any(|g| grant_allows(g, channel))
     }
 }
@@ -215,6 +221,30 @@ mod tests {
         assert!(grant_allows("presence-room-*", "presence-room-"));
         assert!(!grant_allows("presence-room-*", "presence-roo"));
         assert!(grant_allows("*", "private-anything"));
+    }
+
+    #[test]
+    fn a_prefix_grant_never_reaches_a_room_or_dm_channel_but_an_exact_one_does() {
+        let app = AppId::parse("app").unwrap();
+        let dm = dm_channel(&app, "a", "b");
+        let room = room_channel("r1").unwrap();
+        let claims = |grants: &[&str]| SessionClaims {
+            sub: "u".into(),
+            app: "app".into(),
+            exp: 2,
+            iat: 1,
+            nbf: 1,
+            jti: "j".into(),
+            kind: TokenKind::Session,
+            grants: grants.iter().map(|g| g.to_string()).collect(),
+        };
+        let wide = claims(&["private-*", "presence-*"]);
+        assert!(!wide.grants_channel(dm.as_str()));
+        assert!(!wide.grants_channel(room.as_str()));
+        assert!(wide.grants_channel("private-other"));
+        let exact = claims(&[dm.as_str(), room.as_str()]);
+        assert!(exact.grants_channel(dm.as_str()));
+        assert!(exact.grants_channel(room.as_str()));
     }
 
     #[test]
