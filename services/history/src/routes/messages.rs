@@ -75,7 +75,7 @@ fn parse_positive(name: &str, raw: Option<&str>) -> Result<Option<i64>, ApiError
         (status = 401, description = "Missing or wrong app credentials or session token"),
         (status = 403, description = "The token's user may not read this channel"),
     ),
-    security(("app_basic" = []), ("session_token" = []))
+    security(("app_basic" = []), ("session_bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
 pub(crate) async fn list(

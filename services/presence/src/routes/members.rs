@@ -49,7 +49,7 @@ pub(crate) struct Members {
         (status = 403, description = "The token's user is neither granted the channel nor in it"),
         (status = 503, description = "Presence state not loaded yet"),
     ),
-    security(("app_basic" = []), ("session_token" = []))
+    security(("app_basic" = []), ("session_bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id, channel = %channel))]
 pub(crate) async fn members(

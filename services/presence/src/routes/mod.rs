@@ -43,7 +43,7 @@ impl Modify for BasicAuth {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Basic)),
         );
         components.add_security_scheme(
-            "session_token",
+            "session_bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }

@@ -112,7 +112,7 @@ fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
         (status = 401, description = "Missing or wrong app credentials or session token"),
         (status = 503, description = "Presence state not loaded yet"),
     ),
-    security(("app_basic" = []), ("session_token" = []))
+    security(("app_basic" = []), ("session_bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 pub(crate) async fn one(
@@ -137,7 +137,7 @@ pub(crate) async fn one(
         (status = 401, description = "Missing or wrong app credentials or session token"),
         (status = 503, description = "Presence state not loaded yet"),
     ),
-    security(("app_basic" = []), ("session_token" = []))
+    security(("app_basic" = []), ("session_bearer" = []))
 )]
 #[tracing::instrument(skip_all, fields(app = %app_id))]
 pub(crate) async fn batch(
