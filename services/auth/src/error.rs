@@ -22,6 +22,10 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// A dependency (the JetStream event store) did not take the change:
+    /// the client may retry. The cause is logged where this is made.
+    #[error("{0}")]
+    Unavailable(String),
     /// A database error or anything else unexpected: logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -59,6 +63,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
         herald_server::http::error_response(status, code, &self.to_string())
