@@ -182,7 +182,7 @@ impl Verifier {
         token: &str,
         app: Option<&str>,
     ) -> Result<SessionClaims, VerifyError> {
-        let claims: SessionClaims = self.decode(token).await?;
+        let claims: SessionClaims = self.decode(token, TokenKind::Session).await?;
         check(claims.kind, TokenKind::Session, &claims.app, app)?;
         Ok(claims)
     }
@@ -193,12 +193,19 @@ impl Verifier {
         token: &str,
         app: &str,
     ) -> Result<ChannelClaims, VerifyError> {
-        let claims: ChannelClaims = self.decode(token).await?;
+        let claims: ChannelClaims = self.decode(token, TokenKind::Channel).await?;
         check(claims.kind, TokenKind::Channel, &claims.app, Some(app))?;
         Ok(claims)
     }
 
-    async fn decode<T: DeserializeOwned>(&self, token: &str) -> Result<T, VerifyError> {
+    /// Verify the signature and times, then check the `kind` claim before
+    /// reading the claims as `T`: the two kinds have different claims, so
+    /// a token of the other kind is reported as such, not as malformed.
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        kind: TokenKind,
+    ) -> Result<T, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
@@ -209,17 +216,32 @@ impl Verifier {
         validation.leeway = self.leeway_secs;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
-        let data = jsonwebtoken::decode::<T>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature => VerifyError::BadSignature,
-                K::ExpiredSignature => VerifyError::Expired,
-                K::ImmatureSignature => VerifyError::NotYetValid,
-                K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
-                _ => VerifyError::Malformed,
-            }
-        })?;
-        Ok(data.claims)
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::InvalidSignature => VerifyError::BadSignature,
+                    K::ExpiredSignature => VerifyError::Expired,
+                    K::ImmatureSignature => VerifyError::NotYetValid,
+                    K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
+                    _ => VerifyError::Malformed,
+                }
+            })?;
+        let claimed = data
+            .claims
+            .get("kind")
+            .and_then(|k| serde_json::from_value::<TokenKind>(k.clone()).ok());
+        if claimed != Some(kind) {
+            return Err(VerifyError::WrongKind(kind_name(kind)));
+        }
+        serde_json::from_value(data.claims).map_err(|_| VerifyError::Malformed)
+    }
+}
+
+fn kind_name(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Session => "session",
+        TokenKind::Channel => "channel",
     }
 }
 
@@ -230,10 +252,7 @@ fn check(
     expected_app: Option<&str>,
 ) -> Result<(), VerifyError> {
     if kind != expected {
-        return Err(VerifyError::WrongKind(match expected {
-            TokenKind::Session => "session",
-            TokenKind::Channel => "channel",
-        }));
+        return Err(VerifyError::WrongKind(kind_name(expected)));
     }
     if expected_app.is_some_and(|a| a != app) {
         return Err(VerifyError::WrongApp);
