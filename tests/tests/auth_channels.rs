@@ -1248,3 +1248,76 @@ async fn the_openapi_document_describes_the_channel_and_room_routes_with_their_b
         "bearer"
     );
 }
+
+#[tokio::test]
+async fn the_gateway_accepts_what_pusher_auth_signs_and_delivers_membership_events_live() {
+    let e = env().await;
+    for (id, name) in [("alice", "Alice"), ("bob", "Bob")] {
+        e.register(id, name).await;
+    }
+    // Presence channels are answered with the presence service's members.
+    let _presence = e.stack.presence().await;
+    let gateway = e.stack.gateway().await;
+    let alice = e.session("alice", &[]).await;
+    let (s, room) = e
+        .user(
+            &alice,
+            Method::POST,
+            "/v1/apps/app-id/rooms",
+            Some(json!({"name": "Lounge"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{room}");
+    let channel = room["channel"].as_str().unwrap();
+    let mut socket = herald_tests::PusherSocket::connect(gateway.port, KEY)
+        .await
+        .unwrap();
+    // What pusher-js does: ask /pusher/auth for the socket, subscribe with
+    // the answer as it is.
+    let (s, b) = e.pusher_auth(&alice, &socket.socket_id, channel).await;
+    assert_eq!(s, 200, "{b}");
+    let frame = socket
+        .subscribe_with(json!({
+            "channel": channel,
+            "auth": b["auth"],
+            "channel_data": b["channel_data"],
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        frame["event"], "pusher_internal:subscription_succeeded",
+        "{frame}"
+    );
+    // And the sign-in, with /pusher/user-auth's answer.
+    let (s, b) = e.user_auth(&alice, &socket.socket_id).await;
+    assert_eq!(s, 200, "{b}");
+    socket
+        .send_event(
+            "pusher:signin",
+            json!({"auth": b["auth"], "user_data": b["user_data"]}),
+        )
+        .await
+        .unwrap();
+    let frame = socket
+        .next_event_of(&["pusher:signin_success", "pusher:error"])
+        .await
+        .unwrap();
+    assert_eq!(frame["event"], "pusher:signin_success", "{frame}");
+    // Bob joins: the stored membership event reaches the subscriber.
+    let bob = e.session("bob", &[]).await;
+    let (s, _) = e
+        .user(
+            &bob,
+            Method::POST,
+            "/v1/apps/app-id/rooms/join",
+            Some(json!({"code": room["code"]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let frame = socket
+        .next_event_of(&["herald:member_joined"])
+        .await
+        .unwrap();
+    assert_eq!(frame["channel"], channel);
+    assert_eq!(herald_tests::data_of(&frame)["user_id"], "bob");
+}
