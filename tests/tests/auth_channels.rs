@@ -971,12 +971,74 @@ async fn a_membership_change_whose_event_cannot_be_stored_is_a_503_and_changes_n
     assert_eq!(s, 503, "{b}");
     assert_eq!(b["error"]["code"], "unavailable");
     assert!(message(&b).contains("nothing was changed"), "{b}");
+    // Creating a room stores its owner's membership event: refused too.
+    let (s, b) = e
+        .app(
+            Method::POST,
+            "/v1/apps/app-id/rooms?as_user=bob",
+            Some(json!({"name": "Lounge"})),
+        )
+        .await;
+    assert_eq!(s, 503, "{b}");
     let pool = sqlx::PgPool::connect(e.db.url()).await.unwrap();
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM auth.channel_members")
-        .fetch_one(&pool)
+    for table in ["auth.channel_members", "auth.rooms"] {
+        let (n,): (i64,) = sqlx::query_as(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{table}: the change was rolled back");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_joins_of_one_user_make_one_member_and_one_event() {
+    let e = env().await;
+    e.register("alice", "Alice").await;
+    e.register("bob", "Bob").await;
+    let (s, room) = e
+        .app(
+            Method::POST,
+            "/v1/apps/app-id/rooms?as_user=alice",
+            Some(json!({"name": "Busy"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{room}");
+    let joins = (0..8).map(|_| {
+        e.app(
+            Method::POST,
+            "/v1/apps/app-id/rooms/join?as_user=bob",
+            Some(json!({"code": room["code"]})),
+        )
+    });
+    for (s, b) in futures::future::join_all(joins).await {
+        assert_eq!(s, 200, "{b}");
+    }
+    let channel = room["channel"].as_str().unwrap();
+    assert_eq!(
+        e.membership_events(channel).await,
+        [
+            (EventKind::MemberJoined, "alice".to_owned()),
+            (EventKind::MemberJoined, "bob".to_owned())
+        ]
+    );
+    // Bob, a member without any grant, gets a channel token for the room.
+    let bob = e.session("bob", &[]).await;
+    let (s, b) = e
+        .user(
+            &bob,
+            Method::POST,
+            "/v1/apps/app-id/channel-tokens",
+            Some(json!({"socket_id": "8.8", "channel": channel})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let claims = e
+        .verifier()
+        .verify_channel(b["token"].as_str().unwrap(), "app-id")
         .await
         .unwrap();
-    assert_eq!(n, 0, "the membership was rolled back");
+    assert_eq!(claims.channel, channel);
+    assert_eq!(claims.user_info.unwrap()["name"], "Bob");
 }
 
 #[tokio::test]

@@ -803,3 +803,21 @@ pub(crate) async fn app_list_members(
         membership::list(&state, app.id.as_str(), channel.as_str(), &after, limit).await?,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_codes_are_base32_of_the_stated_length_and_differ() {
+        let codes: Vec<String> = (0..50).map(|_| new_code().unwrap()).collect();
+        for code in &codes {
+            assert_eq!(code.len(), ROOM_CODE_LEN);
+            assert!(code.bytes().all(|b| BASE32.contains(&b)), "{code}");
+        }
+        let mut unique = codes.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), codes.len());
+    }
+}
