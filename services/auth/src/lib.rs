@@ -317,3 +317,28 @@ impl herald_server::Service for Application {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_reads_the_channel_stream_settings_like_the_other_services() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "herald-auth",
+            "--dev",
+            "--database-url",
+            "postgres://db/herald",
+            "--stream-max-age-secs",
+            "60",
+            "--stream-replicas",
+            "3",
+        ])
+        .unwrap();
+        let config = Config::try_from(cli).unwrap();
+        assert_eq!(config.stream.max_age, std::time::Duration::from_secs(60));
+        assert_eq!(config.stream.replicas, 3);
+    }
+}

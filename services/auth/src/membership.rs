@@ -22,6 +22,10 @@
 //! member of) publishes nothing. The open transaction holds the row's lock
 //! during the publish, so two changes of one (channel, user) are ordered
 //! the same way in Postgres and on the stream.
+//!
+//! The price: each change holds a pooled connection for one JetStream
+//! round trip, and while NATS is unreachable for up to the JetStream
+//! request timeout (5 s) before it answers 503.
 
 use crate::error::ApiError;
 use crate::AppState;
