@@ -1251,6 +1251,32 @@ async fn browsers_may_call_the_bearer_routes_cross_origin_but_not_the_app_creden
         assert!(allowed.contains("content-type"), "{path}: {allowed}");
         assert!(h.get("access-control-allow-credentials").is_none());
     }
+    // The answers themselves carry the header too, refusals included, so
+    // pusher-js in a browser can read why it was refused.
+    e.register("alice", "Alice").await;
+    let token = e.session("alice", &["private-a"]).await;
+    for (channel, status) in [("private-a", 200), ("private-b", 403)] {
+        let resp = e
+            .http
+            .post(e.url("/pusher/auth"))
+            .header("origin", "https://chat.example")
+            .bearer_auth(&token)
+            .form(&[("socket_id", "1.1"), ("channel_name", channel)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    }
+    let resp = e
+        .http
+        .post(e.url("/pusher/auth"))
+        .header("origin", "https://chat.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
     let resp = e
         .http
         .request(Method::OPTIONS, e.url("/v1/apps/app-id/users/u1"))
@@ -1382,4 +1408,49 @@ async fn the_gateway_accepts_what_pusher_auth_signs_and_delivers_membership_even
         .unwrap();
     assert_eq!(frame["channel"], channel);
     assert_eq!(herald_tests::data_of(&frame)["user_id"], "bob");
+}
+
+#[tokio::test]
+async fn room_routes_refuse_missing_and_wrong_credentials() {
+    let e = env().await;
+    e.register("alice", "Alice").await;
+    let resp = e
+        .http
+        .post(e.url("/v1/apps/app-id/rooms"))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let (s, b) = answer(resp).await;
+    assert_eq!(s, 401, "{b}");
+    assert!(message(&b).starts_with("missing credentials"), "{b}");
+    for (key, secret) in [("app-key", "wrong"), ("other-key", "other-secret")] {
+        let resp = e
+            .http
+            .post(e.url("/v1/apps/app-id/rooms?as_user=alice"))
+            .basic_auth(key, Some(secret))
+            .json(&json!({"name": "x"}))
+            .send()
+            .await
+            .unwrap();
+        let (s, b) = answer(resp).await;
+        assert_eq!(s, 401, "{b}");
+        assert_eq!(message(&b), herald_server::auth::BAD_CREDENTIALS);
+    }
+    // The app acting for a user who does not own the room cannot destroy
+    // it; the app itself can.
+    let (_, room) = e
+        .app(
+            Method::POST,
+            "/v1/apps/app-id/rooms?as_user=alice",
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    let path = format!("/v1/apps/app-id/rooms/{}", room["id"].as_str().unwrap());
+    let (s, _) = e
+        .app(Method::DELETE, &format!("{path}?as_user=mallory"), None)
+        .await;
+    assert_eq!(s, 403);
+    let (s, b) = e.app(Method::DELETE, &path, None).await;
+    assert_eq!(s, 200, "{b}");
 }
