@@ -464,6 +464,22 @@ async fn forged_expired_and_foreign_tokens_are_refused_at_pusher_auth_with_the_p
         jsonwebtoken::encode(&ed(&kid), &channel_kind, &key).unwrap(),
         refused("wrong kind of token: a session token is expected"),
     ));
+    // A validly signed token of a user the app never registered: presence
+    // needs the user's name, so it is refused (a private channel is not).
+    let mut ghost = claims("app-id", t, t + 60);
+    ghost.sub = "ghost".into();
+    ghost.grants = vec!["presence-x".into(), "private-a".into()];
+    let ghost = sign(&ed(&kid), &ghost);
+    let (s, b) = e.pusher_auth(&ghost, "8.8", "presence-x").await;
+    assert_eq!(s, 404, "{b}");
+    assert_eq!(
+        message(&b),
+        "user \"ghost\" is not registered in this app: register it first"
+    );
+    let (s, b) = e.user_auth(&ghost, "8.8").await;
+    assert_eq!(s, 404, "{b}");
+    let (s, b) = e.pusher_auth(&ghost, "8.8", "private-a").await;
+    assert_eq!(s, 200, "{b}");
     for (what, token, expected) in &cases {
         let (s, b) = e.pusher_auth(token, "1.1", "private-a").await;
         assert_eq!(s, 401, "{what}: {b}");

@@ -310,14 +310,28 @@ pub(crate) async fn join(
     Ok(Json(room))
 }
 
+/// How a room's row is locked until the transaction ends.
+#[derive(Clone, Copy)]
+enum Lock {
+    /// Membership changes: many at once, but not during a destroy.
+    Share,
+    /// Destroy: alone.
+    Update,
+}
+
 /// The room `room_id` of `app`, locked for the transaction's duration.
-async fn room_for_update(
+async fn locked_room(
     tx: &mut sqlx::PgConnection,
     app: &AppId,
     room_id: &str,
+    lock: Lock,
 ) -> Result<Room, ApiError> {
+    let lock = match lock {
+        Lock::Share => "FOR SHARE",
+        Lock::Update => "FOR UPDATE",
+    };
     sqlx::query_as(&format!(
-        "SELECT {ROOM_COLUMNS} FROM rooms WHERE app_id = $1 AND room_id = $2 FOR UPDATE"
+        "SELECT {ROOM_COLUMNS} FROM rooms WHERE app_id = $1 AND room_id = $2 {lock}"
     ))
     .bind(app.as_str())
     .bind(room_id)
@@ -366,7 +380,7 @@ pub(crate) async fn leave(
     let user = caller.acting_user()?.to_owned();
     let app = caller.app().id.clone();
     let mut tx = state.db.begin().await?;
-    room_for_update(&mut tx, &app, &room_id).await?;
+    locked_room(&mut tx, &app, &room_id, Lock::Share).await?;
     let changed = match membership::delete(&mut tx, &app, &channel, &user).await? {
         Some(id) => {
             membership::publish(&state, &app, &channel, &user, Change::Left, &id).await?;
@@ -418,7 +432,7 @@ pub(crate) async fn destroy(
     let channel = parse_room_id(&room_id)?;
     let app = caller.app().id.clone();
     let mut tx = state.db.begin().await?;
-    let room = room_for_update(&mut tx, &app, &room_id).await?;
+    let room = locked_room(&mut tx, &app, &room_id, Lock::Update).await?;
     if !caller.is_app_itself() && caller.user() != Some(room.owner.as_str()) {
         return Err(ApiError::Forbidden(
             "only the room's owner may destroy it".into(),
