@@ -4,9 +4,10 @@
 //!
 //! Session tokens are verified in-process against the keys this service
 //! publishes in its JWKS (read from `signing_keys` with the same retention
-//! rule), with the rules of `herald_server::token::Verifier`: the algorithm
-//! pinned to EdDSA, a `kid`, `exp`/`nbf` with the same leeway, the `kind`
-//! claim, and the app both named by the caller and served here. Going
+//! rule), by the same code as `herald_server::token::Verifier`
+//! (`eddsa_kid`, `decode_with_key`): the algorithm pinned to EdDSA, a
+//! `kid`, `exp`/`nbf` with the same leeway, the `kind` claim; then the app
+//! both named by the caller and served here. Going
 //! through our own JWKS URL instead would add an HTTP round trip to
 //! ourselves and a cache that can lag a rotation.
 
@@ -16,8 +17,8 @@ use axum::http::HeaderMap;
 use herald_config::AppConfig;
 use herald_proto::token::{SessionClaims, TokenKind};
 use herald_proto::UserId;
-use herald_server::token::jsonwebtoken::{self, Algorithm, DecodingKey, Validation};
-use herald_server::token::{VerifyError, DEFAULT_LEEWAY_SECS};
+use herald_server::token::jsonwebtoken::DecodingKey;
+use herald_server::token::{decode_with_key, eddsa_kid, VerifyError, DEFAULT_LEEWAY_SECS};
 use std::sync::Arc;
 
 /// The public key of `kid`, if it is one the JWKS publishes now.
@@ -45,42 +46,13 @@ pub(crate) async fn verify_session(
     token: &str,
     app: Option<&str>,
 ) -> Result<(Arc<AppConfig>, SessionClaims), ApiError> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| refused(VerifyError::Malformed))?;
-    if header.alg != Algorithm::EdDSA {
-        return Err(refused(VerifyError::Algorithm(format!("{:?}", header.alg))));
-    }
-    let kid = header.kid.ok_or_else(|| refused(VerifyError::MissingKid))?;
+    let kid = eddsa_kid(token).map_err(refused)?;
     let public = published_key(state, &kid)
         .await?
         .ok_or_else(|| refused(VerifyError::UnknownKid(kid.clone())))?;
     let key = DecodingKey::from_ed_der(&public);
-    let mut validation = Validation::new(Algorithm::EdDSA);
-    validation.leeway = DEFAULT_LEEWAY_SECS;
-    validation.validate_nbf = true;
-    validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
-    // Decoded as JSON first so that a channel token is refused as the
-    // wrong kind, not as a malformed session token.
-    let data =
-        jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            refused(match e.kind() {
-                K::InvalidSignature => VerifyError::BadSignature,
-                K::ExpiredSignature => VerifyError::Expired,
-                K::ImmatureSignature => VerifyError::NotYetValid,
-                K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
-                _ => VerifyError::Malformed,
-            })
-        })?;
-    let kind = data
-        .claims
-        .get("kind")
-        .cloned()
-        .and_then(|k| serde_json::from_value::<TokenKind>(k).ok());
-    if kind != Some(TokenKind::Session) {
-        return Err(refused(VerifyError::WrongKind("session")));
-    }
     let claims: SessionClaims =
-        serde_json::from_value(data.claims).map_err(|_| refused(VerifyError::Malformed))?;
+        decode_with_key(token, &key, TokenKind::Session, DEFAULT_LEEWAY_SECS).map_err(refused)?;
     if app.is_some_and(|a| a != claims.app) {
         return Err(refused(VerifyError::WrongApp));
     }
