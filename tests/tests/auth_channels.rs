@@ -497,6 +497,20 @@ async fn forged_expired_and_foreign_tokens_are_refused_at_pusher_auth_with_the_p
     let (s, b) = answer(resp).await;
     assert_eq!(s, 401);
     assert!(message(&b).starts_with("missing session token"), "{b}");
+    // Bearer, not Basic: a browser must not answer with a login prompt.
+    let resp = e
+        .http
+        .post(e.url("/pusher/auth"))
+        .bearer_auth(&cases[0].1)
+        .form(&[("socket_id", "1.1"), ("channel_name", "private-a")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(
+        resp.headers()["www-authenticate"],
+        "Bearer realm=\"herald\""
+    );
     // The untouched token still works: none of the refusals bound it.
     let (s, b) = e.pusher_auth(&good, "9.9", "private-a").await;
     assert_eq!(s, 200, "{b}");

@@ -36,7 +36,7 @@ async fn published_key(state: &AppState, kid: &str) -> Result<Option<Vec<u8>>, A
 }
 
 fn refused(err: VerifyError) -> ApiError {
-    ApiError::Unauthorized(format!("session token refused: {err}"))
+    ApiError::InvalidToken(format!("session token refused: {err}"))
 }
 
 /// Verify a session token. `app`: the app the route names, if it names
@@ -57,7 +57,7 @@ pub(crate) async fn verify_session(
         return Err(refused(VerifyError::WrongApp));
     }
     let config = state.apps.by_id(&claims.app).cloned().ok_or_else(|| {
-        ApiError::Unauthorized("session token refused: its app is not served here".into())
+        ApiError::InvalidToken("session token refused: its app is not served here".into())
     })?;
     Ok((config, claims))
 }
@@ -69,7 +69,7 @@ pub(crate) async fn bearer_session(
     app: Option<&str>,
 ) -> Result<(Arc<AppConfig>, SessionClaims), ApiError> {
     let token = herald_server::token::bearer(headers).ok_or_else(|| {
-        ApiError::Unauthorized(
+        ApiError::InvalidToken(
             "missing session token: send Authorization: Bearer <session token>".into(),
         )
     })?;
@@ -154,7 +154,7 @@ pub(crate) async fn caller(
             let (app, claims) = bearer_session(state, headers, Some(app_id)).await?;
             Ok(Caller::User { app, claims })
         }
-        _ => Err(ApiError::Unauthorized(
+        _ => Err(ApiError::InvalidToken(
             "missing credentials: send Authorization: Bearer <session token>, or HTTP Basic app credentials"
                 .into(),
         )),
