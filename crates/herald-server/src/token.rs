@@ -182,7 +182,7 @@ impl Verifier {
         token: &str,
         app: Option<&str>,
     ) -> Result<SessionClaims, VerifyError> {
-        let claims: SessionClaims = self.decode(token).await?;
+        let claims: SessionClaims = self.decode(token, TokenKind::Session).await?;
         check(claims.kind, TokenKind::Session, &claims.app, app)?;
         Ok(claims)
     }
@@ -193,33 +193,73 @@ impl Verifier {
         token: &str,
         app: &str,
     ) -> Result<ChannelClaims, VerifyError> {
-        let claims: ChannelClaims = self.decode(token).await?;
+        let claims: ChannelClaims = self.decode(token, TokenKind::Channel).await?;
         check(claims.kind, TokenKind::Channel, &claims.app, Some(app))?;
         Ok(claims)
     }
 
-    async fn decode<T: DeserializeOwned>(&self, token: &str) -> Result<T, VerifyError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
-        }
-        let kid = header.kid.ok_or(VerifyError::MissingKid)?;
+    async fn decode<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        kind: TokenKind,
+    ) -> Result<T, VerifyError> {
+        let kid = eddsa_kid(token)?;
         let key = self.key(&kid).await?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = self.leeway_secs;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
-        let data = jsonwebtoken::decode::<T>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind as K;
-            match e.kind() {
-                K::InvalidSignature => VerifyError::BadSignature,
-                K::ExpiredSignature => VerifyError::Expired,
-                K::ImmatureSignature => VerifyError::NotYetValid,
-                K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
-                _ => VerifyError::Malformed,
-            }
-        })?;
-        Ok(data.claims)
+        decode_with_key(token, &key, kind, self.leeway_secs)
+    }
+}
+
+/// The `kid` of a token's header, after checking that the header names
+/// EdDSA: the first step of a verification, before any key is looked up.
+/// (For the auth service, which looks its own keys up in its database;
+/// everyone else uses [`Verifier`].)
+pub fn eddsa_kid(token: &str) -> Result<String, VerifyError> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
+    if header.alg != Algorithm::EdDSA {
+        return Err(VerifyError::Algorithm(format!("{:?}", header.alg)));
+    }
+    header.kid.ok_or(VerifyError::MissingKid)
+}
+
+/// Verify `token`'s EdDSA signature with `key` and its `exp`/`nbf` (with
+/// `leeway_secs`), then check the `kind` claim before reading the claims
+/// as `T`: the two kinds have different claims, so a token of the other
+/// kind is reported as such, not as malformed. The `app` claim is the
+/// caller's to check.
+pub fn decode_with_key<T: DeserializeOwned>(
+    token: &str,
+    key: &DecodingKey,
+    kind: TokenKind,
+    leeway_secs: u64,
+) -> Result<T, VerifyError> {
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.leeway = leeway_secs;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "sub"]);
+    let data = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation).map_err(|e| {
+        use jsonwebtoken::errors::ErrorKind as K;
+        match e.kind() {
+            K::InvalidSignature => VerifyError::BadSignature,
+            K::ExpiredSignature => VerifyError::Expired,
+            K::ImmatureSignature => VerifyError::NotYetValid,
+            K::InvalidAlgorithm => VerifyError::Algorithm("mismatch".into()),
+            _ => VerifyError::Malformed,
+        }
+    })?;
+    let claimed = data
+        .claims
+        .get("kind")
+        .and_then(|k| serde_json::from_value::<TokenKind>(k.clone()).ok());
+    if claimed != Some(kind) {
+        return Err(VerifyError::WrongKind(kind_name(kind)));
+    }
+    serde_json::from_value(data.claims).map_err(|_| VerifyError::Malformed)
+}
+
+fn kind_name(kind: TokenKind) -> &'static str {
+    match kind {
+        TokenKind::Session => "session",
+        TokenKind::Channel => "channel",
     }
 }
 
@@ -230,10 +270,7 @@ fn check(
     expected_app: Option<&str>,
 ) -> Result<(), VerifyError> {
     if kind != expected {
-        return Err(VerifyError::WrongKind(match expected {
-            TokenKind::Session => "session",
-            TokenKind::Channel => "channel",
-        }));
+        return Err(VerifyError::WrongKind(kind_name(expected)));
     }
     if expected_app.is_some_and(|a| a != app) {
         return Err(VerifyError::WrongApp);

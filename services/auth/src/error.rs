@@ -13,6 +13,11 @@ pub enum ApiError {
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),
+    /// A missing or refused session token: a 401 that names the Bearer
+    /// scheme, so that a browser never answers it with its Basic login
+    /// prompt (the 401s of app credentials name Basic).
+    #[error("{0}")]
+    InvalidToken(String),
     /// The operation is disabled or not allowed.
     #[error("{0}")]
     Forbidden(String),
@@ -22,6 +27,10 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// A dependency (the JetStream event store) did not take the change:
+    /// the client may retry. The cause is logged where this is made.
+    #[error("{0}")]
+    Unavailable(String),
     /// A database error or anything else unexpected: logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -59,6 +68,19 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::InvalidToken(message) => {
+                let mut resp = herald_server::http::error_response(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    message,
+                );
+                resp.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer realm=\"herald\""),
+                );
+                return resp;
+            }
             ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
         herald_server::http::error_response(status, code, &self.to_string())

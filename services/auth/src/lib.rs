@@ -8,21 +8,37 @@
 //!   `GET /.well-known/jwks.json`; rotation at `POST /v1/keys/rotate`
 //!   (`Authorization: Bearer $HERALD_AUTH_ADMIN_TOKEN`, compared in constant
 //!   time; disabled when unset).
-//! * Verification for other services: `herald_server::token::Verifier`.
+//! * Verification for other services: `herald_server::token::Verifier`;
+//!   this service verifies its own session tokens in-process
+//!   ([`session`](crate::session)), against the same published keys.
+//! * Channel authorization for pusher-js: `POST /pusher/auth`,
+//!   `POST /pusher/user-auth`, and JWT channel tokens at
+//!   `POST /v1/apps/{app}/channel-tokens` (Bearer session token; the token
+//!   is bound to the first socket it authorizes, `herald_stream::TokenBindings`).
+//! * Rooms, DMs and app-managed channel membership under
+//!   `/v1/apps/{app}/rooms`, `/dms`, `/channels/{channel}/members`: every
+//!   change is stored in Postgres and as an event on the channel's stream
+//!   subject ([`membership`](crate::membership)).
 //! * OpenAPI at `/v1/openapi.json`.
 //!
 //! Without a database URL (only [`Config::new`] in tests makes one) the
 //! service serves health, readiness and metrics only.
 
+mod channel_auth;
 mod error;
 mod keys;
+mod membership;
+mod rooms;
 mod routes;
+mod session;
 mod tokens;
 mod users;
 
+pub use channel_auth::{BOUND_ELSEWHERE, CHANNEL_TOKEN_LIFE_SECS};
 pub use error::ApiError;
 pub use herald_proto::token::MAX_GRANTS;
 pub use herald_server::token::{Jwk, JwkSet};
+pub use rooms::{MAX_MEMBERS_PAGE, MAX_ROOMS_LISTED, MAX_ROOM_NAME_LEN, ROOM_CODE_LEN};
 pub use routes::{ApiDoc, MAX_BODY_BYTES};
 pub use users::{
     AVATAR_URL_PATTERN, MAX_AVATAR_URL_LEN, MAX_BATCH, MAX_LIMIT, MAX_METADATA_BYTES, MAX_NAME_LEN,
@@ -33,6 +49,7 @@ use axum::Router;
 use clap::Parser;
 use herald_config::{AppRegistry, AppsArgs, ConfigError, DatabaseArgs, ListenArgs, NatsArgs};
 use herald_proto::Subjects;
+use herald_stream::{StreamArgs, StreamSettings, TokenBindings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Executor, PgPool};
 use std::str::FromStr;
@@ -56,6 +73,10 @@ pub struct Cli {
     pub apps: AppsArgs,
     #[command(flatten)]
     pub database: DatabaseArgs,
+    /// The channel stream's settings (membership events are stored there;
+    /// give every service that creates the stream the same ones).
+    #[command(flatten)]
+    pub stream: StreamArgs,
     /// Default session-token lifetime, seconds.
     #[arg(long, env = "HERALD_SESSION_TOKEN_TTL_SECS", default_value_t = 900)]
     pub session_token_ttl_secs: u64,
@@ -91,6 +112,8 @@ pub struct Config {
     pub session_token_ttl_secs: u64,
     pub session_token_max_ttl_secs: u64,
     pub admin_token: Option<String>,
+    /// The channel stream's settings, as the gateway and history have them.
+    pub stream: StreamSettings,
 }
 
 impl std::fmt::Debug for Config {
@@ -128,6 +151,7 @@ impl Config {
             session_token_ttl_secs: 900,
             session_token_max_ttl_secs: 3600,
             admin_token: None,
+            stream: StreamSettings::default(),
         }
     }
 
@@ -159,6 +183,7 @@ impl TryFrom<Cli> for Config {
                     .clamp(1, herald_proto::token::MAX_SESSION_TOKEN_LIFE_SECS),
             ),
             admin_token: cli.admin_token.filter(|t| !t.is_empty()),
+            stream: cli.stream.settings(),
         })
     }
 }
@@ -170,6 +195,11 @@ pub(crate) struct Shared {
     pub token_ttl_secs: u64,
     pub token_max_ttl_secs: u64,
     pub admin_token: Option<String>,
+    /// JetStream, where membership events are stored.
+    pub js: async_nats::jetstream::Context,
+    pub subjects: Subjects,
+    /// Single-use session tokens: jti -> the socket they are bound to.
+    pub bindings: TokenBindings,
 }
 
 impl Shared {
@@ -222,6 +252,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let nats = herald_server::connect_nats(&config.nats_url, "herald-auth").await?;
         let (listener, port) = herald_server::bind(&config.host, config.port).await?;
+        let js = async_nats::jetstream::new(nats.clone());
         let mut checks = vec![("nats", herald_server::nats_ready(nats))];
         let api = match &config.database_url {
             Some(url) => {
@@ -237,12 +268,21 @@ impl Application {
                     })
                 });
                 checks.push(("postgres", postgres_ready));
+                // Membership events go to the channel stream, which may not
+                // exist yet when the auth service starts first.
+                herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream)
+                    .await?;
+                let bindings =
+                    TokenBindings::open(&js, &config.subjects, config.stream.replicas).await?;
                 let state = Arc::new(Shared {
                     db,
                     apps: config.apps.clone(),
                     token_ttl_secs: config.session_token_ttl_secs,
                     token_max_ttl_secs: config.session_token_max_ttl_secs,
                     admin_token: config.admin_token.clone(),
+                    js,
+                    subjects: config.subjects.clone(),
+                    bindings,
                 });
                 herald_server::http::json_errors(routes::router().with_state(state))
             }
@@ -275,5 +315,30 @@ impl herald_server::Service for Application {
         herald_server::serve(self.listener, self.router, self.shutdown).await?;
         tracing::info!("auth stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_reads_the_channel_stream_settings_like_the_other_services() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "herald-auth",
+            "--dev",
+            "--database-url",
+            "postgres://db/herald",
+            "--stream-max-age-secs",
+            "60",
+            "--stream-replicas",
+            "3",
+        ])
+        .unwrap();
+        let config = Config::try_from(cli).unwrap();
+        assert_eq!(config.stream.max_age, std::time::Duration::from_secs(60));
+        assert_eq!(config.stream.replicas, 3);
     }
 }

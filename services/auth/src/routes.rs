@@ -3,8 +3,10 @@
 
 use crate::AppState;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{header, Method};
 use axum::routing::get;
 use axum::{Json, Router};
+use tower_http::cors::{Any, CorsLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -14,15 +16,28 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The auth service's OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Herald auth", description = "Users, session tokens (EdDSA JWTs) and their JWKS. Request bodies are limited to 16384 bytes."),
+    info(title = "Herald auth", description = "Users, session tokens (EdDSA JWTs) and their JWKS; channel authorization for pusher-js and channel tokens; rooms, DMs and channel membership. Request bodies are limited to 16384 bytes. Errors are {\"error\": {\"code\", \"message\"}}."),
     paths(
         crate::users::put_user, crate::users::get_user, crate::users::batch, crate::users::search,
         crate::tokens::issue, crate::tokens::jwks, crate::tokens::rotate,
+        crate::channel_auth::pusher_auth, crate::channel_auth::user_auth,
+        crate::channel_auth::channel_token,
+        crate::rooms::create, crate::rooms::join, crate::rooms::leave, crate::rooms::destroy,
+        crate::rooms::room_members, crate::rooms::my_rooms, crate::rooms::open_dm,
+        crate::rooms::my_dms, crate::rooms::app_add_member, crate::rooms::app_remove_member,
+        crate::rooms::app_list_members,
     ),
     components(schemas(
         crate::users::User, crate::users::UserBody, crate::users::BatchBody, crate::users::BatchAnswer,
         crate::users::SearchPage, crate::tokens::TokenRequest, crate::tokens::TokenAnswer,
         crate::tokens::Rotated, herald_server::token::Jwk, herald_server::token::JwkSet,
+        crate::channel_auth::PusherAuthBody, crate::channel_auth::PusherAuthAnswer,
+        crate::channel_auth::UserAuthBody, crate::channel_auth::UserAuthAnswer,
+        crate::channel_auth::ChannelTokenRequest, crate::channel_auth::ChannelTokenAnswer,
+        crate::rooms::Room, crate::rooms::CreateRoom, crate::rooms::JoinRoom,
+        crate::rooms::MembershipAnswer, crate::rooms::RoomList, crate::rooms::OpenDm,
+        crate::rooms::Dm, crate::rooms::DmList, crate::membership::Member,
+        crate::membership::MembersPage,
     )),
     modifiers(&Security)
 )]
@@ -41,12 +56,39 @@ impl Modify for Security {
             "admin_bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        let mut session = Http::new(HttpAuthScheme::Bearer);
+        session.bearer_format = Some("JWT".into());
+        session.description = Some(
+            "A session token of the app (POST /v1/apps/{app}/users/{user_id}/session-tokens); \
+             single use: its first channel or user authorization binds it to that socket"
+                .into(),
+        );
+        components.add_security_scheme("session_bearer", SecurityScheme::Http(session));
     }
+}
+
+/// CORS for the routes a browser calls with a session token (pusher-js's
+/// `channelAuthorization` and `userAuthentication`, rooms, DMs, channel
+/// tokens): any origin may call them, since what authorizes a call is the
+/// Bearer token, never a cookie (so no `Allow-Credentials`). `Authorization`
+/// must be listed by name: a wildcard does not cover it.
+fn browser_cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Every REST route.
 pub(crate) fn router() -> Router<AppState> {
+    let browser = Router::new()
+        .merge(crate::channel_auth::router())
+        .merge(crate::rooms::router())
+        .layer(browser_cors());
     Router::new()
+        .merge(browser)
+        .merge(crate::rooms::app_router())
         .merge(crate::users::router())
         .merge(crate::tokens::router())
         .route(

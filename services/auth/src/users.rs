@@ -61,11 +61,19 @@ pub(crate) struct UserBody {
     metadata: Option<serde_json::Value>,
 }
 
+impl User {
+    /// The `user_info` of presence `channel_data`, sign-in `user_data` and
+    /// channel tokens: the name and avatar, never the app's metadata.
+    pub(crate) fn user_info(&self) -> serde_json::Value {
+        serde_json::json!({"name": self.name, "avatar_url": self.avatar_url})
+    }
+}
+
 pub(crate) fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| ApiError::BadRequest(format!("user_id: {e}")))
 }
 
-fn validate_name(name: &str) -> Result<(), ApiError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), ApiError> {
     let n = name.chars().count();
     if n == 0 || n > MAX_NAME_LEN {
         return Err(ApiError::BadRequest(format!(
