@@ -336,9 +336,15 @@ describe('herald-js on the shared stack', () => {
     };
     const duplicates = [];
     h.bind('duplicate', (d) => duplicates.push(d));
+    // The resubscribe's success, bound before the drop: polling for the
+    // drop itself can miss it when the reconnect is quick.
+    const resubscribed = withTimeout(
+      new Promise((resolve) => channel.bind('pusher:subscription_succeeded', resolve)),
+      'the resubscribe',
+      RECONNECT_MS,
+    );
     dropSocket(client);
-    await eventually(() => !channel.subscribed, 'the drop');
-    await subscribed(channel, 'the resubscribe');
+    await resubscribed;
     await server.trigger(name, 'item', { n: 5 });
     await eventually(() => got.length >= 6, 'the event after the reconnect');
 
