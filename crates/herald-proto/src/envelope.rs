@@ -47,6 +47,12 @@ pub enum EventKind {
     Delivered,
     /// A read receipt: a user has read the channel up to a seq.
     Read,
+    /// A message's content was replaced by its author; `data` is a
+    /// [`MessageEdit`].
+    Edited,
+    /// A message was deleted by its author or the app; `data` is a
+    /// [`MessageRef`]. Read models keep a tombstone (the seq, no content).
+    Deleted,
     /// A user became a member of the channel (a room or DM); `data` is a
     /// [`Membership`].
     MemberJoined,
@@ -68,6 +74,8 @@ impl EventKind {
             EventKind::Message => "message",
             EventKind::Delivered => "delivered",
             EventKind::Read => "read",
+            EventKind::Edited => "edited",
+            EventKind::Deleted => "deleted",
             EventKind::MemberJoined => "member_joined",
             EventKind::MemberLeft => "member_left",
             EventKind::ChannelPurged => "channel_purged",
@@ -83,12 +91,59 @@ pub mod event_names {
     pub const DELIVERED: &str = "herald:delivered";
     /// [`super::EventKind::Read`]: a client's `herald:read`.
     pub const READ: &str = "herald:read";
+    /// [`super::EventKind::Edited`].
+    pub const MESSAGE_EDITED: &str = "herald:message_edited";
+    /// [`super::EventKind::Deleted`].
+    pub const MESSAGE_DELETED: &str = "herald:message_deleted";
     /// [`super::EventKind::MemberJoined`].
     pub const MEMBER_JOINED: &str = "herald:member_joined";
     /// [`super::EventKind::MemberLeft`].
     pub const MEMBER_LEFT: &str = "herald:member_left";
     /// [`super::EventKind::ChannelPurged`].
     pub const CHANNEL_PURGED: &str = "herald:channel_purged";
+}
+
+/// The `data` of an edit: which message, and its new content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEdit {
+    /// The edited message's id.
+    pub id: String,
+    /// Its new `data`.
+    pub data: String,
+}
+
+/// The `data` of a delete: which message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    /// The deleted message's id.
+    pub id: String,
+}
+
+/// Serialize a struct of strings as an envelope's `data`.
+pub fn to_data<T: Serialize>(value: &T) -> String {
+    // Structs of strings always serialize.
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The `Nats-Msg-Id` of a message a user (or the app, `None`) publishes
+/// with a `client_id`: the same key from the same author on the same channel
+/// is one message, whichever connection or API call retries it.
+pub fn publish_msg_id(app: &str, channel: &str, author: Option<&str>, client_id: &str) -> String {
+    derived_msg_id(&["publish", app, channel, author.unwrap_or(""), client_id])
+}
+
+/// The `Nats-Msg-Id` of a receipt: one per user, channel, kind and seq.
+pub fn receipt_msg_id(app: &str, channel: &str, user: &str, kind: EventKind, seq: u64) -> String {
+    derived_msg_id(&[kind.as_str(), app, channel, user, &seq.to_string()])
+}
+
+/// The `data` of a receipt event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// Who has delivered or read.
+    pub user_id: String,
+    /// Everything of the channel up to this seq.
+    pub seq: u64,
 }
 
 /// The `data` of a membership event.
@@ -231,6 +286,8 @@ mod tests {
             (EventKind::MemberJoined, "member_joined"),
             (EventKind::MemberLeft, "member_left"),
             (EventKind::ChannelPurged, "channel_purged"),
+            (EventKind::Edited, "edited"),
+            (EventKind::Deleted, "deleted"),
         ] {
             assert_eq!(kind.as_str(), name);
             assert_eq!(serde_json::to_value(kind).unwrap(), name);

@@ -30,6 +30,10 @@ pub struct Cli {
     pub projection_batch: usize,
     #[command(flatten)]
     pub tokens: TokenArgs,
+    /// Longest wait, in ms, of a read with `min_seq` for the projection to
+    /// reach that seq (then 503 with the current position).
+    #[arg(long, env = "HERALD_HISTORY_READ_WAIT_MS", default_value_t = 5000)]
+    pub read_wait_ms: u64,
 }
 
 /// Everything the history service needs to start.
@@ -47,6 +51,8 @@ pub struct Config {
     /// `HERALD_AUTH_JWKS_URL`: accept users' session tokens (their view);
     /// `None` accepts app credentials only.
     pub auth_jwks_url: Option<String>,
+    /// `HERALD_HISTORY_READ_WAIT_MS`: longest wait of a `min_seq` read.
+    pub read_wait: std::time::Duration,
 }
 
 impl Config {
@@ -63,6 +69,7 @@ impl Config {
             stream: StreamSettings::default(),
             projection_batch: 500,
             auth_jwks_url: None,
+            read_wait: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -82,6 +89,7 @@ impl TryFrom<Cli> for Config {
             stream: cli.stream.settings(),
             projection_batch: cli.projection_batch.clamp(1, 10_000),
             auth_jwks_url: cli.tokens.auth_jwks_url.filter(|u| !u.is_empty()),
+            read_wait: std::time::Duration::from_millis(cli.read_wait_ms.min(60_000)),
         })
     }
 }

@@ -16,6 +16,15 @@ pub enum ApiError {
     /// Authenticated, but not allowed to see this.
     #[error("{0}")]
     Forbidden(String),
+    /// No such message.
+    #[error("{0}")]
+    NotFound(String),
+    /// A payload over the app's size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The stream or the projection cannot answer now; retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// A database error or anything else unexpected: logged, never shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -33,8 +42,23 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
         herald_server::http::error_response(status, code, &self.to_string())
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::JsonRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
     }
 }

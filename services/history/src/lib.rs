@@ -11,6 +11,7 @@
 
 mod config;
 mod error;
+mod model;
 mod projector;
 mod routes;
 
@@ -39,6 +40,13 @@ pub(crate) struct Shared {
     pub apps: AppRegistry,
     /// Verifies users' session tokens; `None` without `HERALD_AUTH_JWKS_URL`.
     pub verifier: Option<herald_server::token::Verifier>,
+    /// Sends go to the channel stream through JetStream.
+    pub js: async_nats::jetstream::Context,
+    pub subjects: herald_proto::Subjects,
+    /// The projection's checkpoint row (`min_seq` waits on it).
+    pub projection: String,
+    /// Longest wait of a `min_seq` read.
+    pub read_wait: std::time::Duration,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -110,7 +118,7 @@ impl Application {
         let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
         let projector = projector::Projector::new(
-            js,
+            js.clone(),
             config.subjects.clone(),
             db.pool.clone(),
             db.options.clone(),
@@ -123,6 +131,10 @@ impl Application {
                 .auth_jwks_url
                 .as_deref()
                 .map(herald_server::token::Verifier::new),
+            js,
+            subjects: config.subjects.clone(),
+            projection: projector.name().to_owned(),
+            read_wait: config.read_wait,
         });
         let pool = db.pool.clone();
         let postgres_ready: herald_server::ReadyCheck = Arc::new(move || {
@@ -134,12 +146,18 @@ impl Application {
                     .map_err(|e| e.to_string())
             })
         });
+        let stalled = projector.stalled();
+        let projection_ready: herald_server::ReadyCheck = Arc::new(move || {
+            let stalled = stalled.lock().expect("stalled lock").clone();
+            Box::pin(async move { stalled.map_or(Ok(()), Err) })
+        });
         let router = routes::router()
             .with_state(state)
             .layer(TraceLayer::new_for_http())
             .merge(herald_server::ops_router(vec![
                 ("nats", herald_server::nats_ready(nats)),
                 ("postgres", postgres_ready),
+                ("projection", projection_ready),
             ]));
         tracing::info!(port, "history listening");
         Ok(Self {

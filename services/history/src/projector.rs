@@ -10,15 +10,32 @@
 //!
 //! One instance projects at a time: the holder of a Postgres advisory lock.
 
+use crate::model::{self, Row};
 use anyhow::{anyhow, Context};
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use herald_proto::envelope::Membership;
-use herald_proto::{Envelope, EventKind, Subjects};
+use herald_proto::{Envelope, Subjects};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// How often a stopped projection tries again.
+const STALLED_RETRY: Duration = Duration::from_secs(30);
+
+/// Why the projection stopped, when it has: shown by `/readyz`.
+pub(crate) type StallStatus = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
+/// The projection cannot go on: the event at `seq` cannot be read or
+/// applied by this build (a newer envelope version during a rolling
+/// upgrade, a corrupt payload), or events it has not applied were lost to
+/// the stream's retention. It is never skipped.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped at seq {seq}: {reason}")]
+pub(crate) struct Stalled {
+    pub seq: i64,
+    pub reason: String,
+}
 
 /// Name of this projection (checkpoint row and consumer suffix).
 const PROJECTION: &str = "history";
@@ -30,46 +47,7 @@ pub(crate) struct Projector {
     options: PgConnectOptions,
     batch: usize,
     name: String,
-}
-
-/// One event ready to write.
-struct Row {
-    seq: i64,
-    env: Envelope,
-}
-
-/// A batch of rows as one array per column, for a single `UNNEST` insert.
-#[derive(Default)]
-struct Columns<'a> {
-    app: Vec<&'a str>,
-    channel: Vec<&'a str>,
-    seq: Vec<i64>,
-    id: Vec<&'a str>,
-    kind: Vec<&'a str>,
-    event: Vec<&'a str>,
-    data: Vec<&'a str>,
-    author: Vec<Option<&'a str>>,
-    client_id: Vec<Option<&'a str>>,
-    ts: Vec<i64>,
-}
-
-impl<'a> Columns<'a> {
-    fn from_rows(rows: &'a [Row]) -> Self {
-        let mut c = Self::default();
-        for r in rows {
-            c.app.push(&r.env.app);
-            c.channel.push(&r.env.channel);
-            c.seq.push(r.seq);
-            c.id.push(&r.env.id);
-            c.kind.push(r.env.kind.as_str());
-            c.event.push(&r.env.event);
-            c.data.push(&r.env.data);
-            c.author.push(r.env.author.as_deref());
-            c.client_id.push(r.env.client_id.as_deref());
-            c.ts.push(r.env.at);
-        }
-        c
-    }
+    stalled: StallStatus,
 }
 
 impl Projector {
@@ -88,24 +66,48 @@ impl Projector {
             options,
             batch,
             name,
+            stalled: Default::default(),
         }
     }
 
     /// Project until `shutdown`; transient failures are retried.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         loop {
-            match self.lead(&shutdown).await {
+            let pause = match self.lead(&shutdown).await {
                 Ok(()) => return Ok(()),
-                Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "projector failed; retrying");
-                    metrics::counter!("herald_history_projector_restarts_total").increment(1);
-                }
-            }
+                Err(err) => match err.downcast_ref::<Stalled>() {
+                    Some(stalled) => {
+                        // Stopped on purpose: said by /readyz, a metric and
+                        // the log, and tried again now and then (a newer
+                        // build, or a repaired stream, gets it going).
+                        tracing::error!(seq = stalled.seq, reason = %stalled.reason,
+                            "projection stopped: an event cannot be applied");
+                        metrics::gauge!("herald_history_projection_stalled").set(1.0);
+                        *self.stalled.lock().expect("stalled lock") = Some(stalled.to_string());
+                        STALLED_RETRY
+                    }
+                    None => {
+                        tracing::warn!(error = %format!("{err:#}"), "projector failed; retrying");
+                        metrics::counter!("herald_history_projector_restarts_total").increment(1);
+                        Duration::from_secs(1)
+                    }
+                },
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
+    }
+
+    /// The checkpoint row's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Why the projection is stopped, if it is (shared with `/readyz`).
+    pub fn stalled(&self) -> StallStatus {
+        self.stalled.clone()
     }
 
     /// Take the projector lock, then apply batches until shutdown or error.
@@ -141,6 +143,10 @@ impl Projector {
                     let batch = batch.ok_or_else(|| anyhow!("consumer stream ended"))?;
                     let messages = batch.into_iter().collect::<Result<Vec<_>, _>>()?;
                     self.apply(messages).await?;
+                    if self.stalled.lock().expect("stalled lock").take().is_some() {
+                        tracing::info!("projection going again");
+                        metrics::gauge!("herald_history_projection_stalled").set(0.0);
+                    }
                 }
             }
         }
@@ -169,8 +175,22 @@ impl Projector {
     /// checkpoint in order, and the checkpoint row lock makes whichever
     /// commits second skip it.)
     async fn fresh_consumer(&self) -> anyhow::Result<consumer::PullConsumer> {
-        let stream = self.js.get_stream(self.subjects.channels_stream()).await?;
+        let mut stream = self.js.get_stream(self.subjects.channels_stream()).await?;
         let checkpoint = self.checkpoint().await? as u64;
+        let first = stream.info().await?.state.first_sequence;
+        if checkpoint > 0 && first > checkpoint + 1 {
+            // Retention removed events this model never applied: nothing
+            // can bring them back; say so loudly (a rebuild from what the
+            // stream still holds is the operator's remedy).
+            let lost = first - checkpoint - 1;
+            tracing::error!(
+                checkpoint,
+                first,
+                lost,
+                "events were removed from the stream before the projection applied them"
+            );
+            metrics::counter!("herald_history_events_lost_total").increment(lost);
+        }
         if stream.consumer_info(&self.name).await.is_ok() {
             stream.delete_consumer(&self.name).await?;
         }
@@ -194,7 +214,8 @@ impl Projector {
         Ok(stream.create_consumer(config).await?)
     }
 
-    /// Apply one batch in one transaction, then acknowledge it.
+    /// Apply one batch in one transaction, then acknowledge it. An event
+    /// this build cannot read stops the projection (see [`Stalled`]).
     async fn apply(&self, messages: Vec<jetstream::Message>) -> anyhow::Result<()> {
         let Some(last) = messages.last() else {
             return Ok(());
@@ -206,30 +227,40 @@ impl Projector {
                 .info()
                 .map_err(|e| anyhow!("message info: {e}"))?
                 .stream_sequence as i64;
-            max_seq = max_seq.max(seq);
             match Envelope::decode(&msg.payload) {
-                Ok(env)
-                    if matches!(
-                        env.kind,
-                        EventKind::Trigger
-                            | EventKind::Message
-                            | EventKind::MemberJoined
-                            | EventKind::MemberLeft
-                            | EventKind::ChannelPurged
-                    ) =>
-                {
-                    rows.push(Row { seq, env })
+                Ok(env) if model::is_projected(env.kind) => rows.push(Row { seq, env }),
+                Ok(env) => {
+                    // A kind from a newer build: the stream keeps it, and
+                    // this model has nothing to change for it.
+                    tracing::debug!(seq, kind = ?env.kind, "not a history event")
                 }
-                Ok(env) => tracing::debug!(seq, kind = ?env.kind, "not a history event"),
                 Err(err) => {
-                    // Keep going: the event stays in the stream, and a newer
-                    // build can rebuild the model from it.
-                    metrics::counter!("herald_history_undecodable_events_total").increment(1);
-                    tracing::warn!(seq, %err, "skipping undecodable event");
+                    // Never skipped: the events after it wait until a build
+                    // that understands it runs (or the stream is repaired).
+                    // What came before it in this batch is still applied.
+                    // Nothing is acknowledged: the next attempt starts from
+                    // the checkpoint with a fresh consumer.
+                    self.apply_rows(&rows, max_seq).await?;
+                    return Err(Stalled {
+                        seq,
+                        reason: err.to_string(),
+                    }
+                    .into());
                 }
             }
+            max_seq = max_seq.max(seq);
         }
+        let applied = self.apply_rows(&rows, max_seq).await?;
+        // AckPolicy::All: acknowledging the last message acknowledges the batch.
+        last.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
+        metrics::counter!("herald_history_events_projected_total").increment(applied as u64);
+        tracing::debug!(applied, max_seq, "batch projected");
+        Ok(())
+    }
 
+    /// Apply `rows` and move the checkpoint to `max_seq`, in one
+    /// transaction; returns how many rows were new.
+    async fn apply_rows(&self, rows: &[Row], max_seq: i64) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
             .bind(&self.name)
@@ -241,24 +272,20 @@ impl Projector {
         .bind(&self.name)
         .fetch_one(&mut *tx)
         .await?;
-        rows.retain(|r| r.seq > checkpoint);
-        let applied = rows.len();
-        // In stream order: runs of messages are inserted together; a
-        // membership event or a purge is applied where it stands (a purge
-        // forgets the messages before it, not those after it).
-        let mut run_start = 0;
-        for i in 0..=rows.len() {
-            let is_message = rows
-                .get(i)
-                .is_some_and(|r| matches!(r.env.kind, EventKind::Trigger | EventKind::Message));
-            if is_message {
-                continue;
-            }
-            insert_messages(&mut tx, &rows[run_start..i]).await?;
-            if let Some(row) = rows.get(i) {
-                apply_membership(&mut tx, row).await?;
-            }
-            run_start = i + 1;
+        let fresh: Vec<&Row> = rows.iter().filter(|r| r.seq > checkpoint).collect();
+        let applied = fresh.len();
+        if let Some(first) = fresh.first() {
+            // Rows are in stream order: the fresh ones are the tail.
+            let start = rows.len() - fresh.len();
+            model::apply(&mut tx, &rows[start..])
+                .await
+                .map_err(|err| match err.downcast_ref::<model::BadEventData>() {
+                    Some(bad) => anyhow::Error::new(Stalled {
+                        seq: first.seq,
+                        reason: bad.to_string(),
+                    }),
+                    None => err,
+                })?;
         }
         if max_seq > checkpoint {
             sqlx::query("UPDATE projection_checkpoints SET last_seq = $2 WHERE name = $1")
@@ -268,76 +295,6 @@ impl Projector {
                 .await?;
         }
         tx.commit().await?;
-        // AckPolicy::All: acknowledging the last message acknowledges the batch.
-        last.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
-        metrics::counter!("herald_history_events_projected_total").increment(applied as u64);
-        tracing::debug!(applied, max_seq, "batch projected");
-        Ok(())
+        Ok(applied)
     }
-}
-
-/// Insert a run of message rows with one statement.
-async fn insert_messages(tx: &mut PgConnection, rows: &[Row]) -> anyhow::Result<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let cols = Columns::from_rows(rows);
-    sqlx::query(
-        "INSERT INTO messages (app_id, channel, seq, id, kind, event, data, author, client_id, ts)
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[],
-                              $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[])
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&cols.app)
-    .bind(&cols.channel)
-    .bind(&cols.seq)
-    .bind(&cols.id)
-    .bind(&cols.kind)
-    .bind(&cols.event)
-    .bind(&cols.data)
-    .bind(&cols.author)
-    .bind(&cols.client_id)
-    .bind(&cols.ts)
-    .execute(tx)
-    .await?;
-    Ok(())
-}
-
-/// Apply a member joined / left or a channel purge.
-async fn apply_membership(tx: &mut PgConnection, row: &Row) -> anyhow::Result<()> {
-    let env = &row.env;
-    if env.kind == EventKind::ChannelPurged {
-        sqlx::query("DELETE FROM messages WHERE app_id = $1 AND channel = $2 AND seq < $3")
-            .bind(&env.app)
-            .bind(&env.channel)
-            .bind(row.seq)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM channel_members WHERE app_id = $1 AND channel = $2")
-            .bind(&env.app)
-            .bind(&env.channel)
-            .execute(&mut *tx)
-            .await?;
-        return Ok(());
-    }
-    let Ok(member) = serde_json::from_str::<Membership>(&env.data) else {
-        metrics::counter!("herald_history_undecodable_events_total").increment(1);
-        tracing::warn!(seq = row.seq, kind = ?env.kind, "membership event without a user_id");
-        return Ok(());
-    };
-    let query = if env.kind == EventKind::MemberJoined {
-        "INSERT INTO channel_members (app_id, channel, user_id, since) VALUES ($1, $2, $3, $4)
-         ON CONFLICT DO NOTHING"
-    } else {
-        "DELETE FROM channel_members WHERE app_id = $1 AND channel = $2 AND user_id = $3
-         AND $4::int8 IS NOT NULL"
-    };
-    sqlx::query(query)
-        .bind(&env.app)
-        .bind(&env.channel)
-        .bind(&member.user_id)
-        .bind(row.seq)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }

@@ -26,7 +26,7 @@ use super::connection::Connection;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use governor::{Quota, RateLimiter};
-use herald_proto::envelope::derived_msg_id;
+use herald_proto::envelope::{publish_msg_id, receipt_msg_id, to_data, Receipt};
 use herald_proto::frame::nack;
 use herald_proto::pusher::ClientFrame;
 use herald_proto::{ChannelKind, ChannelName, Envelope, EventKind, EventName, ServerFrame};
@@ -97,18 +97,6 @@ pub(super) struct Stored {
     id: String,
     seq: u64,
     ts: i64,
-}
-
-/// The de-duplication key of a client's publish: the same `client_id` from
-/// the same author on the same channel is one message, whichever socket
-/// (a reconnect) retries it.
-fn publish_msg_id(app: &str, channel: &str, author: Option<&str>, client_id: &str) -> String {
-    derived_msg_id(&["publish", app, channel, author.unwrap_or(""), client_id])
-}
-
-/// The de-duplication key of a receipt: one per user, channel, kind and seq.
-fn receipt_msg_id(app: &str, channel: &str, user: &str, kind: EventKind, seq: u64) -> String {
-    derived_msg_id(&[kind.as_str(), app, channel, user, &seq.to_string()])
 }
 
 impl Connection {
@@ -415,7 +403,10 @@ impl Connection {
             _ => herald_proto::envelope::event_names::READ,
         };
         let msg_id = receipt_msg_id(self.app.id.as_str(), channel.as_str(), &user, kind, seq);
-        let data = serde_json::json!({ "user_id": user, "seq": seq }).to_string();
+        let data = to_data(&Receipt {
+            user_id: user.clone(),
+            seq,
+        });
         let envelope = Envelope::new(
             kind,
             self.app.id.as_str(),

@@ -1,6 +1,8 @@
 //! REST routes of the history service, under `/v1`, and their OpenAPI
 //! document at `/v1/openapi.json`.
 
+mod chat;
+mod inbox;
 mod messages;
 
 use crate::AppState;
@@ -12,9 +14,9 @@ use utoipa::{Modify, OpenApi};
 /// The history service's OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Herald history", description = "Paginated channel history, projected from the channel stream."),
-    paths(messages::list),
-    components(schemas(messages::Page, messages::Item)),
+    info(title = "Herald history", description = "Chat read models projected from the channel stream: paginated history, send / edit / delete, receipts, unread counts and the inbox."),
+    paths(messages::list, messages::one, chat::send, chat::edit, chat::delete, chat::read, chat::delivered, chat::receipts, inbox::inbox),
+    components(schemas(messages::Page, messages::Item, chat::SendBody, chat::EditBody, chat::ReceiptBody, chat::Stored, chat::Receipts, chat::MemberReceipt, inbox::Inbox, inbox::InboxEntry, inbox::Preview)),
     modifiers(&BasicAuth)
 )]
 pub struct ApiDoc;
@@ -33,6 +35,72 @@ impl Modify for BasicAuth {
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
     }
+}
+
+/// The user a call acts as: a token's user (who may not name another in
+/// `as_user`), or the user the app names in `as_user` (`None`: the app
+/// itself).
+pub(crate) fn acting_user(
+    caller: &herald_server::auth::Caller,
+    as_user: Option<&str>,
+) -> Result<Option<herald_proto::UserId>, crate::ApiError> {
+    use herald_server::auth::Caller;
+    let parse = |id: &str| {
+        herald_proto::UserId::parse(id)
+            .map_err(|e| crate::ApiError::BadRequest(format!("as_user: {e}")))
+    };
+    match caller {
+        Caller::User { claims, .. } => {
+            if as_user.is_some_and(|u| u != claims.sub) {
+                return Err(crate::ApiError::Forbidden(
+                    "a session token acts as its own user only (as_user is for app credentials)"
+                        .into(),
+                ));
+            }
+            parse(&claims.sub).map(Some)
+        }
+        Caller::App(_) => as_user.map(parse).transpose(),
+    }
+}
+
+/// Read your writes: wait (at most the configured read wait) until the
+/// projection has applied stream sequence `min_seq`, or answer 503 with the
+/// position it has reached.
+pub(crate) async fn wait_for(
+    state: &crate::Shared,
+    min_seq: Option<i64>,
+) -> Result<(), crate::ApiError> {
+    let Some(wanted) = min_seq else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + state.read_wait;
+    loop {
+        let reached: i64 = sqlx::query_scalar(
+            "SELECT COALESCE((SELECT last_seq FROM projection_checkpoints WHERE name = $1), 0)",
+        )
+        .bind(&state.projection)
+        .fetch_one(&state.db)
+        .await?;
+        if reached >= wanted {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(crate::ApiError::Unavailable(format!(
+                "the read model has applied up to seq {reached}, not yet {wanted}; retry"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Parse an optional positive integer query parameter.
+pub(crate) fn positive(name: &str, raw: Option<&str>) -> Result<Option<i64>, crate::ApiError> {
+    raw.map(|s| {
+        s.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+            crate::ApiError::BadRequest(format!("{name} must be a positive integer, got {s:?}"))
+        })
+    })
+    .transpose()
 }
 
 /// Whether `caller` may read `channel`: the app may read every channel; a
@@ -68,10 +136,14 @@ pub(crate) async fn may_read(
 
 /// Every REST route.
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().merge(messages::router()).route(
-        "/v1/openapi.json",
-        get(|| async { Json(ApiDoc::openapi()) }),
-    )
+    Router::new()
+        .merge(messages::router())
+        .merge(chat::router())
+        .merge(inbox::router())
+        .route(
+            "/v1/openapi.json",
+            get(|| async { Json(ApiDoc::openapi()) }),
+        )
 }
 
 #[cfg(test)]
