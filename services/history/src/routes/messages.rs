@@ -40,8 +40,8 @@ pub(crate) struct PageQuery {
     /// Events with a sequence below this, newest first (the previous page's `next_before`).
     #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
-    /// Events with a sequence above this, oldest first (the previous page's `next_after`).
-    #[param(value_type = Option<i64>, minimum = 1)]
+    /// Events with a sequence above this, oldest first (the previous page's `next_after`; 0 for the first page).
+    #[param(value_type = Option<i64>, minimum = 0)]
     after: Option<String>,
     /// The page around this sequence: up to half of `limit` before it, it, and the rest after; oldest first.
     #[param(value_type = Option<i64>, minimum = 1)]
@@ -120,7 +120,11 @@ pub(crate) async fn list(
         )));
     }
     let before = positive("before", query.before.as_deref())?;
-    let after = positive("after", query.after.as_deref())?;
+    // `after=0` starts at the beginning.
+    let after = match query.after.as_deref() {
+        Some("0") => Some(0),
+        other => positive("after", other)?,
+    };
     let around = positive("around", query.around.as_deref())?;
     if [before, after, around]
         .iter()

@@ -1,0 +1,605 @@
+//! The chat read models of the history service against real NATS and
+//! Postgres: a three-user room through send, deliver, read, edit and
+//! delete, with the inbox order, previews and unread counts checked at every
+//! step; the row writes of one message counted by triggers, equal in a
+//! 3-member and a 10,000-member room; pagination both ways with deletes in
+//! the middle; an undecodable event stopping the projection.
+
+use herald_proto::envelope::{event_names, Membership};
+use herald_proto::{AppId, ChannelName, Envelope, EventKind};
+use herald_stream::PublishOptions;
+use herald_testkit::TestDatabase;
+use herald_tests::{eventually, Running, Stack, SECRET};
+use serde_json::{json, Value};
+use sqlx::{Connection, Executor};
+use std::time::Duration;
+
+const KEY: &str = "app-key";
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Env {
+    stack: Stack,
+    db: TestDatabase,
+    auth: Running,
+    history: Running,
+    http: reqwest::Client,
+}
+
+async fn env() -> Env {
+    let stack = Stack::start();
+    let db = TestDatabase::create().await.unwrap();
+    let auth = stack.auth_with(stack.auth_config(&db)).await;
+    let mut config = stack.history_config(&db);
+    config.auth_jwks_url = Some(auth.url("/.well-known/jwks.json"));
+    let history = stack.history_with(config).await;
+    Env {
+        stack,
+        db,
+        auth,
+        history,
+        http: reqwest::Client::new(),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum As<'a> {
+    App,
+    User(&'a str),
+}
+
+impl Env {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        who: As<'_>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, url);
+        req = match who {
+            As::App => req.basic_auth(KEY, Some(SECRET)),
+            As::User(token) => req.bearer_auth(token),
+        };
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn user(&self, user: &str) -> String {
+        let url = |p: &str| self.auth.url(&format!("/v1/apps/app-id/users/{user}{p}"));
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                url(""),
+                As::App,
+                Some(json!({ "name": user })),
+            )
+            .await;
+        assert!(status < 300, "{body}");
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                url("/session-tokens"),
+                As::App,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    fn h(&self, path: &str) -> String {
+        self.history.url(&format!("/v1/apps/app-id{path}"))
+    }
+
+    /// Send a message as `who`; its seq.
+    async fn send(&self, channel: &str, who: As<'_>, text: &str) -> (String, u64) {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                self.h(&format!("/channels/{channel}/messages")),
+                who,
+                Some(json!({ "event": "message", "data": { "text": text }, "client_id": text })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["seq"].as_u64().unwrap(),
+        )
+    }
+
+    async fn receipt(&self, channel: &str, token: &str, what: &str, seq: u64) -> u64 {
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                self.h(&format!("/channels/{channel}/{what}")),
+                As::User(token),
+                Some(json!({ "seq": seq })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["seq"].as_u64().unwrap()
+    }
+
+    /// The inbox of `user` once the model has applied `min_seq`.
+    async fn inbox(&self, user: &str, token: &str, min_seq: u64) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                self.h(&match min_seq {
+                    0 => format!("/users/{user}/inbox"),
+                    seq => format!("/users/{user}/inbox?min_seq={seq}"),
+                }),
+                As::User(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["channels"].as_array().unwrap().clone()
+    }
+
+    /// `unread` of `channel` in `user`'s inbox.
+    async fn unread(&self, user: &str, token: &str, channel: &str, min_seq: u64) -> i64 {
+        let inbox = self.inbox(user, token, min_seq).await;
+        inbox
+            .iter()
+            .find(|e| e["channel"] == channel)
+            .unwrap_or_else(|| panic!("{channel} not in {user}'s inbox: {inbox:?}"))["unread"]
+            .as_i64()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_three_user_room_through_send_read_edit_and_delete_keeps_inbox_and_unread_counts_right() {
+    let e = env().await;
+    let alice = e.user("alice").await;
+    let bob = e.user("bob").await;
+    let carol = e.user("carol").await;
+    let (status, room) = e
+        .call(
+            reqwest::Method::POST,
+            e.auth.url("/v1/apps/app-id/rooms"),
+            As::User(&alice),
+            Some(json!({ "name": "team" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{room}");
+    let channel = room["channel"].as_str().unwrap().to_owned();
+    for token in [&bob, &carol] {
+        let (status, body) = e
+            .call(
+                reqwest::Method::POST,
+                e.auth.url("/v1/apps/app-id/rooms/join"),
+                As::User(token),
+                Some(json!({ "code": room["code"] })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The memberships reach history through the stream.
+    let inbox = eventually(WAIT, "the room in carol's inbox", || async {
+        let inbox = e.inbox("carol", &carol, 0).await;
+        (inbox.len() == 1 && inbox[0]["member_count"] == 3).then_some(inbox)
+    })
+    .await;
+    assert_eq!(inbox[0]["channel"], channel);
+    assert_eq!(inbox[0]["unread"], 0, "nothing said yet");
+    assert_eq!(inbox[0]["last_message"], Value::Null);
+
+    // alice: m1. Unread for the others, not for her.
+    let (m1, s1) = e.send(&channel, As::User(&alice), "m1").await;
+    assert_eq!(e.unread("alice", &alice, &channel, s1).await, 0);
+    assert_eq!(e.unread("bob", &bob, &channel, s1).await, 1);
+    assert_eq!(e.unread("carol", &carol, &channel, s1).await, 1);
+    let preview = &e.inbox("bob", &bob, s1).await[0]["last_message"];
+    assert_eq!(preview["author"], "alice");
+    assert_eq!(preview["seq"], s1);
+    assert_eq!(preview["data"], "{\"text\":\"m1\"}");
+
+    // bob: m2. Posting reads everything up to it for bob.
+    let (m2, s2) = e.send(&channel, As::User(&bob), "m2").await;
+    assert_eq!(e.unread("bob", &bob, &channel, s2).await, 0);
+    assert_eq!(e.unread("alice", &alice, &channel, s2).await, 1);
+    assert_eq!(e.unread("carol", &carol, &channel, s2).await, 2);
+
+    // carol has both delivered and m1 read.
+    let d = e.receipt(&channel, &carol, "delivered", s2).await;
+    let r = e.receipt(&channel, &carol, "read", s1).await;
+    assert_eq!(e.unread("carol", &carol, &channel, r.max(d)).await, 1);
+    let (status, receipts) = e
+        .call(
+            reqwest::Method::GET,
+            e.h(&format!(
+                "/channels/{channel}/messages/{m2}/receipts?min_seq={r}"
+            )),
+            As::User(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{receipts}");
+    assert_eq!(
+        receipts["members"],
+        json!([
+            { "user_id": "alice", "delivered": false, "read": false },
+            { "user_id": "carol", "delivered": true, "read": false },
+        ]),
+        "bob wrote m2; carol has it delivered, not read"
+    );
+
+    // Edits: the author only.
+    let (status, body) = e
+        .call(
+            reqwest::Method::PATCH,
+            e.h(&format!("/channels/{channel}/messages/{m1}")),
+            As::User(&bob),
+            Some(json!({ "data": { "text": "hacked" } })),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let (status, edit) = e
+        .call(
+            reqwest::Method::PATCH,
+            e.h(&format!("/channels/{channel}/messages/{m1}")),
+            As::User(&alice),
+            Some(json!({ "data": { "text": "m1, edited" } })),
+        )
+        .await;
+    assert_eq!(status, 200, "{edit}");
+    let (status, one) = e
+        .call(
+            reqwest::Method::GET,
+            e.h(&format!(
+                "/channels/{channel}/messages/{m1}?min_seq={}",
+                edit["seq"]
+            )),
+            As::User(&carol),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(one["data"], "{\"text\":\"m1, edited\"}");
+    assert!(one["edited_at"].is_i64());
+    assert_eq!(one["seq"], s1, "an edit keeps the message's place");
+
+    // Deletes: the author (or the app), never someone else.
+    let (status, _) = e
+        .call(
+            reqwest::Method::DELETE,
+            e.h(&format!("/channels/{channel}/messages/{m2}")),
+            As::User(&carol),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, del) = e
+        .call(
+            reqwest::Method::DELETE,
+            e.h(&format!("/channels/{channel}/messages/{m2}")),
+            As::User(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{del}");
+    let after_delete = del["seq"].as_u64().unwrap();
+    // m2 stops counting: carol (who read m1) and alice have nothing unread.
+    assert_eq!(e.unread("carol", &carol, &channel, after_delete).await, 0);
+    assert_eq!(e.unread("alice", &alice, &channel, after_delete).await, 0);
+    // The preview falls back to m1, as edited.
+    let preview = &e.inbox("alice", &alice, after_delete).await[0]["last_message"];
+    assert_eq!(preview["id"], m1);
+    assert_eq!(preview["data"], "{\"text\":\"m1, edited\"}");
+    // History keeps m2's place as a tombstone.
+    let (_, page) = e
+        .call(
+            reqwest::Method::GET,
+            e.h(&format!("/channels/{channel}/messages?after=1")),
+            As::User(&alice),
+            None,
+        )
+        .await;
+    let messages: Vec<&Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["event"] == "message")
+        .collect();
+    assert_eq!(messages.len(), 2, "{page}");
+    assert_eq!(messages[1]["id"], m2);
+    assert_eq!(messages[1]["deleted"], true);
+    assert_eq!(messages[1]["data"], "");
+
+    // A DM with later activity comes first in alice's inbox.
+    let (status, dm) = e
+        .call(
+            reqwest::Method::POST,
+            e.auth.url("/v1/apps/app-id/dms"),
+            As::User(&alice),
+            Some(json!({ "user_id": "bob" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{dm}");
+    let dm = dm["channel"].as_str().unwrap().to_owned();
+    // The DM's memberships must be in the model before bob can post there.
+    eventually(WAIT, "the DM in bob's inbox", || async {
+        let inbox = e.inbox("bob", &bob, 0).await;
+        inbox.iter().any(|c| c["channel"] == dm).then_some(())
+    })
+    .await;
+    let (_, s3) = e.send(&dm, As::User(&bob), "psst").await;
+    let inbox = e.inbox("alice", &alice, s3).await;
+    let order: Vec<&str> = inbox
+        .iter()
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, [dm.as_str(), channel.as_str()]);
+    assert_eq!(inbox[0]["unread"], 1);
+    assert_eq!(inbox[0]["member_count"], 2);
+    // A user's token reads their own inbox only.
+    let (status, _) = e
+        .call(
+            reqwest::Method::GET,
+            e.h("/users/alice/inbox"),
+            As::User(&bob),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+}
+
+/// Count every row the projector writes in the chat tables: one trigger per
+/// table, into `public.row_writes`.
+async fn count_row_writes(db: &TestDatabase) {
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    conn.execute(
+        r#"
+        CREATE TABLE IF NOT EXISTS public.row_writes (n BIGSERIAL PRIMARY KEY, tbl TEXT NOT NULL);
+        CREATE OR REPLACE FUNCTION public.count_row_write() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO public.row_writes (tbl) VALUES (TG_TABLE_NAME);
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER count_messages AFTER INSERT OR UPDATE OR DELETE ON history.messages
+            FOR EACH ROW EXECUTE FUNCTION public.count_row_write();
+        CREATE TRIGGER count_stats AFTER INSERT OR UPDATE OR DELETE ON history.channel_stats
+            FOR EACH ROW EXECUTE FUNCTION public.count_row_write();
+        CREATE TRIGGER count_cursors AFTER INSERT OR UPDATE OR DELETE ON history.read_cursors
+            FOR EACH ROW EXECUTE FUNCTION public.count_row_write();
+        CREATE TRIGGER count_members AFTER INSERT OR UPDATE OR DELETE ON history.channel_members
+            FOR EACH ROW EXECUTE FUNCTION public.count_row_write();
+        "#,
+    )
+    .await
+    .unwrap();
+}
+
+async fn row_writes(db: &TestDatabase) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
+    sqlx::query_scalar("SELECT count(*) FROM public.row_writes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Store `members` member_joined events on `channel` (as the auth service
+/// would), pipelined.
+async fn join_many(stack: &Stack, channel: &str, members: usize) {
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let app = AppId::parse("app-id").unwrap();
+    let ch = ChannelName::parse(channel).unwrap();
+    let mut acks = Vec::new();
+    for i in 0..members {
+        let user = format!("u{i}");
+        let env = Envelope::new(
+            EventKind::MemberJoined,
+            "app-id",
+            channel,
+            event_names::MEMBER_JOINED,
+            Membership {
+                user_id: user.clone(),
+                room_id: None,
+            }
+            .to_data(),
+            Some(user),
+        );
+        let ack = herald_stream::publish_envelope(
+            &js,
+            &stack.subjects,
+            &app,
+            &ch,
+            &env,
+            &env.id,
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+        acks.push(ack);
+        if acks.len() == 1000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn one_message_costs_the_same_row_writes_in_a_3_member_and_a_10000_member_room() {
+    let e = env().await;
+    join_many(&e.stack, "private-small", 3).await;
+    join_many(&e.stack, "private-big", 10_000).await;
+    let pool = sqlx::PgPool::connect(e.db.url()).await.unwrap();
+    eventually(WAIT, "10,000 members projected", || {
+        let pool = pool.clone();
+        async move {
+            let n: Option<i64> = sqlx::query_scalar(
+                "SELECT member_count FROM history.channel_stats WHERE channel = 'private-big'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            (n == Some(10_000)).then_some(())
+        }
+    })
+    .await;
+    count_row_writes(&e.db).await;
+    let mut costs = Vec::new();
+    for channel in [
+        "private-small",
+        "private-big",
+        "private-small",
+        "private-big",
+    ] {
+        let before = row_writes(&e.db).await;
+        let (status, sent) = e
+            .call(
+                reqwest::Method::POST,
+                e.h(&format!("/channels/{channel}/messages?as_user=u1")),
+                As::App,
+                Some(json!({ "event": "m", "data": "x", "client_id": format!("{channel}-{}", costs.len()) })),
+            )
+            .await;
+        assert_eq!(status, 200, "{sent}");
+        // Read it back through min_seq: it is applied once this answers.
+        let (status, _) = e
+            .call(
+                reqwest::Method::GET,
+                e.h(&format!(
+                    "/channels/{channel}/messages?min_seq={}",
+                    sent["seq"]
+                )),
+                As::App,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        costs.push(row_writes(&e.db).await - before);
+    }
+    // A message writes its row, its channel's counters and its author's
+    // cursor, whatever the member count.
+    assert_eq!(costs, [3, 3, 3, 3], "row writes per message: {costs:?}");
+    // A read writes the reader's cursor only.
+    let before = row_writes(&e.db).await;
+    let (status, read) = e
+        .call(
+            reqwest::Method::POST,
+            e.h("/channels/private-big/read?as_user=u2"),
+            As::App,
+            Some(json!({ "seq": 1_000_000 })),
+        )
+        .await;
+    assert_eq!(status, 200, "{read}");
+    let (status, inbox) = e
+        .call(
+            reqwest::Method::GET,
+            e.h(&format!("/users/u2/inbox?min_seq={}", read["seq"])),
+            As::App,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(row_writes(&e.db).await - before, 1);
+    assert_eq!(inbox["channels"][0]["unread"], 0, "{inbox}");
+    let (_, inbox) = e
+        .call(reqwest::Method::GET, e.h("/users/u3/inbox"), As::App, None)
+        .await;
+    let big = inbox["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "private-big")
+        .unwrap();
+    assert_eq!(big["unread"], 2, "u3 has both big-room messages unread");
+}
+
+#[tokio::test]
+async fn paging_both_ways_over_1000_messages_with_deletes_has_no_gap_or_repeat() {
+    let e = env().await;
+    let channel = "paged";
+    let mut sent = Vec::new();
+    for i in 0..1000 {
+        let (id, seq) = e.send(channel, As::App, &format!("p{i}")).await;
+        sent.push((id, seq));
+    }
+    // Delete every tenth (the app may delete anything).
+    let mut last = 0;
+    for (id, _) in sent.iter().step_by(10) {
+        let (status, body) = e
+            .call(
+                reqwest::Method::DELETE,
+                e.h(&format!("/channels/{channel}/messages/{id}")),
+                As::App,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        last = body["seq"].as_u64().unwrap();
+    }
+    let seqs: Vec<u64> = sent.iter().map(|(_, s)| *s).collect();
+    // Newest first, 97 at a time.
+    let mut down = Vec::new();
+    let mut query = format!("?limit=97&min_seq={last}");
+    loop {
+        let (status, page) = e
+            .call(
+                reqwest::Method::GET,
+                e.h(&format!("/channels/{channel}/messages{query}")),
+                As::App,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        for m in page["messages"].as_array().unwrap() {
+            down.push((m["seq"].as_u64().unwrap(), m["deleted"].as_bool().unwrap()));
+        }
+        match page["next_before"].as_u64() {
+            Some(b) => query = format!("?limit=97&before={b}"),
+            None => break,
+        }
+    }
+    // Oldest first from the start, 89 at a time.
+    let mut up = Vec::new();
+    let mut after = 0;
+    loop {
+        let (status, page) = e
+            .call(
+                reqwest::Method::GET,
+                e.h(&format!(
+                    "/channels/{channel}/messages?limit=89&after={after}"
+                )),
+                As::App,
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        for m in page["messages"].as_array().unwrap() {
+            up.push((m["seq"].as_u64().unwrap(), m["deleted"].as_bool().unwrap()));
+        }
+        match page["next_after"].as_u64() {
+            Some(a) => after = a,
+            None => break,
+        }
+    }
+    let expected: Vec<(u64, bool)> = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, i % 10 == 0))
+        .collect();
+    let mut down_sorted = down.clone();
+    down_sorted.reverse();
+    assert_eq!(
+        down_sorted, expected,
+        "newest-first pages: every message once, tombstones in place"
+    );
+    assert_eq!(up, expected, "oldest-first pages: every message once");
+}
