@@ -603,3 +603,69 @@ async fn paging_both_ways_over_1000_messages_with_deletes_has_no_gap_or_repeat()
     );
     assert_eq!(up, expected, "oldest-first pages: every message once");
 }
+
+#[tokio::test]
+async fn an_event_this_build_cannot_read_stops_the_projection_and_readyz_says_why() {
+    let stack = Stack::start();
+    let db = TestDatabase::create().await.unwrap();
+    let mut config = stack.history_config(&db);
+    config.read_wait = Duration::from_millis(300);
+    let history = stack.history_with(config).await;
+    let e = Env {
+        auth: stack.auth().await,
+        stack,
+        db,
+        history,
+        http: reqwest::Client::new(),
+    };
+    let channel = "stall";
+    let (_, before) = e.send(channel, As::App, "before").await;
+    // Something on the channel's subject that is no envelope (a newer
+    // build's, or a corrupt one).
+    let js = async_nats::jetstream::new(e.stack.nats.client().await.unwrap());
+    let subject = e.stack.subjects.channel(
+        &AppId::parse("app-id").unwrap(),
+        &ChannelName::parse(channel).unwrap(),
+    );
+    let bad = js
+        .publish(subject, "{\"v\": 99, \"from\": \"the future\"}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    let (_, after) = e.send(channel, As::App, "after").await;
+    let (status, why) = eventually(WAIT, "/readyz to report the stopped projection", || async {
+        let (status, body) = e.history.readiness().await?;
+        (status == 503 && body.contains("projection")).then_some((status, body))
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert!(why.contains(&format!("seq {bad}")), "{why}");
+    assert!(why.contains("version 99"), "{why}");
+    // What came before it is served; nothing after it is applied (never
+    // skipped): a read waiting for it times out with a clear 503.
+    let (status, page) = e
+        .call(
+            reqwest::Method::GET,
+            e.h(&format!("/channels/{channel}/messages?min_seq={before}")),
+            As::App,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    let (status, body) = e
+        .call(
+            reqwest::Method::GET,
+            e.h(&format!("/channels/{channel}/messages?min_seq={after}")),
+            As::App,
+            None,
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not yet"));
+}

@@ -22,6 +22,6 @@ pub mod telemetry;
 pub mod token;
 
 pub use nats::{connect_nats, connect_nats_watching, redact_url};
-pub use ops::{nats_ready, ops_router, ReadyCheck};
+pub use ops::{nats_ready, ops_router, ops_router_explained, ReadyCheck};
 pub use serve::{bind, run_main, serve, serve_with, shutdown_on_signals, ServeLimits, Service};
 pub use telemetry::{init_tracing, metrics_handle};

@@ -30,14 +30,28 @@ pub fn nats_ready(client: async_nats::Client) -> ReadyCheck {
 #[derive(Clone)]
 struct OpsState {
     checks: Arc<Vec<(&'static str, ReadyCheck)>>,
+    /// Checks whose reason is the service's own state (not a dependency's
+    /// error text), shown in the answer.
+    explained: Arc<Vec<(&'static str, ReadyCheck)>>,
     metrics: PrometheusHandle,
 }
 
 /// `/healthz` (the process is alive), `/readyz` (every named dependency
 /// answers) and `/metrics` (Prometheus text).
 pub fn ops_router(checks: Vec<(&'static str, ReadyCheck)>) -> Router {
+    ops_router_explained(checks, Vec::new())
+}
+
+/// [`ops_router`], plus checks whose failure reason `/readyz` shows (say,
+/// why a projection stopped): only for reasons that are the service's own
+/// words, never a dependency's error text.
+pub fn ops_router_explained(
+    checks: Vec<(&'static str, ReadyCheck)>,
+    explained: Vec<(&'static str, ReadyCheck)>,
+) -> Router {
     let state = OpsState {
         checks: Arc::new(checks),
+        explained: Arc::new(explained),
         metrics: metrics_handle(),
     };
     Router::new()
@@ -59,6 +73,12 @@ async fn readyz(State(state): State<OpsState>) -> Response {
                 (*name).to_owned(),
                 serde_json::Value::String("unavailable".into()),
             );
+        }
+    }
+    for (name, check) in state.explained.iter() {
+        if let Err(reason) = check().await {
+            tracing::warn!(dependency = name, %reason, "not ready");
+            failures.insert((*name).to_owned(), serde_json::Value::String(reason));
         }
     }
     if failures.is_empty() {

@@ -154,11 +154,13 @@ impl Application {
         let router = routes::router()
             .with_state(state)
             .layer(TraceLayer::new_for_http())
-            .merge(herald_server::ops_router(vec![
-                ("nats", herald_server::nats_ready(nats)),
-                ("postgres", postgres_ready),
-                ("projection", projection_ready),
-            ]));
+            .merge(herald_server::ops_router_explained(
+                vec![
+                    ("nats", herald_server::nats_ready(nats)),
+                    ("postgres", postgres_ready),
+                ],
+                vec![("projection", projection_ready)],
+            ));
         tracing::info!(port, "history listening");
         Ok(Self {
             listener,
