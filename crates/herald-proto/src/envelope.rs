@@ -266,6 +266,63 @@ mod tests {
         assert_eq!(env.client_id, None);
     }
 
+    /// One stored v1 envelope of every kind, frozen: each must decode (and
+    /// its data parse as its kind says) in every later build.
+    const KIND_FIXTURES: [(&str, EventKind); 8] = [
+        (
+            include_str!("../tests/fixtures/envelope_v1_message.json"),
+            EventKind::Message,
+        ),
+        (
+            include_str!("../tests/fixtures/envelope_v1_delivered.json"),
+            EventKind::Delivered,
+        ),
+        (
+            include_str!("../tests/fixtures/envelope_v1_read.json"),
+            EventKind::Read,
+        ),
+        (
+            include_str!("../tests/fixtures/envelope_v1_edited.json"),
+            EventKind::Edited,
+        ),
+        (
+            include_str!("../tests/fixtures/envelope_v1_deleted.json"),
+            EventKind::Deleted,
+        ),
+        (
+            include_str!("../tests/fixtures/envelope_v1_member_joined.json"),
+            EventKind::MemberJoined,
+        ),
+        (
+            include_str!("../tests/fixtures/envelope_v1_member_left.json"),
+            EventKind::MemberLeft,
+        ),
+        (
+            include_str!("../tests/fixtures/envelope_v1_channel_purged.json"),
+            EventKind::ChannelPurged,
+        ),
+    ];
+
+    #[test]
+    fn a_stored_v1_envelope_of_every_kind_decodes_with_its_data() {
+        for (json, kind) in KIND_FIXTURES {
+            let env = Envelope::decode(json.as_bytes()).unwrap();
+            assert_eq!(env.kind, kind);
+            let data_ok = match kind {
+                EventKind::Edited => serde_json::from_str::<MessageEdit>(&env.data).is_ok(),
+                EventKind::Deleted => serde_json::from_str::<MessageRef>(&env.data).is_ok(),
+                EventKind::Read | EventKind::Delivered => {
+                    serde_json::from_str::<Receipt>(&env.data).is_ok()
+                }
+                EventKind::MemberJoined | EventKind::MemberLeft => {
+                    serde_json::from_str::<Membership>(&env.data).is_ok()
+                }
+                _ => true,
+            };
+            assert!(data_ok, "{kind:?}: {}", env.data);
+        }
+    }
+
     #[test]
     fn an_envelope_round_trips() {
         let mut env = Envelope::new(
