@@ -12,6 +12,9 @@ use herald_stream::{StreamArgs, StreamSettings};
 #[derive(Debug, Parser)]
 #[command(name = "herald-history", version, about)]
 pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub listen: ListenArgs,
     /// HTTP port.
@@ -34,6 +37,21 @@ pub struct Cli {
     /// reach that seq (then 503 with the current position).
     #[arg(long, env = "HERALD_HISTORY_READ_WAIT_MS", default_value_t = 5000)]
     pub read_wait_ms: u64,
+}
+
+/// `herald-history <command>`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve the REST API and run the projector (the default).
+    Serve,
+    /// Replay the channel stream into fresh tables and swap them in while
+    /// a running service keeps serving (progress on a terminal).
+    Rebuild {
+        /// Compare the rebuilt tables with the live ones instead of
+        /// swapping; exit 1 when any differs.
+        #[arg(long)]
+        verify: bool,
+    },
 }
 
 /// Everything the history service needs to start.

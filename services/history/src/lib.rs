@@ -13,9 +13,10 @@ mod config;
 mod error;
 mod model;
 mod projector;
+pub mod rebuild;
 mod routes;
 
-pub use config::{Cli, Config};
+pub use config::{Cli, Command, Config};
 pub use error::ApiError;
 pub use routes::ApiDoc;
 
@@ -98,6 +99,21 @@ pub async fn connect_database(url: &str, max_connections: u32) -> anyhow::Result
         .await
         .context("running migrations")?;
     Ok(PgOptionsAndPool { options, pool })
+}
+
+/// Rebuild the read model from the stream (see [`rebuild`]) with the
+/// service's configuration: its NATS, stream and database.
+pub async fn rebuild_with(config: &Config, verify: bool) -> anyhow::Result<rebuild::RebuildReport> {
+    let nats = herald_server::connect_nats(&config.nats_url, "herald-history-rebuild").await?;
+    let js = async_nats::jetstream::new(nats);
+    herald_stream::ensure_channels_stream(&js, &config.subjects, &config.stream).await?;
+    // The live schema must exist and be migrated (a rebuild of a fresh
+    // install is simply a first projection).
+    let db = connect_database(&config.database_url, 2).await?;
+    db.pool.close().await;
+    let options =
+        PgConnectOptions::from_str(&config.database_url).context("parsing DATABASE_URL")?;
+    rebuild::rebuild(&js, &config.subjects, &options, verify).await
 }
 
 /// A pool plus the options it was built from (the projector opens a

@@ -38,7 +38,7 @@ pub(crate) struct Stalled {
 }
 
 /// Name of this projection (checkpoint row and consumer suffix).
-const PROJECTION: &str = "history";
+pub(crate) const PROJECTION: &str = "history";
 
 pub(crate) struct Projector {
     js: jetstream::Context,
@@ -262,6 +262,12 @@ impl Projector {
     /// transaction; returns how many rows were new.
     async fn apply_rows(&self, rows: &[Row], max_seq: i64) -> anyhow::Result<usize> {
         let mut tx = self.pool.begin().await?;
+        // Shared with other batches, exclusive for a rebuild's swap: the
+        // live tables are never replaced in the middle of a batch.
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtext($1))")
+            .bind(crate::rebuild::apply_lock_key(&self.name))
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
             .bind(&self.name)
             .execute(&mut *tx)

@@ -1,0 +1,342 @@
+//! `herald-history rebuild`: replay the channel stream from its first
+//! sequence into fresh tables, then swap them in while the service keeps
+//! serving.
+//!
+//! 1. A new schema gets the service's migrations, so its tables are exactly
+//!    the live ones, empty.
+//! 2. An ordered consumer replays the stream into it with the same
+//!    [`model::apply`] the live projector uses, in batches, each with its own
+//!    checkpoint (progress on a terminal, log lines otherwise).
+//! 3. Near the head, the swap: one transaction takes the projection's apply
+//!    lock (every live batch takes it shared, so the live projector pauses
+//!    between two batches), reads the live checkpoint, replays on until the
+//!    rebuilt checkpoint has reached it, then moves the live tables out to
+//!    a `history_old_…` schema and the rebuilt ones in, and commits. The live
+//!    projector's next batch lands in the rebuilt tables, whose checkpoint
+//!    skips whatever they already hold, so nothing is lost or applied twice.
+//!    Tables, not schemas, are moved: moving a table invalidates the
+//!    statements cached on every connection, which then resolve the names
+//!    anew.
+//!
+//! `--verify` builds the same way, then, at the same pause, compares a
+//! checksum of every table with the live one, says which differ, and drops
+//! the rebuilt schema instead of swapping.
+
+use crate::model::{self, Row};
+use anyhow::{anyhow, Context};
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use herald_proto::{Envelope, Subjects};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection};
+use std::time::{Duration, Instant};
+
+/// The tables of the read model, with the columns that order their rows
+/// (for checksums). Moved together by a swap.
+pub const TABLES: [(&str, &str); 5] = [
+    ("messages", "app_id, channel, seq"),
+    ("channel_members", "app_id, channel, user_id"),
+    ("channel_stats", "app_id, channel"),
+    ("read_cursors", "app_id, channel, user_id"),
+    ("projection_checkpoints", "name"),
+];
+
+/// Events applied per rebuild transaction.
+const BATCH: usize = 2000;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Events replayed (all kinds, including ones the model skips).
+    pub events: u64,
+    /// The stream position the rebuilt tables reached.
+    pub checkpoint: i64,
+    /// With `verify`: the tables whose content differs from the live ones.
+    pub differing: Vec<String>,
+    /// Whether the rebuilt tables were swapped in.
+    pub swapped: bool,
+    /// Where the old tables went (after a swap).
+    pub old_schema: Option<String>,
+    /// Wall time of the replay.
+    pub elapsed: Duration,
+}
+
+/// The lock every live batch takes shared and a swap takes exclusive.
+pub(crate) fn apply_lock_key(projection: &str) -> String {
+    format!("{projection}:apply")
+}
+
+/// Rebuild the read model of `schema` (the service's, `history`) from the
+/// stream; `verify` compares instead of swapping.
+pub async fn rebuild(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    options: &PgConnectOptions,
+    verify: bool,
+) -> anyhow::Result<RebuildReport> {
+    let projection = subjects.durable(crate::projector::PROJECTION);
+    let stamp = chrono_stamp();
+    let fresh = format!("{}_rebuild_{stamp}", crate::SCHEMA);
+    let started = Instant::now();
+
+    // 1. Fresh tables.
+    let mut admin = PgConnection::connect_with(options).await?;
+    admin
+        .execute(format!("CREATE SCHEMA {fresh}").as_str())
+        .await?;
+    let mut target =
+        PgConnection::connect_with(&options.clone().options([("search_path", fresh.as_str())]))
+            .await?;
+    sqlx::migrate!("../../sql/history")
+        .run(&mut target)
+        .await
+        .context("migrating the rebuild schema")?;
+
+    // 2. Replay.
+    let stream = js.get_stream(subjects.channels_stream()).await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            description: Some("Herald history rebuild".into()),
+            filter_subject: subjects.channels_filter(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut progress = Progress::new(js, subjects).await?;
+    let mut replay = Replay {
+        target: &mut target,
+        projection: &projection,
+        checkpoint: 0,
+        events: 0,
+        pending: progress.stored,
+    };
+    // Catch up with the head (the consumer says how many are left).
+    while replay.pending > 0 {
+        replay.batch(&mut messages, i64::MAX).await?;
+        progress.update(replay.checkpoint as u64, replay.events);
+    }
+
+    // 3. Pause the live projector between two batches, reach its position.
+    let mut swap = PgConnection::connect_with(options).await?;
+    let mut tx = swap.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(apply_lock_key(&projection))
+        .execute(&mut *tx)
+        .await?;
+    let live: i64 = sqlx::query_scalar(&format!(
+        "SELECT COALESCE((SELECT last_seq FROM {}.projection_checkpoints WHERE name = $1), 0)",
+        crate::SCHEMA
+    ))
+    .bind(&projection)
+    .fetch_one(&mut *tx)
+    .await?;
+    // The live projector applied everything up to `live`; the rebuild has
+    // to hold at least as much (events stored since may keep coming: the
+    // replay stops once it has passed `live` or read all there is).
+    while replay.checkpoint < live && replay.pending > 0 {
+        replay.batch(&mut messages, live).await?;
+        progress.update(replay.checkpoint as u64, replay.events);
+    }
+    progress.finish(replay.checkpoint as u64, replay.events);
+    let (events, checkpoint) = (replay.events, replay.checkpoint);
+    let elapsed = started.elapsed();
+
+    if verify {
+        let differing = compare(&mut tx, &fresh, checkpoint > live).await?;
+        tx.rollback().await?;
+        admin
+            .execute(format!("DROP SCHEMA {fresh} CASCADE").as_str())
+            .await?;
+        return Ok(RebuildReport {
+            events,
+            checkpoint,
+            differing,
+            swapped: false,
+            old_schema: None,
+            elapsed,
+        });
+    }
+    let old = format!("{}_old_{stamp}", crate::SCHEMA);
+    tx.execute(format!("CREATE SCHEMA {old}").as_str()).await?;
+    for (table, _) in TABLES {
+        tx.execute(format!("ALTER TABLE {}.{table} SET SCHEMA {old}", crate::SCHEMA).as_str())
+            .await?;
+        tx.execute(format!("ALTER TABLE {fresh}.{table} SET SCHEMA {}", crate::SCHEMA).as_str())
+            .await?;
+    }
+    tx.commit().await?;
+    admin
+        .execute(format!("DROP SCHEMA {fresh} CASCADE").as_str())
+        .await?;
+    tracing::info!(events, checkpoint, old = %old, "rebuilt tables swapped in");
+    Ok(RebuildReport {
+        events,
+        checkpoint,
+        differing: Vec::new(),
+        swapped: true,
+        old_schema: Some(old),
+        elapsed,
+    })
+}
+
+/// The replay into the rebuild schema.
+struct Replay<'a> {
+    target: &'a mut PgConnection,
+    projection: &'a str,
+    checkpoint: i64,
+    events: u64,
+    /// Messages the stream holds after the last one read.
+    pending: u64,
+}
+
+impl Replay<'_> {
+    /// Apply up to [`BATCH`] events (fewer when the stream has no more
+    /// ready, and never waiting past `until`).
+    async fn batch(
+        &mut self,
+        messages: &mut consumer::pull::Ordered,
+        until: i64,
+    ) -> anyhow::Result<()> {
+        let mut rows = Vec::new();
+        let mut max_seq = self.checkpoint;
+        while rows.len() < BATCH && max_seq < until && self.pending > 0 {
+            let wait = if rows.is_empty() {
+                Duration::from_secs(30)
+            } else {
+                Duration::from_millis(20)
+            };
+            let msg = match tokio::time::timeout(wait, messages.next()).await {
+                Ok(Some(msg)) => msg.map_err(|e| anyhow!("replay: {e}"))?,
+                Ok(None) => return Err(anyhow!("the replay consumer ended")),
+                Err(_) if rows.is_empty() => {
+                    return Err(anyhow!("the stream stopped answering at seq {max_seq}"))
+                }
+                Err(_) => break,
+            };
+            let info = msg.info().map_err(|e| anyhow!("message info: {e}"))?;
+            let seq = info.stream_sequence as i64;
+            self.pending = info.pending;
+            self.events += 1;
+            max_seq = seq;
+            let env = Envelope::decode(&msg.payload).map_err(|e| {
+                anyhow!("seq {seq} cannot be read by this build: {e}; the rebuild stops")
+            })?;
+            if model::is_projected(env.kind) {
+                rows.push(Row { seq, env });
+            }
+        }
+        if max_seq == self.checkpoint {
+            return Ok(());
+        }
+        let mut tx = self.target.begin().await?;
+        model::apply(&mut tx, &rows).await?;
+        sqlx::query(
+            "INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET last_seq = EXCLUDED.last_seq",
+        )
+        .bind(self.projection)
+        .bind(max_seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.checkpoint = max_seq;
+        Ok(())
+    }
+}
+
+/// Tables of `fresh` whose content differs from the live ones. With
+/// `ahead`, the rebuild went past the live position (it replays whole
+/// batches) and the checkpoint rows are not compared.
+async fn compare(tx: &mut PgConnection, fresh: &str, ahead: bool) -> anyhow::Result<Vec<String>> {
+    let mut differing = Vec::new();
+    for (table, order) in TABLES {
+        if ahead && table == "projection_checkpoints" {
+            continue;
+        }
+        let sum = |schema: &str| {
+            format!(
+                "SELECT md5(COALESCE(string_agg(t::text, '|' ORDER BY {order}), ''))
+                 FROM {schema}.{table} t"
+            )
+        };
+        let live: String = sqlx::query_scalar(&sum(crate::SCHEMA))
+            .fetch_one(&mut *tx)
+            .await?;
+        let rebuilt: String = sqlx::query_scalar(&sum(fresh)).fetch_one(&mut *tx).await?;
+        if live != rebuilt {
+            differing.push(table.to_owned());
+        }
+    }
+    Ok(differing)
+}
+
+/// A sortable, unique-enough suffix for schema names: the time in ms.
+fn chrono_stamp() -> String {
+    herald_proto::now_ms().to_string()
+}
+
+/// Progress: a bar on a terminal, a log line every 5 s otherwise.
+struct Progress {
+    head: u64,
+    /// Messages in the stream when the rebuild started.
+    stored: u64,
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+    last_log: Instant,
+}
+
+impl Progress {
+    async fn new(js: &jetstream::Context, subjects: &Subjects) -> anyhow::Result<Self> {
+        let mut stream = js.get_stream(subjects.channels_stream()).await?;
+        let state = stream.info().await?.state.clone();
+        let (head, stored) = (state.last_sequence, state.messages);
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let bar = indicatif::ProgressBar::new(head);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} seq  {per_sec}  eta {eta}  {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Ok(Self {
+            head,
+            stored,
+            bar,
+            started: Instant::now(),
+            last_log: Instant::now(),
+        })
+    }
+
+    fn update(&mut self, position: u64, events: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(position.min(bar.length().unwrap_or(position)));
+            bar.set_message(format!("{events} events"));
+        } else if self.last_log.elapsed() >= Duration::from_secs(5) {
+            self.last_log = Instant::now();
+            let rate = events as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(
+                position,
+                head = self.head,
+                events,
+                rate = rate as u64,
+                "rebuilding"
+            );
+        }
+    }
+
+    fn finish(&mut self, position: u64, events: u64) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        tracing::info!(
+            position,
+            events,
+            events_per_sec = (events as f64 / secs) as u64,
+            "replayed"
+        );
+    }
+}
