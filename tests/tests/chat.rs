@@ -845,3 +845,58 @@ async fn a_rebuild_after_a_mixed_workload_equals_the_live_model_and_swaps_in_whi
         .unwrap();
     assert!(report.differing.is_empty(), "{:?}", report.differing);
 }
+
+#[tokio::test]
+async fn edits_and_deletes_reach_live_subscribers_as_pusher_events_a_plain_client_can_bind() {
+    let e = env().await;
+    let gateway = e.stack.gateway().await;
+    let mut socket = herald_tests::PusherSocket::connect(gateway.port, KEY)
+        .await
+        .unwrap();
+    socket.subscribe("live-edits").await.unwrap();
+    let (status, sent) = e
+        .call(
+            reqwest::Method::POST,
+            e.h("/channels/live-edits/messages?as_user=alice"),
+            As::App,
+            Some(json!({ "event": "message", "data": "first", "client_id": "k1" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{sent}");
+    let id = sent["id"].as_str().unwrap();
+    let live = socket.next_event_of(&["message"]).await.unwrap();
+    assert_eq!(live["id"], id);
+    assert_eq!(live["user_id"], "alice");
+    let (status, _) = e
+        .call(
+            reqwest::Method::PATCH,
+            e.h(&format!("/channels/live-edits/messages/{id}?as_user=alice")),
+            As::App,
+            Some(json!({ "data": "second" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let edited = socket
+        .next_event_of(&[event_names::MESSAGE_EDITED])
+        .await
+        .unwrap();
+    assert_eq!(
+        herald_tests::data_of(&edited),
+        json!({ "id": id, "data": "second" })
+    );
+    assert_eq!(edited["user_id"], "alice");
+    let (status, _) = e
+        .call(
+            reqwest::Method::DELETE,
+            e.h(&format!("/channels/live-edits/messages/{id}")),
+            As::App,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deleted = socket
+        .next_event_of(&[event_names::MESSAGE_DELETED])
+        .await
+        .unwrap();
+    assert_eq!(herald_tests::data_of(&deleted), json!({ "id": id }));
+}

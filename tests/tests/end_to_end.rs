@@ -19,6 +19,22 @@ fn basic(key: &str, secret: &str) -> String {
     )
 }
 
+/// Every message of a channel, newest first, paging 100 at a time (the
+/// largest page).
+async fn all_messages(port: u16, channel: &str) -> Vec<Value> {
+    let mut all = Vec::new();
+    let mut query = "?limit=100".to_owned();
+    loop {
+        let (status, body) = page(port, channel, &query).await;
+        assert_eq!(status, 200, "{body}");
+        all.extend(body["messages"].as_array().unwrap().iter().cloned());
+        match body["next_before"].as_i64() {
+            Some(before) => query = format!("?limit=100&before={before}"),
+            None => return all,
+        }
+    }
+}
+
 async fn page(port: u16, channel: &str, query: &str) -> (u16, Value) {
     let resp = reqwest::Client::new()
         .get(format!(
@@ -163,12 +179,13 @@ async fn wait_lock_waiters(db: &TestDatabase, n: i64, what: &str) {
 }
 
 /// End the session holding the projector's advisory lock, as a lost
-/// connection would; returns how many were ended.
+/// connection would; returns how many were ended. (The exclusive one: a
+/// batch also holds the apply lock, shared, in its transaction.)
 async fn terminate_lock_holder(db: &TestDatabase) -> usize {
     let mut conn = sqlx::PgConnection::connect(db.url()).await.unwrap();
     let ended: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_locks
-         WHERE locktype = 'advisory' AND granted
+         WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'
            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .fetch_all(&mut conn)
@@ -333,10 +350,8 @@ async fn a_restarted_history_service_neither_loses_nor_duplicates_rows() {
     })
     .await;
     // The payloads are served in order too.
-    let (_, body) = page(history.port, "log", "?limit=1000").await;
-    let ns: Vec<i64> = body["messages"]
-        .as_array()
-        .unwrap()
+    let messages = all_messages(history.port, "log").await;
+    let ns: Vec<i64> = messages
         .iter()
         .map(|m| {
             serde_json::from_str::<Value>(m["data"].as_str().unwrap()).unwrap()["n"]
@@ -561,10 +576,8 @@ async fn pagination_walks_a_thousand_messages_with_no_gap_or_repeat() {
     expected.reverse();
     assert_eq!(seen, expected, "every stored row exactly once");
     let payloads: HashSet<String> = {
-        let (_, body) = page(history.port, "page", "?limit=1000").await;
-        body["messages"]
-            .as_array()
-            .unwrap()
+        all_messages(history.port, "page")
+            .await
             .iter()
             .map(|m| m["data"].as_str().unwrap().to_owned())
             .collect()

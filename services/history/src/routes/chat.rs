@@ -163,6 +163,34 @@ async fn store(
     })
 }
 
+/// A message of the read model by id; when it is not there yet (sent a
+/// moment ago, the projection not caught up), wait (bounded) for the
+/// projection to reach what the stream holds now, and look again: an edit
+/// or delete right after a send must not miss its message.
+async fn find_fresh(
+    state: &AppState,
+    app: &str,
+    channel: &str,
+    id: &str,
+) -> Result<Option<super::messages::Item>, ApiError> {
+    if let Some(found) = find(state, app, channel, id).await? {
+        return Ok(Some(found));
+    }
+    let mut stream = state
+        .js
+        .get_stream(state.subjects.channels_stream())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the stream cannot be read now: {e}")))?;
+    let head = stream
+        .info()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the stream cannot be read now: {e}")))?
+        .state
+        .last_sequence;
+    wait_for(state, Some(head as i64)).await?;
+    find(state, app, channel, id).await
+}
+
 /// Send a message.
 #[utoipa::path(
     post,
@@ -283,7 +311,7 @@ pub(crate) async fn edit(
             app.limits.max_message_bytes
         )));
     }
-    let message = find(&state, app.id.as_str(), channel.as_str(), &id)
+    let message = find_fresh(&state, app.id.as_str(), channel.as_str(), &id)
         .await?
         .filter(|m| !m.deleted)
         .ok_or_else(|| ApiError::NotFound("no such message in this channel".into()))?;
@@ -343,7 +371,7 @@ pub(crate) async fn delete(
     let actor = acting_user(&caller, query.as_user.as_deref())?;
     may_read(&state, &caller, &channel).await?;
     let app = caller.app();
-    let message = find(&state, app.id.as_str(), channel.as_str(), &id)
+    let message = find_fresh(&state, app.id.as_str(), channel.as_str(), &id)
         .await?
         .filter(|m| !m.deleted)
         .ok_or_else(|| ApiError::NotFound("no such message in this channel".into()))?;

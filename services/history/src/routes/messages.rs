@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: i64 = 50;
 /// Largest page.
-pub const MAX_LIMIT: i64 = 1000;
+pub const MAX_LIMIT: i64 = 100;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -34,8 +34,8 @@ pub(crate) fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
-    /// Page size, 1-1000 (default 50).
-    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    /// Page size, 1-100 (default 50).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// Events with a sequence below this, newest first (the previous page's `next_before`).
     #[param(value_type = Option<i64>, minimum = 1)]
