@@ -1202,8 +1202,36 @@ async fn bad_input_in_every_new_field_is_a_json_400_with_nothing_internal() {
     let path = format!("/v1/apps/app-id/rooms?as_user={}", "u".repeat(129));
     let (s, b) = e.app(Method::GET, &path, None).await;
     bodies.push((path, s, b));
-    let (s, b) = e.app(Method::GET, "/v1/apps/app-id/rooms", None).await;
-    bodies.push(("rooms as the app without as_user".into(), s, b));
+    // NUL (which Postgres text cannot hold) anywhere: a 400, never a 500.
+    for path in [
+        "/v1/apps/app-id/rooms?as_user=a%00b",
+        "/v1/apps/app-id/dms?as_user=%00",
+        "/v1/apps/app-id/users?prefix=a%00",
+        "/v1/apps/app-id/users/a%00b",
+        "/v1/apps/app-id/channels/private-x/members?after=a%00",
+    ] {
+        let (s, b) = e.app(Method::GET, path, None).await;
+        bodies.push((format!("NUL: GET {path}"), s, b));
+    }
+    for body in [
+        json!({"name": "a\u{0}b"}),
+        json!({"name": "a", "metadata": {"k": "v\u{0}"}}),
+        json!({"name": "a", "metadata": {"k\u{0}": 1}}),
+        json!({"name": "a", "metadata": {"k": [{"deep": "\u{0}"}]}}),
+    ] {
+        let (s, b) = e
+            .app(Method::PUT, "/v1/apps/app-id/users/nul", Some(body.clone()))
+            .await;
+        bodies.push((format!("NUL: PUT user {body}"), s, b));
+    }
+    let (s, b) = e
+        .app(
+            Method::POST,
+            "/v1/apps/app-id/users/batch",
+            Some(json!({"user_ids": ["a\u{0}"]})),
+        )
+        .await;
+    bodies.push(("NUL: users/batch".into(), s, b));
     let (s, b) = e
         .user(
             &alice,
@@ -1222,6 +1250,66 @@ async fn bad_input_in_every_new_field_is_a_json_400_with_nothing_internal() {
             assert!(!text.contains(leak), "{what} leaks {leak:?}: {body}");
         }
         assert!(!message(body).is_empty(), "{what}");
+    }
+
+    // The app itself is no user: where a user must act, app credentials
+    // without as_user are refused (well formed, but not allowed).
+    for (method, path, body) in [
+        (Method::GET, "/v1/apps/app-id/rooms", None),
+        (Method::GET, "/v1/apps/app-id/dms", None),
+        (
+            Method::POST,
+            "/v1/apps/app-id/rooms",
+            Some(json!({"name": "r"})),
+        ),
+        (
+            Method::POST,
+            "/v1/apps/app-id/dms",
+            Some(json!({"user_id": "alice"})),
+        ),
+    ] {
+        let (s, b) = e.app(method.clone(), path, body).await;
+        assert_eq!(s, 403, "{method} {path} as the app without as_user: {b}");
+        assert!(message(&b).contains("as_user"), "{b}");
+    }
+
+    // Credentials are judged first: wrong ones are a 401 even when the
+    // query or body is invalid too.
+    for (method, path, body) in [
+        (
+            Method::GET,
+            format!("/v1/apps/app-id/rooms?as_user={}", "u".repeat(129)),
+            None,
+        ),
+        (
+            Method::GET,
+            "/v1/apps/app-id/dms?as_user=a%00".to_owned(),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/apps/app-id/rooms?bogus=1".to_owned(),
+            Some(json!({"name": ""})),
+        ),
+        (
+            Method::POST,
+            "/v1/apps/app-id/rooms/join?as_user=bob".to_owned(),
+            Some(json!({"code": "!"})),
+        ),
+    ] {
+        for token in ["not-a-token", ""] {
+            let (s, b) = e.user(token, method.clone(), &path, body.clone()).await;
+            assert_eq!(s, 401, "{method} {path} with Bearer {token:?}: {b}");
+        }
+        let resp = e
+            .http
+            .request(method.clone(), e.url(&path))
+            .basic_auth(KEY, Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        let (s, b) = answer(resp).await;
+        assert_eq!(s, 401, "{method} {path} with a wrong secret: {b}");
     }
 
     // SQL metacharacters where they are valid are stored as written.

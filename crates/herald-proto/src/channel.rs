@@ -19,6 +19,19 @@ pub const MAX_APP_ID_LEN: usize = 64;
 pub const CHANNEL_NAME_PATTERN: &str = r"^[A-Za-z0-9_\-=@,.;]+$";
 /// A presence channel name as a regular expression.
 pub const PRESENCE_CHANNEL_PATTERN: &str = r"^presence-[A-Za-z0-9_\-=@,.;]*$";
+/// A channel that has members to manage (private, private-encrypted or
+/// presence: what [`ChannelKind::requires_auth`] says) as a regular
+/// expression; with `minLength` 8 (`private-`) and `maxLength`
+/// [`MAX_CHANNEL_NAME_LEN`].
+pub const MEMBER_CHANNEL_PATTERN: &str = r"^(private|presence)-[A-Za-z0-9_\-=@,.;]*$";
+/// The shortest name [`MEMBER_CHANNEL_PATTERN`] matches (`private-`).
+pub const MIN_MEMBER_CHANNEL_LEN: usize = 8;
+/// A session-token grant (`crate::token::validate_grant`) as a regular
+/// expression: a channel name, or a name prefix followed by `*`; with
+/// `maxLength` [`MAX_GRANT_LEN`].
+pub const GRANT_PATTERN: &str = r"^[A-Za-z0-9_\-=@,.;]+\*?$";
+/// Longest grant: a channel name of [`MAX_CHANNEL_NAME_LEN`] and the `*`.
+pub const MAX_GRANT_LEN: usize = MAX_CHANNEL_NAME_LEN + 1;
 /// An app id as a regular expression (see [`AppId::parse`]).
 pub const APP_ID_PATTERN: &str = r"^[A-Za-z0-9_-]+$";
 /// The byte that stands for `.` inside a subject token.
@@ -208,8 +221,48 @@ mod tests {
         proptest::string::string_regex("[A-Za-z0-9_\\-=@,.;]{1,164}").unwrap()
     }
 
+    /// A channel name of any kind: a kind's prefix (or none) and the rest
+    /// of the alphabet, 0..=164 bytes in all (the empty name included).
+    fn any_prefixed_name() -> impl Strategy<Value = String> {
+        let prefixes = prop_oneof![
+            Just(""),
+            Just("private-"),
+            Just("private-encrypted-"),
+            Just("presence-"),
+            Just("privat"),
+            Just("presence"),
+        ];
+        (
+            prefixes,
+            proptest::string::string_regex("[A-Za-z0-9_\\-=@,.;]{0,40}").unwrap(),
+        )
+            .prop_map(|(p, rest)| format!("{p}{rest}"))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// The documents' member-channel pattern (with its length bounds)
+        /// admits exactly the channels the membership routes accept.
+        #[test]
+        fn the_member_channel_pattern_is_the_rule(name in any_prefixed_name()) {
+            let re = regex::Regex::new(MEMBER_CHANNEL_PATTERN).unwrap();
+            let documented = re.is_match(&name)
+                && (MIN_MEMBER_CHANNEL_LEN..=MAX_CHANNEL_NAME_LEN).contains(&name.len());
+            let accepted = ChannelName::parse(&name).is_ok_and(|c| c.kind().requires_auth());
+            prop_assert_eq!(documented, accepted, "{:?}", name);
+        }
+
+        /// The documents' grant pattern (with its length bound) admits
+        /// exactly the grants a session-token request may carry.
+        #[test]
+        fn the_grant_pattern_is_the_rule(name in any_prefixed_name(), star in any::<bool>()) {
+            let grant = if star { format!("{name}*") } else { name };
+            let re = regex::Regex::new(GRANT_PATTERN).unwrap();
+            let documented = re.is_match(&grant) && grant.len() <= MAX_GRANT_LEN;
+            let accepted = crate::token::validate_grant(&grant).is_ok();
+            prop_assert_eq!(documented, accepted, "{:?}", grant);
+        }
 
         #[test]
         fn the_mapping_round_trips_every_valid_name(name in channel_name()) {

@@ -11,11 +11,19 @@ use std::sync::Arc;
 /// bytes, so that API documents (JSON Schema `maxLength`) state it exactly.
 pub const MAX_USER_ID_LEN: usize = 128;
 
+/// A user id as a regular expression, for API documents (OpenAPI
+/// `pattern`, with `minLength` 1 and `maxLength` [`MAX_USER_ID_LEN`]): any
+/// text but NUL. [`UserId::parse`] is the rule, this its description.
+pub const USER_ID_PATTERN: &str = r"^[^\u0000]+$";
+
 /// Longest event name, in bytes (Pusher's limit).
 pub const MAX_EVENT_NAME_LEN: usize = 200;
 
-/// An app's user id: 1 to [`MAX_USER_ID_LEN`] characters of any text
-/// (hex-encoded wherever it becomes part of a key or subject).
+/// An app's user id: 1 to [`MAX_USER_ID_LEN`] characters of any text but
+/// NUL (hex-encoded wherever it becomes part of a key or subject). NUL is
+/// refused because user ids are stored in Postgres `TEXT` columns, which
+/// cannot hold it: refusing it here, where every service parses ids, turns
+/// what would be a database error into a clear client error.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct UserId(Arc<str>);
@@ -27,6 +35,12 @@ impl UserId {
             return Err(Error::new(
                 ErrorKind::InvalidUserId,
                 format!("user id must be 1-{MAX_USER_ID_LEN} characters"),
+            ));
+        }
+        if raw.contains('\0') {
+            return Err(Error::new(
+                ErrorKind::InvalidUserId,
+                "user id must not contain NUL (U+0000)",
             ));
         }
         Ok(Self(Arc::from(raw)))
@@ -168,6 +182,27 @@ mod tests {
         }
         let v: Result<UserId, _> = serde_json::from_str("\"\"");
         assert!(v.is_err());
+    }
+
+    #[test]
+    fn user_ids_refuse_nul_anywhere() {
+        for bad in ["\0", "a\0", "\0a", "a\0b"] {
+            let err = UserId::parse(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidUserId, "{bad:?}");
+            assert!(err.to_string().contains("NUL"), "{err}");
+        }
+        let v: Result<UserId, _> = serde_json::from_str("\"a\\u0000\"");
+        assert!(v.is_err());
+        // Other control characters are text like any other.
+        assert!(UserId::parse("a\u{1}b\tc").is_ok());
+        // The documents' pattern says the same.
+        let re = regex::Regex::new(USER_ID_PATTERN).unwrap();
+        for id in ["alice", "a\u{1}b", "ü"] {
+            assert!(re.is_match(id), "{id:?}");
+        }
+        for id in ["", "\0", "a\0b"] {
+            assert!(!re.is_match(id), "{id:?}");
+        }
     }
 
     #[test]

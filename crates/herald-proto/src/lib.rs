@@ -28,7 +28,7 @@ pub use channel::{AppId, ChannelKind, ChannelName};
 pub use envelope::{Envelope, EventKind};
 pub use error::{Error, ErrorKind};
 pub use frame::{ServerFrame, SubscriptionErrorKind};
-pub use id::{EventName, SocketId, UserId, MAX_USER_ID_LEN};
+pub use id::{EventName, SocketId, UserId, MAX_USER_ID_LEN, USER_ID_PATTERN};
 pub use subject::{ControlVerb, Subjects};
 
 /// Milliseconds since the Unix epoch, the unit of every Herald timestamp.

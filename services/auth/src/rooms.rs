@@ -12,11 +12,10 @@
 
 use crate::error::ApiError;
 use crate::membership::{self, Change};
-use crate::session::{caller, Caller};
+use crate::session::{Caller, Credentials};
 use crate::AppState;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use herald_proto::envelope::event_names;
@@ -83,8 +82,10 @@ fn new_code() -> Result<String, ApiError> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActorQuery {
-    /// With app credentials: the user to act for, 1-128 characters.
-    #[param(min_length = 1, max_length = 128)]
+    /// With app credentials: the user to act for, 1-128 characters, any
+    /// but NUL. Required with app credentials where a user acts (else
+    /// 403); refused with a session token, which acts for its own user.
+    #[param(min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$")]
     as_user: Option<String>,
 }
 
@@ -93,11 +94,13 @@ pub(crate) struct ActorQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MembersQuery {
-    /// With app credentials: the user to act for, 1-128 characters.
-    #[param(min_length = 1, max_length = 128)]
+    /// With app credentials: the user to act for, 1-128 characters, any
+    /// but NUL. Required with app credentials where a user acts (else
+    /// 403); refused with a session token, which acts for its own user.
+    #[param(min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$")]
     as_user: Option<String>,
-    /// The previous page's `next` (a user id).
-    #[param(max_length = 128)]
+    /// The previous page's `next` (a user id: 1-128 characters, any but NUL).
+    #[param(min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$")]
     after: Option<String>,
     /// Page size, 1-1000 (default 1000).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
@@ -125,14 +128,14 @@ fn page_bounds(after: Option<&str>, limit: Option<&str>) -> Result<(String, i64)
     Ok((after, limit))
 }
 
-async fn actor(
-    state: &AppState,
-    headers: &HeaderMap,
-    app: &str,
+/// The caller of verified `credentials` with the query's `as_user`, read
+/// only now: a request with bad credentials is a 401 whatever its query.
+fn actor(
+    credentials: Credentials,
     query: Result<Query<ActorQuery>, QueryRejection>,
 ) -> Result<Caller, ApiError> {
     let Query(query) = query?;
-    caller(state, headers, app, query.as_user.as_deref()).await
+    credentials.acting_for(query.as_user.as_deref())
 }
 
 /// 404 unless `user` is registered in `app`.
@@ -173,7 +176,11 @@ const ROOM_COLUMNS: &str = "room_id AS id, name, code, channel, owner";
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateRoom {
     /// 1-100 characters, no control characters.
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     name: String,
 }
 
@@ -185,7 +192,8 @@ pub(crate) struct CreateRoom {
     request_body = CreateRoom,
     responses(
         (status = 200, description = "The new room", body = Room),
-        (status = 400, description = "Invalid name, or app credentials without as_user"),
+        (status = 400, description = "Invalid name or as_user, or as_user with a session token"),
+        (status = 403, description = "App credentials without as_user: the app itself is no user"),
         (status = 401, description = "Missing or invalid credentials"),
         (status = 404, description = "The acting user is not registered"),
         (status = 503, description = "The membership event could not be stored; nothing was created"),
@@ -194,12 +202,11 @@ pub(crate) struct CreateRoom {
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    credentials: Credentials,
     query: Result<Query<ActorQuery>, QueryRejection>,
     body: Result<Json<CreateRoom>, JsonRejection>,
 ) -> Result<Json<Room>, ApiError> {
-    let caller = actor(&state, &headers, &app, query).await?;
+    let caller = actor(credentials, query)?;
     let Json(body) = body?;
     crate::users::validate_name(&body.name)?;
     let owner = caller.acting_user()?.to_owned();
@@ -263,8 +270,9 @@ pub(crate) struct JoinRoom {
     request_body = JoinRoom,
     responses(
         (status = 200, description = "The room joined", body = Room),
-        (status = 400, description = "A code that is not 1-32 letters and digits"),
+        (status = 400, description = "A code that is not 1-32 letters and digits, an invalid as_user, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
+        (status = 403, description = "App credentials without as_user: the app itself is no user"),
         (status = 404, description = "No room has this code (the same answer for every wrong code), or the acting user is not registered"),
         (status = 503, description = "The membership event could not be stored; nothing changed"),
     ),
@@ -272,12 +280,11 @@ pub(crate) struct JoinRoom {
 )]
 pub(crate) async fn join(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    credentials: Credentials,
     query: Result<Query<ActorQuery>, QueryRejection>,
     body: Result<Json<JoinRoom>, JsonRejection>,
 ) -> Result<Json<Room>, ApiError> {
-    let caller = actor(&state, &headers, &app, query).await?;
+    let caller = actor(credentials, query)?;
     let Json(body) = body?;
     if body.code.is_empty()
         || body.code.len() > MAX_CODE_INPUT_LEN
@@ -362,8 +369,9 @@ pub(crate) struct MembershipAnswer {
     ),
     responses(
         (status = 200, description = "Membership after the request", body = MembershipAnswer),
-        (status = 400, description = "Invalid room id, or app credentials without as_user"),
+        (status = 400, description = "Invalid room id or as_user, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
+        (status = 403, description = "App credentials without as_user: the app itself is no user"),
         (status = 404, description = "No such room"),
         (status = 503, description = "The membership event could not be stored; nothing changed"),
     ),
@@ -371,11 +379,11 @@ pub(crate) struct MembershipAnswer {
 )]
 pub(crate) async fn leave(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((app, room_id)): Path<(String, String)>,
+    credentials: Credentials,
+    Path((_app, room_id)): Path<(String, String)>,
     query: Result<Query<ActorQuery>, QueryRejection>,
 ) -> Result<Json<MembershipAnswer>, ApiError> {
-    let caller = actor(&state, &headers, &app, query).await?;
+    let caller = actor(credentials, query)?;
     let channel = parse_room_id(&room_id)?;
     let user = caller.acting_user()?.to_owned();
     let app = caller.app().id.clone();
@@ -414,7 +422,7 @@ pub(crate) async fn leave(
     ),
     responses(
         (status = 200, description = "The destroyed room", body = Room),
-        (status = 400, description = "Invalid room id"),
+        (status = 400, description = "Invalid room id or as_user, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
         (status = 403, description = "The acting user is not the room's owner"),
         (status = 404, description = "No such room"),
@@ -424,11 +432,11 @@ pub(crate) async fn leave(
 )]
 pub(crate) async fn destroy(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((app, room_id)): Path<(String, String)>,
+    credentials: Credentials,
+    Path((_app, room_id)): Path<(String, String)>,
     query: Result<Query<ActorQuery>, QueryRejection>,
 ) -> Result<Json<Room>, ApiError> {
-    let caller = actor(&state, &headers, &app, query).await?;
+    let caller = actor(credentials, query)?;
     let channel = parse_room_id(&room_id)?;
     let app = caller.app().id.clone();
     let mut tx = state.db.begin().await?;
@@ -491,7 +499,7 @@ pub(crate) async fn destroy(
     ),
     responses(
         (status = 200, description = "A page of members, by user id", body = crate::membership::MembersPage),
-        (status = 400, description = "Invalid room id, after or limit"),
+        (status = 400, description = "Invalid room id, as_user, after or limit, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
         (status = 403, description = "The acting user is not a member"),
         (status = 404, description = "No such room"),
@@ -500,12 +508,12 @@ pub(crate) async fn destroy(
 )]
 pub(crate) async fn room_members(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((app, room_id)): Path<(String, String)>,
+    credentials: Credentials,
+    Path((_app, room_id)): Path<(String, String)>,
     query: Result<Query<MembersQuery>, QueryRejection>,
 ) -> Result<Json<membership::MembersPage>, ApiError> {
     let Query(query) = query?;
-    let caller = caller(&state, &headers, &app, query.as_user.as_deref()).await?;
+    let caller = credentials.acting_for(query.as_user.as_deref())?;
     let channel = parse_room_id(&room_id)?;
     let (after, limit) = page_bounds(query.after.as_deref(), query.limit.as_deref())?;
     let app = caller.app().id.clone();
@@ -545,18 +553,18 @@ pub(crate) struct RoomList {
     params(("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ActorQuery),
     responses(
         (status = 200, description = "The user's rooms, oldest first, at most 1000", body = RoomList),
-        (status = 400, description = "App credentials without as_user"),
+        (status = 400, description = "Invalid as_user, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
+        (status = 403, description = "App credentials without as_user: the app itself is no user"),
     ),
     security(("session_bearer" = []), ("app_basic" = []))
 )]
 pub(crate) async fn my_rooms(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    credentials: Credentials,
     query: Result<Query<ActorQuery>, QueryRejection>,
 ) -> Result<Json<RoomList>, ApiError> {
-    let caller = actor(&state, &headers, &app, query).await?;
+    let caller = actor(credentials, query)?;
     let user = caller.acting_user()?;
     let rooms: Vec<Room> = sqlx::query_as(
         "SELECT r.room_id AS id, r.name, r.code, r.channel, r.owner
@@ -577,8 +585,9 @@ pub(crate) async fn my_rooms(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct OpenDm {
-    /// The other user (registered), 1-128 characters.
-    #[schema(min_length = 1, max_length = 128)]
+    /// The other user (registered, not the acting one): 1-128
+    /// characters, any but NUL.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$")]
     user_id: String,
 }
 
@@ -600,8 +609,9 @@ pub(crate) struct Dm {
     request_body = OpenDm,
     responses(
         (status = 200, description = "The DM channel", body = Dm),
-        (status = 400, description = "Invalid user id, the acting user themself, or app credentials without as_user"),
+        (status = 400, description = "Invalid user id or as_user, user_id naming the acting user themself, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
+        (status = 403, description = "App credentials without as_user: the app itself is no user"),
         (status = 404, description = "One of the users is not registered"),
         (status = 503, description = "A membership event could not be stored; nothing changed"),
     ),
@@ -609,12 +619,11 @@ pub(crate) struct Dm {
 )]
 pub(crate) async fn open_dm(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    credentials: Credentials,
     query: Result<Query<ActorQuery>, QueryRejection>,
     body: Result<Json<OpenDm>, JsonRejection>,
 ) -> Result<Json<Dm>, ApiError> {
-    let caller = actor(&state, &headers, &app, query).await?;
+    let caller = actor(credentials, query)?;
     let Json(body) = body?;
     let other = crate::users::parse_user_id(&body.user_id)?;
     let me = caller.acting_user()?.to_owned();
@@ -669,18 +678,18 @@ pub(crate) struct DmList {
     params(("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ActorQuery),
     responses(
         (status = 200, description = "The user's DMs, oldest first, at most 1000", body = DmList),
-        (status = 400, description = "App credentials without as_user"),
+        (status = 400, description = "Invalid as_user, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
+        (status = 403, description = "App credentials without as_user: the app itself is no user"),
     ),
     security(("session_bearer" = []), ("app_basic" = []))
 )]
 pub(crate) async fn my_dms(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(app): Path<String>,
+    credentials: Credentials,
     query: Result<Query<ActorQuery>, QueryRejection>,
 ) -> Result<Json<DmList>, ApiError> {
-    let caller = actor(&state, &headers, &app, query).await?;
+    let caller = actor(credentials, query)?;
     let user = caller.acting_user()?;
     let dms: Vec<Dm> = sqlx::query_as(
         "SELECT channel, CASE WHEN user_a = $2 THEN user_b ELSE user_a END AS user_id
@@ -713,8 +722,8 @@ fn parse_member_channel(raw: &str) -> Result<ChannelName, ApiError> {
     path = "/v1/apps/{app}/channels/{channel}/members/{user_id}",
     params(
         ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-        ("channel" = String, Path, description = "A private- or presence- channel, 1-164 characters", min_length = 1, max_length = 164),
-        ("user_id" = String, Path, description = "A registered user, 1-128 characters", min_length = 1, max_length = 128),
+        ("channel" = String, Path, description = "A private- (private-encrypted- included) or presence- channel, 8-164 characters of [A-Za-z0-9_-=@,.;]: public channels have no members", min_length = 8, max_length = 164, pattern = r"^(private|presence)-[A-Za-z0-9_\-=@,.;]*$"),
+        ("user_id" = String, Path, description = "A registered user: 1-128 characters, any but NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$"),
     ),
     responses(
         (status = 200, description = "Membership after the request", body = MembershipAnswer),
@@ -748,8 +757,8 @@ pub(crate) async fn app_add_member(
     path = "/v1/apps/{app}/channels/{channel}/members/{user_id}",
     params(
         ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-        ("channel" = String, Path, description = "A private- or presence- channel, 1-164 characters", min_length = 1, max_length = 164),
-        ("user_id" = String, Path, description = "User id, 1-128 characters", min_length = 1, max_length = 128),
+        ("channel" = String, Path, description = "A private- (private-encrypted- included) or presence- channel, 8-164 characters of [A-Za-z0-9_-=@,.;]: public channels have no members", min_length = 8, max_length = 164, pattern = r"^(private|presence)-[A-Za-z0-9_\-=@,.;]*$"),
+        ("user_id" = String, Path, description = "User id: 1-128 characters, any but NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$"),
     ),
     responses(
         (status = 200, description = "Membership after the request", body = MembershipAnswer),
@@ -780,8 +789,8 @@ pub(crate) async fn app_remove_member(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
-    /// The previous page's `next` (a user id).
-    #[param(max_length = 128)]
+    /// The previous page's `next` (a user id: 1-128 characters, any but NUL).
+    #[param(min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$")]
     after: Option<String>,
     /// Page size, 1-1000 (default 1000).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
@@ -794,7 +803,7 @@ pub(crate) struct PageQuery {
     path = "/v1/apps/{app}/channels/{channel}/members",
     params(
         ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-        ("channel" = String, Path, description = "A private- or presence- channel, 1-164 characters", min_length = 1, max_length = 164),
+        ("channel" = String, Path, description = "A private- (private-encrypted- included) or presence- channel, 8-164 characters of [A-Za-z0-9_-=@,.;]: public channels have no members", min_length = 8, max_length = 164, pattern = r"^(private|presence)-[A-Za-z0-9_\-=@,.;]*$"),
         PageQuery,
     ),
     responses(

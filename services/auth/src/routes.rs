@@ -145,4 +145,117 @@ mod tests {
         assert_eq!(limit["schema"]["maximum"], crate::users::MAX_LIMIT);
         assert!(doc["paths"]["/.well-known/jwks.json"]["get"].is_object());
     }
+
+    fn param(doc: &serde_json::Value, path: &str, method: &str, name: &str) -> serde_json::Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{method} {path} has no parameters"))
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))["schema"]
+            .clone()
+    }
+
+    #[test]
+    fn the_document_states_the_patterns_the_server_enforces() {
+        use herald_proto::channel::{
+            GRANT_PATTERN, MAX_GRANT_LEN, MEMBER_CHANNEL_PATTERN, MIN_MEMBER_CHANNEL_LEN,
+        };
+        use herald_proto::{MAX_USER_ID_LEN, USER_ID_PATTERN};
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let s = &doc["components"]["schemas"];
+
+        // Membership routes take private and presence channels only.
+        let member = "/v1/apps/{app}/channels/{channel}/members/{user_id}";
+        let members = "/v1/apps/{app}/channels/{channel}/members";
+        for (path, method) in [(member, "put"), (member, "delete"), (members, "get")] {
+            let channel = param(&doc, path, method, "channel");
+            assert_eq!(
+                channel["pattern"], MEMBER_CHANNEL_PATTERN,
+                "{method} {path}"
+            );
+            assert_eq!(
+                channel["minLength"], MIN_MEMBER_CHANNEL_LEN,
+                "{method} {path}"
+            );
+        }
+
+        // Every user id, wherever it is given, states UserId's rule.
+        let user_ids = [
+            ("/v1/apps/{app}/users/{user_id}", "put", "user_id"),
+            ("/v1/apps/{app}/users/{user_id}", "get", "user_id"),
+            (
+                "/v1/apps/{app}/users/{user_id}/session-tokens",
+                "post",
+                "user_id",
+            ),
+            (member, "put", "user_id"),
+            (member, "delete", "user_id"),
+            ("/v1/apps/{app}/rooms", "post", "as_user"),
+            ("/v1/apps/{app}/rooms", "get", "as_user"),
+            ("/v1/apps/{app}/rooms/join", "post", "as_user"),
+            ("/v1/apps/{app}/rooms/{room}", "delete", "as_user"),
+            ("/v1/apps/{app}/rooms/{room}/leave", "post", "as_user"),
+            ("/v1/apps/{app}/rooms/{room}/members", "get", "as_user"),
+            ("/v1/apps/{app}/rooms/{room}/members", "get", "after"),
+            ("/v1/apps/{app}/dms", "post", "as_user"),
+            ("/v1/apps/{app}/dms", "get", "as_user"),
+            (members, "get", "after"),
+        ];
+        for (path, method, name) in user_ids {
+            let p = param(&doc, path, method, name);
+            assert_eq!(p["pattern"], USER_ID_PATTERN, "{method} {path} {name}");
+            assert_eq!(p["minLength"], 1, "{method} {path} {name}");
+            assert_eq!(p["maxLength"], MAX_USER_ID_LEN, "{method} {path} {name}");
+        }
+        for schema in [&s["UserIdText"], &s["OpenDm"]["properties"]["user_id"]] {
+            assert_eq!(schema["pattern"], USER_ID_PATTERN);
+            assert_eq!(schema["minLength"], 1);
+            assert_eq!(schema["maxLength"], MAX_USER_ID_LEN);
+        }
+        assert_eq!(
+            s["BatchBody"]["properties"]["user_ids"]["items"]["$ref"],
+            "#/components/schemas/UserIdText"
+        );
+
+        // Grants.
+        assert_eq!(
+            s["TokenRequest"]["properties"]["grants"]["items"]["$ref"],
+            "#/components/schemas/GrantText"
+        );
+        assert_eq!(s["GrantText"]["pattern"], GRANT_PATTERN);
+        assert_eq!(s["GrantText"]["maxLength"], MAX_GRANT_LEN);
+
+        // Names and the prefix search.
+        for name in [
+            &s["UserBody"]["properties"]["name"],
+            &s["CreateRoom"]["properties"]["name"],
+        ] {
+            assert_eq!(name["pattern"], crate::users::NAME_PATTERN);
+            assert_eq!(name["minLength"], 1);
+            assert_eq!(name["maxLength"], crate::users::MAX_NAME_LEN);
+        }
+        let prefix = param(&doc, "/v1/apps/{app}/users", "get", "prefix");
+        assert_eq!(prefix["pattern"], crate::users::PREFIX_PATTERN);
+        assert_eq!(prefix["maxLength"], crate::users::MAX_NAME_LEN);
+    }
+
+    #[test]
+    fn the_document_states_the_403_of_the_app_acting_for_no_user() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, method) in [
+            ("/v1/apps/{app}/rooms", "post"),
+            ("/v1/apps/{app}/rooms", "get"),
+            ("/v1/apps/{app}/rooms/join", "post"),
+            ("/v1/apps/{app}/rooms/{room}/leave", "post"),
+            ("/v1/apps/{app}/dms", "post"),
+            ("/v1/apps/{app}/dms", "get"),
+        ] {
+            let d = &doc["paths"][path][method]["responses"]["403"]["description"];
+            assert!(
+                d.as_str().is_some_and(|d| d.contains("without as_user")),
+                "{method} {path}: {d}"
+            );
+        }
+    }
 }

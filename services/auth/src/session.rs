@@ -13,6 +13,8 @@
 
 use crate::error::ApiError;
 use crate::AppState;
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use herald_config::AppConfig;
 use herald_proto::token::{SessionClaims, TokenKind};
@@ -76,6 +78,93 @@ pub(crate) async fn bearer_session(
     verify_session(state, token, app).await
 }
 
+/// The credentials of a request to a `/v1/apps/{app}/...` route, verified:
+/// an extractor, so that a handler that takes it first answers a request
+/// with wrong or missing credentials 401 before it reads (and judges) the
+/// query or the body.
+pub(crate) enum Credentials {
+    /// A user, by their session token.
+    User {
+        app: Arc<AppConfig>,
+        claims: SessionClaims,
+    },
+    /// The app itself, by its key and secret.
+    App(Arc<AppConfig>),
+}
+
+impl FromRequestParts<AppState> for Credentials {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Every route this extractor serves has an `{app}` segment; a
+        // missing one can only be a routing mistake, answered like bad
+        // credentials.
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::Unauthorized(herald_server::auth::BAD_CREDENTIALS.into()))?;
+        let app_id = params
+            .iter()
+            .find(|(name, _)| *name == "app")
+            .map(|(_, value)| value.to_owned())
+            .ok_or_else(|| ApiError::Unauthorized(herald_server::auth::BAD_CREDENTIALS.into()))?;
+        authenticate(state, &parts.headers, &app_id).await
+    }
+}
+
+/// Authenticate a request to `/v1/apps/{app_id}/...`: a Bearer session
+/// token of that app, or the app's HTTP Basic credentials.
+pub(crate) async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    app_id: &str,
+) -> Result<Credentials, ApiError> {
+    let scheme = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(' ').next().unwrap_or(""));
+    match scheme {
+        Some("Basic") => herald_server::auth::authorize_basic(&state.apps, headers, app_id)
+            .map(Credentials::App)
+            .ok_or_else(|| ApiError::Unauthorized(herald_server::auth::BAD_CREDENTIALS.into())),
+        Some("Bearer") => {
+            let (app, claims) = bearer_session(state, headers, Some(app_id)).await?;
+            Ok(Credentials::User { app, claims })
+        }
+        _ => Err(ApiError::InvalidToken(
+            "missing credentials: send Authorization: Bearer <session token>, or HTTP Basic app credentials"
+                .into(),
+        )),
+    }
+}
+
+impl Credentials {
+    /// The caller these credentials make with `as_user` (the query
+    /// parameter, read after the credentials were verified): a session
+    /// token acts for its own user, so `as_user` must be absent; the app
+    /// acts for `as_user` if given, else for itself.
+    pub(crate) fn acting_for(self, as_user: Option<&str>) -> Result<Caller, ApiError> {
+        match self {
+            Credentials::User { app, claims } => {
+                if as_user.is_some() {
+                    return Err(ApiError::BadRequest(
+                        "as_user is only accepted with app credentials; a session token acts for its own user"
+                            .into(),
+                    ));
+                }
+                Ok(Caller::User { app, claims })
+            }
+            Credentials::App(app) => {
+                let as_user = as_user
+                    .map(|u| {
+                        UserId::parse(u).map_err(|e| ApiError::BadRequest(format!("as_user: {e}")))
+                    })
+                    .transpose()?;
+                Ok(Caller::App { app, as_user })
+            }
+        }
+    }
+}
+
 /// An authenticated caller of a `/v1/apps/{app}/...` route.
 pub(crate) enum Caller {
     /// A user, by their session token.
@@ -106,11 +195,16 @@ impl Caller {
         }
     }
 
-    /// The acting user, required.
+    /// The acting user, required: the app itself is no user, so it cannot
+    /// own, join or leave a room or a DM. A 403, not a 400: the request is
+    /// well formed, but these credentials, acting for no user, may not do
+    /// it (and the OpenAPI document cannot say "as_user is required with
+    /// one security scheme and forbidden with the other").
     pub fn acting_user(&self) -> Result<&str, ApiError> {
         self.user().ok_or_else(|| {
-            ApiError::BadRequest(
-                "as_user is required with app credentials: name the user to act for".into(),
+            ApiError::Forbidden(
+                "the app itself is no user: with app credentials, name the user to act for with as_user"
+                    .into(),
             )
         })
     }
@@ -119,44 +213,5 @@ impl Caller {
     /// manage every room of its own.
     pub fn is_app_itself(&self) -> bool {
         matches!(self, Caller::App { as_user: None, .. })
-    }
-}
-
-/// Authenticate a request to `/v1/apps/{app_id}/...`: a Bearer session
-/// token of that app (then `as_user` must be absent), or the app's HTTP
-/// Basic credentials (then `as_user`, if given, is the acting user).
-pub(crate) async fn caller(
-    state: &AppState,
-    headers: &HeaderMap,
-    app_id: &str,
-    as_user: Option<&str>,
-) -> Result<Caller, ApiError> {
-    let scheme = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(' ').next().unwrap_or(""));
-    match scheme {
-        Some("Basic") => {
-            let app = herald_server::auth::authorize_basic(&state.apps, headers, app_id)
-                .ok_or_else(|| {
-                    ApiError::Unauthorized(herald_server::auth::BAD_CREDENTIALS.into())
-                })?;
-            let as_user = as_user.map(crate::users::parse_user_id).transpose()?;
-            Ok(Caller::App { app, as_user })
-        }
-        Some("Bearer") => {
-            if as_user.is_some() {
-                return Err(ApiError::BadRequest(
-                    "as_user is only accepted with app credentials; a session token acts for its own user"
-                        .into(),
-                ));
-            }
-            let (app, claims) = bearer_session(state, headers, Some(app_id)).await?;
-            Ok(Caller::User { app, claims })
-        }
-        _ => Err(ApiError::InvalidToken(
-            "missing credentials: send Authorization: Bearer <session token>, or HTTP Basic app credentials"
-                .into(),
-        )),
     }
 }

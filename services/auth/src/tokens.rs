@@ -27,10 +27,55 @@ pub(crate) struct TokenRequest {
     /// 0-100 grants, each a channel name (1-164 bytes) or a prefix ending in `*`.
     #[schema(max_items = 100)]
     #[serde(default)]
-    grants: Vec<String>,
+    grants: Vec<GrantText>,
     /// Lifetime in seconds, 1 to HERALD_SESSION_TOKEN_MAX_TTL_SECS (default: HERALD_SESSION_TOKEN_TTL_SECS, 900).
     #[schema(minimum = 1, maximum = 3600)]
+    #[serde(default, deserialize_with = "integer")]
     ttl_secs: Option<u64>,
+}
+
+/// A JSON Schema `integer`: any number with a zero fractional part
+/// (`2191.0` is one, as JSON Schema counts), which serde's `u64` refuses.
+fn integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(n) = n.as_u64() {
+        return Ok(Some(n));
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(Some(f as u64)),
+        _ => Err(serde::de::Error::custom(format!(
+            "ttl_secs must be a whole number of seconds, got {n}"
+        ))),
+    }
+}
+
+/// A grant as a request gives it, checked by [`validate_grant`]; its
+/// schema states the rule of `herald_proto::token::validate_grant`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(transparent)]
+pub(crate) struct GrantText(String);
+
+impl utoipa::PartialSchema for GrantText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use herald_proto::channel::{GRANT_PATTERN, MAX_GRANT_LEN};
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_GRANT_LEN))
+            .pattern(Some(GRANT_PATTERN))
+            .description(Some(
+                "A channel name (1-164 characters of [A-Za-z0-9_-=@,.;]), or a name prefix followed by *",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for GrantText {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "GrantText".into()
+    }
 }
 
 /// An issued session token.
@@ -55,13 +100,41 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::TokenRequest;
+
+    #[test]
+    fn ttl_secs_is_any_json_integer() {
+        for (body, ttl) in [
+            (r#"{"ttl_secs": 60}"#, Some(60)),
+            (r#"{"ttl_secs": 2191.0}"#, Some(2191)),
+            (r#"{"ttl_secs": null}"#, None),
+            ("{}", None),
+        ] {
+            let req: TokenRequest = serde_json::from_str(body).unwrap();
+            assert_eq!(req.ttl_secs, ttl, "{body}");
+        }
+        for body in [
+            r#"{"ttl_secs": 1.5}"#,
+            r#"{"ttl_secs": -1}"#,
+            r#"{"ttl_secs": "60"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<TokenRequest>(body).is_err(),
+                "{body}"
+            );
+        }
+    }
+}
+
 /// Issue a session token for a registered user.
 #[utoipa::path(
     post,
     path = "/v1/apps/{app}/users/{user_id}/session-tokens",
     params(
         ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-        ("user_id" = String, Path, description = "User id, 1-128 characters", min_length = 1, max_length = 128),
+        ("user_id" = String, Path, description = "User id: 1-128 characters, any but NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$"),
     ),
     request_body = TokenRequest,
     responses(
@@ -84,7 +157,7 @@ pub(crate) async fn issue(
         return Err(ApiError::BadRequest(format!("at most {MAX_GRANTS} grants")));
     }
     for g in &body.grants {
-        validate_grant(g)?;
+        validate_grant(&g.0)?;
     }
     let ttl = body.ttl_secs.unwrap_or(state.token_ttl_secs);
     if ttl == 0 || ttl > state.token_max_ttl_secs {
@@ -109,7 +182,7 @@ pub(crate) async fn issue(
         nbf: now,
         jti: uuid::Uuid::new_v4().to_string(),
         kind: TokenKind::Session,
-        grants: body.grants,
+        grants: body.grants.into_iter().map(|g| g.0).collect(),
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(key.kid.clone());

@@ -24,8 +24,16 @@ pub const MAX_BATCH: usize = 100;
 pub const MAX_LIMIT: i64 = 100;
 /// Default search page.
 pub const DEFAULT_LIMIT: i64 = 20;
-/// Pattern of an avatar URL (the server also rejects whitespace and control characters).
-pub const AVATAR_URL_PATTERN: &str = r"^https?://[^\s]+$";
+/// Pattern of an avatar URL: `http://` or `https://`, then a host part
+/// that does not start with `/`, and no whitespace or control characters.
+pub const AVATAR_URL_PATTERN: &str =
+    r"^https?://[^\s/\u0000-\u001F\u007F-\u009F][^\s\u0000-\u001F\u007F-\u009F]*$";
+/// Pattern of a display name (users, rooms): no control characters (the
+/// Unicode `Cc` category, what `char::is_control` tests).
+pub const NAME_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]+$";
+/// Pattern of a name-prefix search: anything but NUL (Postgres text
+/// cannot hold it, so no name contains it).
+pub const PREFIX_PATTERN: &str = r"^[^\u0000]*$";
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -43,7 +51,12 @@ pub(crate) struct User {
     id: String,
     name: String,
     avatar_url: Option<String>,
-    metadata: serde_json::Value,
+    /// As Postgres gives it back, never parsed into numbers: JSONB keeps a
+    /// number as an exact decimal and prints it in full (`-1.7976931348623157e308`
+    /// comes back as 309 digits), which serde_json's f64 parsing can
+    /// overflow; passing the stored text through answers what was stored.
+    #[schema(value_type = Object)]
+    metadata: sqlx::types::Json<Box<serde_json::value::RawValue>>,
 }
 
 /// The body of `PUT /v1/apps/{app}/users/{user_id}`.
@@ -51,12 +64,22 @@ pub(crate) struct User {
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserBody {
     /// Display name, 1-100 characters, no control characters.
-    #[schema(min_length = 1, max_length = 100)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     name: String,
-    /// `http://` or `https://` URL, at most 2048 bytes.
-    #[schema(max_length = 2048, pattern = r"^https?://[^\s]+$")]
+    /// `http://` or `https://` URL, at most 2048 bytes, without whitespace
+    /// or control characters.
+    #[schema(
+        max_length = 2048,
+        pattern = r"^https?://[^\s/\u0000-\u001F\u007F-\u009F][^\s\u0000-\u001F\u007F-\u009F]*$"
+    )]
     avatar_url: Option<String>,
-    /// A JSON object of at most 4096 bytes (serialized).
+    /// A JSON object of at most 4096 bytes (serialized); no string in it
+    /// (key or value, at any depth) may contain NUL (`\u0000`), which
+    /// Postgres JSONB cannot store.
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
@@ -111,10 +134,25 @@ fn validate_avatar_url(url: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Whether any key or string of `value`, at any depth, contains NUL.
+fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 fn validate_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
     if !metadata.is_object() {
         return Err(ApiError::BadRequest(
             "metadata must be a JSON object".into(),
+        ));
+    }
+    if has_nul(metadata) {
+        return Err(ApiError::BadRequest(
+            "metadata must not contain NUL (\\u0000) in any key or string".into(),
         ));
     }
     if serde_json::to_vec(metadata).map_or(usize::MAX, |v| v.len()) > MAX_METADATA_BYTES {
@@ -131,7 +169,7 @@ fn validate_metadata(metadata: &serde_json::Value) -> Result<(), ApiError> {
     path = "/v1/apps/{app}/users/{user_id}",
     params(
         ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-        ("user_id" = String, Path, description = "User id, 1-128 characters", min_length = 1, max_length = 128),
+        ("user_id" = String, Path, description = "User id: 1-128 characters, any but NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$"),
     ),
     request_body = UserBody,
     responses(
@@ -192,7 +230,7 @@ pub(crate) async fn find_user(
     path = "/v1/apps/{app}/users/{user_id}",
     params(
         ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-        ("user_id" = String, Path, description = "User id, 1-128 characters", min_length = 1, max_length = 128),
+        ("user_id" = String, Path, description = "User id: 1-128 characters, any but NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$"),
     ),
     responses(
         (status = 200, description = "The user", body = User),
@@ -218,9 +256,33 @@ pub(crate) async fn get_user(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchBody {
-    /// 1-100 user ids (each 1-128 characters).
+    /// 1-100 user ids.
     #[schema(min_items = 1, max_items = 100)]
-    user_ids: Vec<String>,
+    user_ids: Vec<UserIdText>,
+}
+
+/// A user id as a request body gives it, parsed by [`parse_user_id`]; its
+/// schema states the rule of `herald_proto::UserId`.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct UserIdText(String);
+
+impl utoipa::PartialSchema for UserIdText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(herald_proto::MAX_USER_ID_LEN))
+            .pattern(Some(herald_proto::USER_ID_PATTERN))
+            .description(Some("A user id: 1-128 characters, any but NUL"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UserIdText {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "UserIdText".into()
+    }
 }
 
 /// The users found, and the ids that were not.
@@ -257,7 +319,7 @@ pub(crate) async fn batch(
     let ids = body
         .user_ids
         .iter()
-        .map(|id| parse_user_id(id).map(|u| u.as_str().to_owned()))
+        .map(|id| parse_user_id(&id.0).map(|u| u.as_str().to_owned()))
         .collect::<Result<Vec<_>, _>>()?;
     let found: Vec<User> = sqlx::query_as(
         "SELECT user_id AS id, name, avatar_url, metadata FROM users WHERE app_id = $1 AND user_id = ANY($2)",
@@ -285,8 +347,8 @@ pub(crate) async fn batch(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SearchQuery {
-    /// Name prefix (case-sensitive, byte order), 0-100 characters.
-    #[param(max_length = 100)]
+    /// Name prefix (case-sensitive, byte order), 0-100 characters, no NUL.
+    #[param(max_length = 100, pattern = r"^[^\u0000]*$")]
     prefix: Option<String>,
     /// Page size, 1-100 (default 20).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
@@ -353,6 +415,11 @@ pub(crate) async fn search(
             "prefix must be at most {MAX_NAME_LEN} characters"
         )));
     }
+    if prefix.contains('\0') {
+        return Err(ApiError::BadRequest(
+            "prefix must not contain NUL (\\u0000)".into(),
+        ));
+    }
     let limit = match query.limit.as_deref() {
         None => DEFAULT_LIMIT,
         Some(s) => s
@@ -401,6 +468,32 @@ mod tests {
     }
 
     #[test]
+    fn nul_in_metadata_is_refused_at_any_depth() {
+        assert!(validate_metadata(&serde_json::json!({"a": ["b", {"c": 1}]})).is_ok());
+        for bad in [
+            serde_json::json!({"a": "x\u{0}y"}),
+            serde_json::json!({"a\u{0}": 1}),
+            serde_json::json!({"a": [1, {"b": ["\u{0}"]}]}),
+        ] {
+            let err = validate_metadata(&bad).unwrap_err();
+            assert!(err.to_string().contains("NUL"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn names_refuse_control_characters_as_the_pattern_says() {
+        let re = regex::Regex::new(NAME_PATTERN).unwrap();
+        for name in ["Alice", "Zoë 🎉", "a b", "\u{a0}x"] {
+            assert!(validate_name(name).is_ok(), "{name:?}");
+            assert!(re.is_match(name), "{name:?}");
+        }
+        for name in ["", "a\u{0}", "a\nb", "\u{7f}", "\u{98}\u{a1}", "\u{9f}"] {
+            assert!(validate_name(name).is_err(), "{name:?}");
+            assert!(!re.is_match(name), "{name:?}");
+        }
+    }
+
+    #[test]
     fn avatar_urls_must_be_http() {
         assert!(validate_avatar_url("https://x.example/a.png").is_ok());
         for bad in [
@@ -409,8 +502,22 @@ mod tests {
             "ftp://x",
             "https://a b",
             "https:///x",
+            "https://a\u{1}b",
+            "https://a\u{85}b",
         ] {
-            assert!(validate_avatar_url(bad).is_err(), "{bad}");
+            assert!(validate_avatar_url(bad).is_err(), "{bad:?}");
+        }
+        // The documented pattern draws the same line.
+        let re = regex::Regex::new(AVATAR_URL_PATTERN).unwrap();
+        assert!(re.is_match("https://x.example/a.png"));
+        for bad in [
+            "https://",
+            "https:///x",
+            "https://a b",
+            "https://a\u{1}b",
+            "ftp://x",
+        ] {
+            assert!(!re.is_match(bad), "{bad:?}");
         }
     }
 }

@@ -89,7 +89,7 @@ async fn ask<T>(
 mod tests {
     use super::ApiDoc;
     use herald_proto::channel::{APP_ID_PATTERN, MAX_CHANNEL_NAME_LEN, PRESENCE_CHANNEL_PATTERN};
-    use herald_proto::MAX_USER_ID_LEN;
+    use herald_proto::{MAX_USER_ID_LEN, USER_ID_PATTERN};
     use utoipa::OpenApi;
 
     fn param(doc: &serde_json::Value, path: &str, method: &str, name: &str) -> serde_json::Value {
@@ -124,11 +124,16 @@ mod tests {
             MAX_USER_ID_LEN
         );
         assert_eq!(param(&doc, one, "get", "user_id")["minLength"], 1);
+        assert_eq!(
+            param(&doc, one, "get", "user_id")["pattern"],
+            USER_ID_PATTERN
+        );
         let schemas = &doc["components"]["schemas"];
         let batch = &schemas["BatchRequest"]["properties"]["user_ids"];
         assert_eq!(batch["maxItems"], super::users::MAX_BATCH_USERS);
         assert_eq!(batch["items"]["$ref"], "#/components/schemas/UserIdText");
         assert_eq!(schemas["UserIdText"]["maxLength"], MAX_USER_ID_LEN);
         assert_eq!(schemas["UserIdText"]["minLength"], 1);
+        assert_eq!(schemas["UserIdText"]["pattern"], USER_ID_PATTERN);
     }
 }

@@ -60,7 +60,8 @@ pub(crate) struct BatchRequest {
     user_ids: Vec<UserIdText>,
 }
 
-/// A user id as given: 1-128 characters (parsed into a `UserId`).
+/// A user id as given: 1-128 characters, any but NUL (parsed into a
+/// `UserId`, whose rule the schema states).
 #[derive(Debug, Deserialize)]
 #[serde(transparent)]
 pub(crate) struct UserIdText(String);
@@ -71,7 +72,8 @@ impl utoipa::PartialSchema for UserIdText {
             .schema_type(utoipa::openapi::schema::Type::String)
             .min_length(Some(1))
             .max_length(Some(MAX_USER_ID_LEN))
-            .description(Some("A user id, 1-128 characters"))
+            .pattern(Some(herald_proto::USER_ID_PATTERN))
+            .description(Some("A user id: 1-128 characters, any but NUL"))
             .into()
     }
 }
@@ -93,7 +95,7 @@ pub(crate) struct BatchReply {
 fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
     UserId::parse(user_id).map_err(|_| {
         ApiError::BadRequest(format!(
-            "user_id must be 1 to {MAX_USER_ID_LEN} characters long"
+            "user_id must be 1 to {MAX_USER_ID_LEN} characters long, without NUL"
         ))
     })
 }
@@ -104,7 +106,7 @@ fn parse_user_id(user_id: &str) -> Result<UserId, ApiError> {
     path = "/v1/apps/{app}/users/{user_id}/presence",
     params(
         ("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"),
-        ("user_id" = String, Path, description = "User id (1-128 characters)", min_length = 1, max_length = 128),
+        ("user_id" = String, Path, description = "User id: 1-128 characters, any but NUL", min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$"),
     ),
     responses(
         (status = 200, description = "The user's presence", body = UserPresence),
