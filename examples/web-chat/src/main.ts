@@ -547,7 +547,7 @@ function recordFrames() {
   const add = (dir: string, text: string) => {
     frames.append(el('li', { class: dir }, `${new Date().toISOString().slice(11, 23)} ${dir === 'in' ? '←' : '→'} ${text}`));
     while (frames.childElementCount > 300) frames.firstElementChild!.remove();
-    frames.lastElementChild!.scrollIntoView({ block: 'nearest' });
+    frames.scrollTop = frames.scrollHeight;
   };
   class Recorded extends Native {
     constructor(url: string | URL, protocols?: string | string[]) {
