@@ -507,8 +507,15 @@ async function remove(c: Conv, m: Msg) {
 
 // Typing: at most one client-typing every 2 s (client events are rate limited).
 let lastTyping = 0;
-$('composer').addEventListener('input', () => {
-  if (!open?.ch || editing || Date.now() - lastTyping < 2000) return;
+$('composer').addEventListener('input', (e) => {
+  if (!open?.ch || editing) return;
+  if (!(e.target as HTMLInputElement).value) {
+    // Cleared: stop at once rather than when the timeout runs out.
+    if (lastTyping) open.ch.trigger('client-typing', { typing: false });
+    lastTyping = 0;
+    return;
+  }
+  if (Date.now() - lastTyping < 2000) return;
   lastTyping = Date.now();
   open.ch.trigger('client-typing', { typing: true });
 });

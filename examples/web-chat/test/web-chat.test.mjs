@@ -190,6 +190,8 @@ test('alice and bob chat in two browsers', async (t) => {
     await shot('1-typing');
     // Alice stays quiet: the presence service's herald:typing_stopped clears it.
     await until(bob, 'the typing indicator to go', () => document.querySelector('[data-testid=typing]').textContent === '');
+    await until(bob, 'herald:typing_stopped for alice among the raw frames', () => [...document.querySelectorAll('#frames li')].some(
+      (li) => /herald:typing_stopped.*presence-room-.*"user_id":"alice"/.test(li.textContent)));
     await alice.fill('#composer input', '');
   });
 
@@ -213,6 +215,8 @@ test('alice and bob chat in two browsers', async (t) => {
     await tickIs(alice, 'hello bob', 'read');
     await send(bob, 'hi alice');
     await until(alice, 'bob\'s answer', () => [...document.querySelectorAll('[data-testid=text]')].some((e) => e.textContent === 'hi alice'));
+    // The inbox follows live: the preview is bob's answer.
+    await until(alice, 'the preview of bob\'s answer', () => document.querySelector('[data-testid="conv-bob"] [data-testid=preview]').textContent === 'Bob: hi alice');
     await shot('3-read');
     await sideBySide('3-read', path.join(SHOTS, 'web-chat.png'));
   });
