@@ -151,6 +151,32 @@ pusher.connection.bind('state_change', ({ current }: { current: string }) => {
   renderDebug();
 });
 
+// Receipts on DMs (private channels) need a signed-in socket: the gateway
+// refuses them until the sign-in is through, and after a reconnect the
+// resubscribe and its replay can come before it. So they wait for it.
+const heldReceipts = new Map<Conv, { delivered?: number; read?: number }>();
+const signedIn = () => (pusher.user as { user_data?: { id?: string } }).user_data?.id === me;
+function sendReceipt(c: Conv, kind: 'delivered' | 'read', seq: number) {
+  if (!c.ch) return;
+  if (!signedIn()) {
+    const held = heldReceipts.get(c) ?? {};
+    held[kind] = Math.max(held[kind] ?? 0, seq);
+    heldReceipts.set(c, held);
+    return;
+  }
+  if (kind === 'read') c.ch.markRead(seq);
+  else c.ch.markDelivered(seq);
+}
+pusher.connection.bind('message', (m: { event: string }) => {
+  if (m.event !== 'pusher:signin_success') return;
+  // pusher-js's own handler (bound first) has stored the user by now.
+  for (const [c, held] of heldReceipts) {
+    if (held.delivered) sendReceipt(c, 'delivered', held.delivered);
+    if (held.read) sendReceipt(c, 'read', held.read);
+  }
+  heldReceipts.clear();
+});
+
 function subscribe(c: Conv, resumeFrom?: number) {
   if (c.ch) return;
   // Resuming from the inbox's last message: nothing between that read and
@@ -168,7 +194,7 @@ function subscribe(c: Conv, resumeFrom?: number) {
     const author = meta.user_id ?? '';
     upsert(c, { id: meta.id, seq: meta.seq, author, text: textOf(data), ts: meta.ts ?? Date.now(), edited: false, deleted: false, status: 'sent' });
     stopTyping(c, author);
-    if (author !== me) ch.markDelivered(meta.seq);
+    if (author !== me) sendReceipt(c, 'delivered', meta.seq);
     if (c === open && document.visibilityState === 'visible') markRead(c);
     if (c === open) renderThread(true);
     refreshInbox(meta.seq);
@@ -232,7 +258,7 @@ function markRead(c: Conv) {
   const seq = Math.max(0, ...c.msgs.map((m) => m.seq ?? 0));
   if (seq > c.readUpTo && c.ch) {
     c.readUpTo = seq;
-    c.ch.markRead(seq);
+    sendReceipt(c, 'read', seq);
   }
   c.unread = 0;
   renderInbox();

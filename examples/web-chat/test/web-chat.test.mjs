@@ -175,6 +175,12 @@ before(async () => {
 });
 
 after(async () => {
+  // The raw frames each page still shows, for when a step failed.
+  for (const [user, page] of [['alice', alice], ['bob', bob]]) {
+    if (!page || page.isClosed()) continue;
+    const frames = await page.$$eval('#frames li', (lis) => lis.map((li) => li.textContent)).catch(() => []);
+    fs.writeFileSync(path.join(SHOTS, `frames-${user}.txt`), frames.join('\n'));
+  }
   await browser?.close();
   for (const c of children) c.kill('SIGTERM');
   await Promise.all(children.map((c) => c.exited));
@@ -259,6 +265,9 @@ test('alice and bob chat in two browsers', async (t) => {
     await eventually(resumed, 'the debug panel to count a resume (resume_from on the resubscribe)', WAIT);
     // Bob has the DM open: the replayed messages are read.
     await tickIs(alice, meanwhile.at(-1), 'read');
+    // Nothing bob sent was refused (receipts before the sign-in would be).
+    const nacks = await bob.$$eval('#frames li', (lis) => lis.map((li) => li.textContent).filter((t) => t.includes('herald:nack')));
+    assert.deepEqual(nacks, [], 'no herald:nack on bob\'s connection');
     await shot('6-resumed');
   });
 
@@ -275,6 +284,7 @@ test('alice and bob chat in two browsers', async (t) => {
     const room = await alice.locator('[data-testid="conv-Herald lounge"]').getAttribute('data-channel');
     const basic = `Basic ${Buffer.from('app-key:app-secret').toString('base64')}`;
     const url = `http://${HOST}:${env('HERALD_HISTORY_PORT')}/v1/apps/app-id/channels/${encodeURIComponent(room)}/messages?as_user=bob`;
+    let lastSeq;
     for (let i = 1; i <= 45; i++) {
       const text = `backlog ${i}`;
       const res = await fetch(url, {
@@ -282,8 +292,15 @@ test('alice and bob chat in two browsers', async (t) => {
         headers: { authorization: basic, 'content-type': 'application/json' },
         body: JSON.stringify({ event: 'message', data: { text }, client_id: `backlog-${i}` }),
       });
-      assert.equal(res.status, 200, await res.text());
+      const body = await res.json();
+      assert.equal(res.status, 200, JSON.stringify(body));
+      lastSeq = body.seq;
     }
+    // Wait until the read model has them all (min_seq: read-your-writes), so
+    // that the page's inbox does and nothing is replayed live: the thread
+    // then opens with exactly one page.
+    const projected = await fetch(`${url.split('?')[0]}?limit=1&min_seq=${lastSeq}`, { headers: { authorization: basic } });
+    assert.equal(projected.status, 200, await projected.text());
     // A fresh page of alice's: the room's newest page only, then older on scroll.
     await alice.goto(`http://${HOST}:${backendPort}/?user=alice`);
     await connected(alice);
