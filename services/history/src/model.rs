@@ -41,6 +41,29 @@ pub(crate) struct Row {
     pub env: Envelope,
 }
 
+impl Row {
+    /// The event, its text made storable ([`pg_text`]).
+    pub fn new(seq: i64, mut env: Envelope) -> Self {
+        for field in [
+            &mut env.app,
+            &mut env.channel,
+            &mut env.id,
+            &mut env.event,
+            &mut env.data,
+        ] {
+            if let std::borrow::Cow::Owned(clean) = pg_text(field) {
+                *field = clean;
+            }
+        }
+        for field in [&mut env.author, &mut env.client_id].into_iter().flatten() {
+            if let std::borrow::Cow::Owned(clean) = pg_text(field) {
+                *field = clean;
+            }
+        }
+        Self { seq, env }
+    }
+}
+
 /// Whether the projection applies events of this kind (others are stored
 /// in the stream for other readers and skipped here).
 pub(crate) fn is_projected(kind: EventKind) -> bool {
@@ -51,8 +74,20 @@ fn is_message(kind: EventKind) -> bool {
     matches!(kind, EventKind::Trigger | EventKind::Message)
 }
 
+/// Text as Postgres can store it: `TEXT` cannot hold NUL, which a stored
+/// event may carry (Pusher's `data` is any string, and older builds let
+/// NUL into names), so it becomes U+FFFD here. Deterministic, so a rebuild
+/// stores the same; live delivery still carries the exact bytes.
+fn pg_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 fn preview(data: &str) -> String {
-    data.chars().take(PREVIEW_CHARS).collect()
+    pg_text(data).chars().take(PREVIEW_CHARS).collect()
 }
 
 /// Apply `rows` (in stream order, none applied before).
@@ -243,7 +278,8 @@ async fn apply_one(tx: &mut PgConnection, row: &Row) -> anyhow::Result<()> {
     let (app, channel) = (env.app.as_str(), env.channel.as_str());
     match env.kind {
         EventKind::Edited => {
-            let edit: MessageEdit = decode(env)?;
+            let mut edit: MessageEdit = decode(env)?;
+            edit.data = pg_text(&edit.data).into_owned();
             // Only its author edits a message, and a deleted one stays so.
             let edited: Option<String> = sqlx::query_scalar(
                 "UPDATE messages SET data = $4, edited_at = $5
@@ -273,7 +309,8 @@ async fn apply_one(tx: &mut PgConnection, row: &Row) -> anyhow::Result<()> {
             }
         }
         EventKind::Deleted => {
-            let target: MessageRef = decode(env)?;
+            let mut target: MessageRef = decode(env)?;
+            target.id = pg_text(&target.id).into_owned();
             // The author deletes their message; the app (no author) any.
             let deleted: Option<String> = sqlx::query_scalar(
                 "UPDATE messages SET data = '', deleted_at = $4
@@ -306,7 +343,8 @@ async fn apply_one(tx: &mut PgConnection, row: &Row) -> anyhow::Result<()> {
             }
         }
         EventKind::Read | EventKind::Delivered => {
-            let receipt: Receipt = decode(env)?;
+            let mut receipt: Receipt = decode(env)?;
+            receipt.user_id = pg_text(&receipt.user_id).into_owned();
             // The stored author is who sent it (set by the gateway or the
             // history API from the sender's identity, never by the client).
             let user = env.author.as_deref().unwrap_or(&receipt.user_id);
@@ -331,7 +369,8 @@ async fn apply_one(tx: &mut PgConnection, row: &Row) -> anyhow::Result<()> {
             advance_cursors(tx, &cursor, env.kind == EventKind::Read).await?;
         }
         EventKind::MemberJoined => {
-            let member: Membership = decode(env)?;
+            let mut member: Membership = decode(env)?;
+            member.user_id = pg_text(&member.user_id).into_owned();
             let joined: Option<i32> = sqlx::query_scalar(
                 "INSERT INTO channel_members (app_id, channel, user_id, since) VALUES ($1, $2, $3, $4)
                  ON CONFLICT DO NOTHING RETURNING 1",
@@ -365,7 +404,8 @@ async fn apply_one(tx: &mut PgConnection, row: &Row) -> anyhow::Result<()> {
             }
         }
         EventKind::MemberLeft => {
-            let member: Membership = decode(env)?;
+            let mut member: Membership = decode(env)?;
+            member.user_id = pg_text(&member.user_id).into_owned();
             let left: Option<i32> = sqlx::query_scalar(
                 "DELETE FROM channel_members WHERE app_id = $1 AND channel = $2 AND user_id = $3
                  RETURNING 1",
@@ -436,15 +476,15 @@ fn decode<T: serde::de::DeserializeOwned>(env: &Envelope) -> Result<T, BadEventD
 /// A run of messages as one array per column, for a single `UNNEST` insert.
 #[derive(Default)]
 struct Columns<'a> {
-    app: Vec<&'a str>,
-    channel: Vec<&'a str>,
+    app: Vec<std::borrow::Cow<'a, str>>,
+    channel: Vec<std::borrow::Cow<'a, str>>,
     seq: Vec<i64>,
-    id: Vec<&'a str>,
+    id: Vec<std::borrow::Cow<'a, str>>,
     kind: Vec<&'a str>,
-    event: Vec<&'a str>,
-    data: Vec<&'a str>,
-    author: Vec<Option<&'a str>>,
-    client_id: Vec<Option<&'a str>>,
+    event: Vec<std::borrow::Cow<'a, str>>,
+    data: Vec<std::borrow::Cow<'a, str>>,
+    author: Vec<Option<std::borrow::Cow<'a, str>>>,
+    client_id: Vec<Option<std::borrow::Cow<'a, str>>>,
     ts: Vec<i64>,
 }
 
@@ -452,15 +492,15 @@ impl<'a> Columns<'a> {
     fn from_rows(rows: &'a [Row]) -> Self {
         let mut c = Self::default();
         for r in rows {
-            c.app.push(&r.env.app);
-            c.channel.push(&r.env.channel);
+            c.app.push(pg_text(&r.env.app));
+            c.channel.push(pg_text(&r.env.channel));
             c.seq.push(r.seq);
-            c.id.push(&r.env.id);
+            c.id.push(pg_text(&r.env.id));
             c.kind.push(r.env.kind.as_str());
-            c.event.push(&r.env.event);
-            c.data.push(&r.env.data);
-            c.author.push(r.env.author.as_deref());
-            c.client_id.push(r.env.client_id.as_deref());
+            c.event.push(pg_text(&r.env.event));
+            c.data.push(pg_text(&r.env.data));
+            c.author.push(r.env.author.as_deref().map(pg_text));
+            c.client_id.push(r.env.client_id.as_deref().map(pg_text));
             c.ts.push(r.env.at);
         }
         c

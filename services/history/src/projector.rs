@@ -228,7 +228,7 @@ impl Projector {
                 .map_err(|e| anyhow!("message info: {e}"))?
                 .stream_sequence as i64;
             match Envelope::decode(&msg.payload) {
-                Ok(env) if model::is_projected(env.kind) => rows.push(Row { seq, env }),
+                Ok(env) if model::is_projected(env.kind) => rows.push(Row::new(seq, env)),
                 Ok(env) => {
                     // A kind from a newer build: the stream keeps it, and
                     // this model has nothing to change for it.

@@ -223,7 +223,7 @@ impl Replay<'_> {
                 anyhow!("seq {seq} cannot be read by this build: {e}; the rebuild stops")
             })?;
             if model::is_projected(env.kind) {
-                rows.push(Row { seq, env });
+                rows.push(Row::new(seq, env));
             }
         }
         if max_seq == self.checkpoint {

@@ -140,7 +140,9 @@ async fn main() -> anyhow::Result<()> {
     let mut pages = Histogram::<u64>::new(3)?;
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     for _ in 0..args.pages {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let c = (x >> 33) % args.channels;
         let before = 1 + (x >> 11) % report.checkpoint.max(1) as u64;
         let took = get(format!(
@@ -197,7 +199,11 @@ async fn main() -> anyhow::Result<()> {
         let after = row_writes(db.url()).await?;
         println!(
             "one message in {room} ({} members): {} row writes, applied in {:.1} ms",
-            if room.contains("big") { args.room_members } else { 3 },
+            if room.contains("big") {
+                args.room_members
+            } else {
+                3
+            },
             after - before,
             took.as_secs_f64() * 1000.0
         );
@@ -239,7 +245,12 @@ async fn count_row_writes(url: &str) -> anyhow::Result<()> {
     )
     .execute(&mut conn)
     .await?;
-    for table in ["messages", "channel_stats", "read_cursors", "channel_members"] {
+    for table in [
+        "messages",
+        "channel_stats",
+        "read_cursors",
+        "channel_members",
+    ] {
         sqlx::raw_sql(&format!(
             "CREATE TRIGGER count_{table} AFTER INSERT OR UPDATE OR DELETE ON history.{table}
              FOR EACH ROW EXECUTE FUNCTION public.count_row_write()"

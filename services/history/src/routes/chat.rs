@@ -60,8 +60,8 @@ pub(crate) fn router() -> Router<AppState> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ActorQuery {
-    /// With app credentials: the user to act for (1-128 characters).
-    #[param(min_length = 1, max_length = 128)]
+    /// With app credentials: the user to act for (1-128 characters, any but NUL).
+    #[param(min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$")]
     as_user: Option<String>,
 }
 
@@ -72,8 +72,7 @@ pub(crate) struct SendBody {
     /// The Pusher event name (not `pusher:`, `pusher_internal:`, `herald:` or `client-`).
     #[schema(min_length = 1, max_length = 200)]
     event: String,
-    /// The payload: a string (sent as is) or any JSON value (sent as its JSON text).
-    #[schema(value_type = Object)]
+    /// The payload: a string (sent as is) or any other JSON value (sent as its JSON text).
     data: serde_json::Value,
     /// The idempotency key: a retry with the same one is stored once.
     #[schema(min_length = 1, max_length = 128)]
@@ -84,8 +83,7 @@ pub(crate) struct SendBody {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EditBody {
-    /// The new payload (a string, or any JSON value).
-    #[schema(value_type = Object)]
+    /// The new payload (a string, or any other JSON value, as its JSON text).
     data: serde_json::Value,
 }
 
@@ -94,7 +92,8 @@ pub(crate) struct EditBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReceiptBody {
     /// Everything of the channel up to this stream sequence.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 9223372036854775807_i64)]
+    #[serde(deserialize_with = "whole_number")]
     seq: u64,
 }
 
@@ -109,11 +108,27 @@ pub(crate) struct Stored {
     ts: i64,
 }
 
+/// Pusher's `data` is a string: a JSON string is sent as it is, any other
+/// value (null included) as its JSON text.
 fn data_text(data: serde_json::Value) -> Result<String, ApiError> {
     match data {
         serde_json::Value::String(s) => Ok(s),
-        serde_json::Value::Null => Err(ApiError::BadRequest("data is required".into())),
         other => Ok(other.to_string()),
+    }
+}
+
+/// A whole number, written as an integer or as a float with no fraction
+/// (`7.0` is an integer to JSON Schema, and to some JSON writers).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(u) = n.as_u64() {
+        return Ok(u);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f) => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a non-negative whole number"
+        ))),
     }
 }
 
@@ -176,17 +191,7 @@ async fn find_fresh(
     if let Some(found) = find(state, app, channel, id).await? {
         return Ok(Some(found));
     }
-    let mut stream = state
-        .js
-        .get_stream(state.subjects.channels_stream())
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the stream cannot be read now: {e}")))?;
-    let head = stream
-        .info()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the stream cannot be read now: {e}")))?
-        .state
-        .last_sequence;
+    let head = super::stream_head(state).await?;
     wait_for(state, Some(head as i64)).await?;
     find(state, app, channel, id).await
 }
@@ -317,7 +322,7 @@ pub(crate) async fn edit(
         .ok_or_else(|| ApiError::NotFound("no such message in this channel".into()))?;
     let Some(actor) = actor else {
         return Err(ApiError::Forbidden(
-            "only a message's author edits it: name them with as_user".into(),
+            "edits are a user's: use their session token, or name the author with as_user".into(),
         ));
     };
     if message.author.as_deref() != Some(actor.as_str()) {
@@ -352,6 +357,7 @@ pub(crate) async fn edit(
     ),
     responses(
         (status = 200, description = "The delete event, stored", body = Stored),
+        (status = 400, description = "Invalid channel or as_user"),
         (status = 401, description = "Missing or wrong credentials"),
         (status = 403, description = "Neither the message's author nor the app"),
         (status = 404, description = "No such message (or already deleted)"),
@@ -405,14 +411,10 @@ async fn receipt(
 ) -> Result<Json<Stored>, ApiError> {
     let Json(body) = body?;
     let channel = parse_channel(&channel)?;
-    if body.seq == 0 {
-        return Err(ApiError::BadRequest("seq must be positive".into()));
+    if body.seq == 0 || body.seq > i64::MAX as u64 {
+        return Err(ApiError::BadRequest(format!("seq must be 1-{}", i64::MAX)));
     }
-    let Some(user) = acting_user(&caller, as_user.as_deref())? else {
-        return Err(ApiError::BadRequest(
-            "receipts are a user's: use their session token, or as_user".into(),
-        ));
-    };
+    let user = super::required_user(&caller, as_user.as_deref(), "receipts")?;
     may_read(&state, &caller, &channel).await?;
     let app = caller.app();
     let event = match kind {
@@ -452,9 +454,9 @@ async fn receipt(
     request_body = ReceiptBody,
     responses(
         (status = 200, description = "The receipt, stored", body = Stored),
-        (status = 400, description = "Invalid seq, or app credentials without as_user"),
+        (status = 400, description = "Invalid channel, seq or as_user"),
         (status = 401, description = "Missing or wrong credentials"),
-        (status = 403, description = "The token's user may not read this channel"),
+        (status = 403, description = "The token's user may not read this channel, or app credentials without as_user"),
         (status = 503, description = "Not stored; retry"),
     ),
     security(("app_basic" = []), ("session_bearer" = []))
@@ -482,9 +484,9 @@ pub(crate) async fn read(
     request_body = ReceiptBody,
     responses(
         (status = 200, description = "The receipt, stored", body = Stored),
-        (status = 400, description = "Invalid seq, or app credentials without as_user"),
+        (status = 400, description = "Invalid channel, seq or as_user"),
         (status = 401, description = "Missing or wrong credentials"),
-        (status = 403, description = "The token's user may not read this channel"),
+        (status = 403, description = "The token's user may not read this channel, or app credentials without as_user"),
         (status = 503, description = "Not stored; retry"),
     ),
     security(("app_basic" = []), ("session_bearer" = []))
@@ -537,6 +539,7 @@ pub(crate) struct Receipts {
     ),
     responses(
         (status = 200, description = "Each member's status", body = Receipts),
+        (status = 400, description = "Invalid channel or min_seq"),
         (status = 401, description = "Missing or wrong credentials"),
         (status = 403, description = "The token's user may not read this channel"),
         (status = 404, description = "No such message"),

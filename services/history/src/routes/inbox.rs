@@ -33,11 +33,14 @@ pub(crate) struct InboxQuery {
     /// Page size, 1-200 (default 50).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     limit: Option<String>,
-    /// The previous page's `next`: entries after it in the inbox order.
-    #[param(max_length = 300)]
+    /// The previous page's `next` (`<activity ms>:<channel>`): entries after it in the inbox order.
+    #[param(
+        max_length = 183,
+        pattern = r"^[0-9]{1,18}:[A-Za-z0-9_\-=@,.;]{1,164}$"
+    )]
     before: Option<String>,
-    /// Wait (bounded) until the read model has applied this stream sequence.
-    #[param(value_type = Option<i64>, minimum = 1)]
+    /// Wait (bounded) until the read model has applied this stream sequence (one a write answered).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 9223372036854775807_i64)]
     min_seq: Option<String>,
 }
 

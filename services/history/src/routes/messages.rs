@@ -38,16 +38,16 @@ pub(crate) struct PageQuery {
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// Events with a sequence below this, newest first (the previous page's `next_before`).
-    #[param(value_type = Option<i64>, minimum = 1)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 9223372036854775807_i64)]
     before: Option<String>,
     /// Events with a sequence above this, oldest first (the previous page's `next_after`; 0 for the first page).
-    #[param(value_type = Option<i64>, minimum = 0)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9223372036854775807_i64)]
     after: Option<String>,
-    /// The page around this sequence: up to half of `limit` before it, it, and the rest after; oldest first.
-    #[param(value_type = Option<i64>, minimum = 1)]
+    /// The page around this sequence: up to half of `limit` before it, it, and the rest after; oldest first. (`after` wins over `around`, which wins over `before`.)
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 9223372036854775807_i64)]
     around: Option<String>,
-    /// Wait (bounded) until the read model has applied this stream sequence.
-    #[param(value_type = Option<i64>, minimum = 1)]
+    /// Wait (bounded) until the read model has applied this stream sequence (one a write answered).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 9223372036854775807_i64)]
     min_seq: Option<String>,
 }
 
@@ -126,16 +126,8 @@ pub(crate) async fn list(
         other => positive("after", other)?,
     };
     let around = positive("around", query.around.as_deref())?;
-    if [before, after, around]
-        .iter()
-        .filter(|p| p.is_some())
-        .count()
-        > 1
-    {
-        return Err(ApiError::BadRequest(
-            "give at most one of before, after and around".into(),
-        ));
-    }
+    // Several given: `after` wins, then `around`, then `before` (so that
+    // every combination the document allows has one meaning).
     may_read(&state, &caller, &channel).await?;
     wait_for(&state, positive("min_seq", query.min_seq.as_deref())?).await?;
     let (app, channel) = (app.id.as_str(), channel.as_str());
@@ -233,8 +225,8 @@ async fn older_or_newer(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MinSeqQuery {
-    /// Wait (bounded) until the read model has applied this stream sequence.
-    #[param(value_type = Option<i64>, minimum = 1)]
+    /// Wait (bounded) until the read model has applied this stream sequence (one a write answered).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 9223372036854775807_i64)]
     pub min_seq: Option<String>,
 }
 
@@ -250,7 +242,7 @@ pub(crate) struct MinSeqQuery {
     ),
     responses(
         (status = 200, description = "The message", body = Item),
-        (status = 400, description = "Invalid channel name or parameter"),
+        (status = 400, description = "Invalid channel name or parameter (min_seq past the stream's last seq included)"),
         (status = 401, description = "Missing or wrong app credentials or session token"),
         (status = 403, description = "The token's user may not read this channel"),
         (status = 404, description = "No such message in this channel"),

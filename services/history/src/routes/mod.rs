@@ -63,6 +63,21 @@ pub(crate) fn acting_user(
     }
 }
 
+/// The acting user of a call that needs one (a receipt, an edit): app
+/// credentials must name one with `as_user`; the app itself is no user
+/// (403, as the auth service answers the same case).
+pub(crate) fn required_user(
+    caller: &herald_server::auth::Caller,
+    as_user: Option<&str>,
+    what: &str,
+) -> Result<herald_proto::UserId, crate::ApiError> {
+    acting_user(caller, as_user)?.ok_or_else(|| {
+        crate::ApiError::Forbidden(format!(
+            "{what} are a user's: use their session token, or name them with as_user"
+        ))
+    })
+}
+
 /// Read your writes: wait (at most the configured read wait) until the
 /// projection has applied stream sequence `min_seq`, or answer 503 with the
 /// position it has reached.
@@ -73,6 +88,14 @@ pub(crate) async fn wait_for(
     let Some(wanted) = min_seq else {
         return Ok(());
     };
+    // A seq the stream has not reached yet cannot be a write the caller
+    // saw answered: say so at once instead of waiting for nothing.
+    let head = stream_head(state).await?;
+    if wanted as u64 > head {
+        return Err(crate::ApiError::BadRequest(format!(
+            "min_seq {wanted} is past the stream's last seq {head}: not a seq a write answered"
+        )));
+    }
     let deadline = tokio::time::Instant::now() + state.read_wait;
     loop {
         let reached: i64 = sqlx::query_scalar(
@@ -91,6 +114,24 @@ pub(crate) async fn wait_for(
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The channel stream's last sequence.
+pub(crate) async fn stream_head(state: &crate::Shared) -> Result<u64, crate::ApiError> {
+    let unavailable = |e: &dyn std::fmt::Display| {
+        crate::ApiError::Unavailable(format!("the stream cannot be read now: {e}"))
+    };
+    let mut stream = state
+        .js
+        .get_stream(state.subjects.channels_stream())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| unavailable(&e))?
+        .state
+        .last_sequence)
 }
 
 /// Parse an optional positive integer query parameter.
