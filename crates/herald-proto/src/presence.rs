@@ -8,6 +8,11 @@
 //! | `sub.<app>.<channel-hex>.<gateway>.<socket>` | [`PresenceSubscription`] | a socket is in a presence channel as a user |
 //! | `conn.<app>.<user-hex>.<gateway>.<socket>` | [`UserConnection`] | a signed-in socket of a user |
 //! | `gw.<gateway>` | [`GatewayHeartbeat`] | the gateway is alive (re-put every heartbeat interval) |
+//! | `occ.<app>.<channel-hex>.<gateway>` | [`ChannelOccupancy`] | the gateway has at least one subscriber of the channel (any channel type) |
+//!
+//! An `occ.` key is written once per gateway and channel (first local
+//! subscriber in, last out), not per socket, so subscribing to a channel
+//! this gateway already serves costs no write.
 //!
 //! Channel names and user ids are hex-encoded in keys (KV keys allow only
 //! `[-/_=.a-zA-Z0-9]`), socket ids have their `.` replaced by `_`.
@@ -20,6 +25,7 @@
 //! |---|---|---|
 //! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `m.<app>.<channel-hex>.<user-hex>` | subscribers were told this user is a member |
 //! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `u.<app>.<user-hex>` | the user was online |
+//! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `o.<app>.<channel-hex>` | the channel was announced occupied |
 //! | `<PREFIX>_LAST_SEEN` | [`last_seen_key`] `<app>.<user-hex>` | when the user's last connection went |
 //! | `<PREFIX>_PRESENCE_LEADER` | [`LEASE_KEY`] | the active presence instance's lease |
 //!
@@ -68,6 +74,13 @@ pub struct PresenceSubscription {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserConnection {
     /// When the socket signed in, ms since the epoch.
+    pub at: i64,
+}
+
+/// Value of an `occ.` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelOccupancy {
+    /// When the gateway's first local subscriber joined, ms since the epoch.
     pub at: i64,
 }
 
@@ -159,6 +172,13 @@ pub enum PresenceKey {
     },
     /// `gw.<gateway>`
     Gateway { gateway: String },
+    /// `occ.<app>.<channel-hex>.<gateway>`: the gateway has subscribers of
+    /// the channel.
+    Occupancy {
+        app: AppId,
+        channel: ChannelName,
+        gateway: String,
+    },
 }
 
 fn hex_encode(s: &str) -> String {
@@ -209,6 +229,11 @@ impl PresenceKey {
                 socket_token(socket_id)
             ),
             PresenceKey::Gateway { gateway } => format!("{GATEWAY_TOKEN}.{gateway}"),
+            PresenceKey::Occupancy {
+                app,
+                channel,
+                gateway,
+            } => format!("occ.{app}.{}.{gateway}", hex_encode(channel.as_str())),
         }
     }
 
@@ -242,6 +267,13 @@ impl PresenceKey {
                     socket_id: socket(sock)?,
                 })
             }
+            ["occ", app, channel, gateway] if is_valid_gateway_id(gateway) => {
+                Ok(PresenceKey::Occupancy {
+                    app: AppId::parse(app)?,
+                    channel: ChannelName::parse(&hex_decode(channel).ok_or_else(bad)?)?,
+                    gateway: (*gateway).to_owned(),
+                })
+            }
             [GATEWAY_TOKEN, gateway] if is_valid_gateway_id(gateway) => Ok(PresenceKey::Gateway {
                 gateway: (*gateway).to_owned(),
             }),
@@ -263,7 +295,8 @@ impl PresenceKey {
         match self {
             PresenceKey::Subscription { gateway, .. }
             | PresenceKey::Connection { gateway, .. }
-            | PresenceKey::Gateway { gateway } => gateway,
+            | PresenceKey::Gateway { gateway }
+            | PresenceKey::Occupancy { gateway, .. } => gateway,
         }
     }
 }
@@ -280,6 +313,8 @@ pub enum ViewKey {
     },
     /// `user_id` was online.
     Online { app: AppId, user_id: String },
+    /// `channel` was announced occupied (some gateway had a subscriber).
+    Occupied { app: AppId, channel: ChannelName },
 }
 
 impl ViewKey {
@@ -297,6 +332,9 @@ impl ViewKey {
                 hex_encode(user_id)
             ),
             ViewKey::Online { app, user_id } => format!("u.{app}.{}", hex_encode(user_id)),
+            ViewKey::Occupied { app, channel } => {
+                format!("o.{app}.{}", hex_encode(channel.as_str()))
+            }
         }
     }
 
@@ -312,6 +350,10 @@ impl ViewKey {
             ["u", app, user] => Some(ViewKey::Online {
                 app: AppId::parse(app).ok()?,
                 user_id: hex_decode(user)?,
+            }),
+            ["o", app, channel] => Some(ViewKey::Occupied {
+                app: AppId::parse(app).ok()?,
+                channel: ChannelName::parse(&hex_decode(channel)?).ok()?,
             }),
             _ => None,
         }
@@ -405,6 +447,11 @@ mod tests {
             PresenceKey::Gateway {
                 gateway: "abc-123".into(),
             },
+            PresenceKey::Occupancy {
+                app: AppId::parse("app-id").unwrap(),
+                channel: ChannelName::parse("private-a.b;c").unwrap(),
+                gateway: "gw-2".into(),
+            },
         ];
         for key in keys {
             let rendered = key.render();
@@ -457,6 +504,10 @@ mod tests {
             ViewKey::Online {
                 app: AppId::parse("app-id").unwrap(),
                 user_id: "u.1".into(),
+            },
+            ViewKey::Occupied {
+                app: AppId::parse("app-id").unwrap(),
+                channel: ChannelName::parse("cache-a.b").unwrap(),
             },
         ];
         for key in keys {

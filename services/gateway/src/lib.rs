@@ -12,6 +12,7 @@ mod control;
 mod delivery;
 mod error;
 mod hub;
+mod occupancy;
 mod presence;
 mod ws;
 
@@ -61,6 +62,7 @@ pub struct Application {
     router: Router,
     shared: AppState,
     control: control::Subscriptions,
+    occupancy: occupancy::Changes,
     shutdown: CancellationToken,
 }
 
@@ -82,6 +84,10 @@ impl Application {
             config.heartbeat_interval,
         ));
 
+        herald_stream::ensure_webhook_streams(&js, &config.subjects, config.stream.replicas)
+            .await?;
+        let (occupancy, occupancy_changes) = occupancy::Occupancy::new();
+
         let bindings =
             herald_stream::TokenBindings::open(&js, &config.subjects, config.stream.replicas)
                 .await?;
@@ -101,6 +107,7 @@ impl Application {
                 reconnects,
                 config.subjects.clone(),
                 presence.clone(),
+                occupancy,
             ),
             delivery: delivery::Delivery::new(config.delivery_threads)?,
             connection_permits: Arc::new(Semaphore::new(config.max_connections)),
@@ -128,6 +135,7 @@ impl Application {
             port,
             router,
             control: control::subscribe(&nats, &config_subjects).await?,
+            occupancy: occupancy_changes,
             shared,
             shutdown,
         })
@@ -151,13 +159,16 @@ impl herald_server::Service for Application {
         let token = self.shutdown.clone();
         let shared = self.shared.clone();
         let subscriptions = self.control;
+        let occupancy_changes = self.occupancy;
         let background = tokio::spawn({
             let token = token.clone();
             async move {
                 let heartbeat = shared.presence.run_heartbeat(token.clone());
                 let peers = shared.presence.run_peer_watch(token.clone());
                 let control = control::run(shared.clone(), subscriptions, token.clone());
-                tokio::join!(heartbeat, peers, control);
+                let occupancy =
+                    occupancy::run(occupancy_changes, shared.presence.clone(), token.clone());
+                tokio::join!(heartbeat, peers, control, occupancy);
             }
         });
         let limits = self.shared.config.http.clone();

@@ -15,8 +15,8 @@
 
 use async_nats::jetstream::kv;
 use herald_proto::presence::{
-    GatewayHeartbeat, MembersReply, MembersRequest, PresenceKey, PresenceSubscription,
-    UserConnection, HEARTBEAT_KEYS,
+    ChannelOccupancy, GatewayHeartbeat, MembersReply, MembersRequest, PresenceKey,
+    PresenceSubscription, UserConnection, HEARTBEAT_KEYS,
 };
 use herald_proto::{AppId, ChannelName, Subjects};
 use std::time::Duration;
@@ -140,8 +140,40 @@ impl PresenceClient {
         Ok(key)
     }
 
+    /// The `occ.` key of a channel on this gateway.
+    pub fn occupancy_key(&self, app: &AppId, channel: &ChannelName) -> String {
+        PresenceKey::Occupancy {
+            app: app.clone(),
+            channel: channel.clone(),
+            gateway: self.gateway_id.clone(),
+        }
+        .render()
+    }
+
+    /// Announce that this gateway has subscribers of a channel (see
+    /// [`crate::occupancy`]); returns the key.
+    pub async fn announce_occupancy(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<String, PresenceError> {
+        let key = self.occupancy_key(app, channel);
+        let value = ChannelOccupancy {
+            at: herald_proto::now_ms(),
+        };
+        self.announce(&key, serde_json::to_vec(&value).unwrap_or_default().into())
+            .await?;
+        Ok(key)
+    }
+
     /// Put one of this gateway's keys and remember it.
     async fn announce(&self, key: &str, value: bytes::Bytes) -> Result<u64, PresenceError> {
+        // An `occ.` key is put again after being forgotten: a delete of it
+        // still waiting for a retry must not undo this put.
+        self.undeleted
+            .lock()
+            .expect("undeleted keys lock")
+            .remove(key);
         let revision =
             self.kv
                 .put(key, value.clone())

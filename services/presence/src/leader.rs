@@ -307,6 +307,7 @@ impl Terms {
         let (writes_tx, writes) = mpsc::channel(writer::QUEUE);
         let engine = engine::Engine {
             client: self.nats.clone(),
+            apps: config.apps.clone(),
             subjects: config.subjects.clone(),
             presence: self.presence.clone(),
             view: self.view.clone(),
@@ -328,6 +329,7 @@ impl Terms {
             timeout: config.typing_timeout,
         };
         let writer = writer::Writer {
+            js: async_nats::jetstream::new(self.nats.clone()),
             subjects: config.subjects.clone(),
             presence: self.presence.clone(),
             view: self.view.clone(),

@@ -98,6 +98,7 @@ impl Application {
         let presence =
             herald_stream::ensure_presence_bucket(&js, &config.subjects, config.kv_replicas)
                 .await?;
+        herald_stream::ensure_webhook_streams(&js, &config.subjects, config.kv_replicas).await?;
         let view = herald_stream::ensure_bucket(
             &js,
             BucketSpec {

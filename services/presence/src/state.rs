@@ -16,6 +16,12 @@
 //!   `put` is applied stays refused (the gateway is told so and deletes it);
 //!   it is never promoted later, so the decision depends only on KV order.
 //! * A user is **online** while any `sub.` or `conn.` key of theirs exists.
+//! * A channel (of any type) is **occupied** while any gateway has its
+//!   `occ.` key or it has a member: `channel_occupied` when the first of
+//!   these appears, `channel_vacated` when the last goes. Counting members
+//!   too keeps a presence channel's events in Pusher's order (occupied
+//!   before the first `member_added`, vacated after the last
+//!   `member_removed`), whichever of a gateway's keys lands first.
 //! * Gateways are tracked with their last heartbeat and the keys they own,
 //!   for the dead-gateway sweep ([`crate::liveness`]).
 //!
@@ -46,9 +52,9 @@ pub enum Change {
         channel: ChannelName,
         user_id: String,
     },
-    /// A presence channel got its first member.
+    /// A channel got its first subscriber on any gateway.
     ChannelOccupied { app: AppId, channel: ChannelName },
-    /// A presence channel lost its last member.
+    /// A channel lost its last subscriber on every gateway.
     ChannelVacated { app: AppId, channel: ChannelName },
     /// A user's first connection (of any kind) appeared.
     UserOnline { app: AppId, user_id: String },
@@ -108,6 +114,8 @@ pub struct PresenceState {
     conns: HashMap<String, UserKey>,
     channels: HashMap<ChannelKey, Channel>,
     users: HashMap<UserKey, User>,
+    /// Gateways with subscribers of each channel (their `occ.` keys).
+    occupancy: HashMap<ChannelKey, BTreeSet<String>>,
     liveness: Liveness,
     revision: u64,
     members: usize,
@@ -122,6 +130,7 @@ impl PresenceState {
             conns: HashMap::new(),
             channels: HashMap::new(),
             users: HashMap::new(),
+            occupancy: HashMap::new(),
             liveness: Liveness::default(),
             revision: 0,
             members: 0,
@@ -178,7 +187,9 @@ impl PresenceState {
                 self.liveness.heartbeat(gateway, value, revision, seen);
                 return changes;
             }
-            PresenceKey::Subscription { app, .. } | PresenceKey::Connection { app, .. } => {
+            PresenceKey::Subscription { app, .. }
+            | PresenceKey::Connection { app, .. }
+            | PresenceKey::Occupancy { app, .. } => {
                 if self.apps.by_id(app.as_str()).is_none() {
                     tracing::debug!(key, "ignoring a key of an unconfigured app");
                     return changes;
@@ -191,16 +202,73 @@ impl PresenceState {
             Some(_) => self.liveness.track(gateway, key, revision, seen),
             None => self.liveness.forget(gateway, key),
         }
+        let channel_key = match &parsed {
+            PresenceKey::Subscription { app, channel, .. }
+            | PresenceKey::Occupancy { app, channel, .. } => Some((app.clone(), channel.clone())),
+            _ => None,
+        };
+        let was_occupied = channel_key.as_ref().is_some_and(|k| self.occupied(k));
         match parsed {
             PresenceKey::Subscription { app, channel, .. } => {
                 self.apply_subscription(key, app, channel, value, revision, &mut changes)
+            }
+            PresenceKey::Occupancy {
+                app,
+                channel,
+                gateway,
+            } => {
+                let gateways = self.occupancy.entry((app, channel)).or_default();
+                match value {
+                    Some(_) => gateways.insert(gateway),
+                    None => gateways.remove(&gateway),
+                };
+                if let Some(k) = channel_key.as_ref().filter(|_| gateways.is_empty()) {
+                    self.occupancy.remove(k);
+                }
             }
             PresenceKey::Connection { app, user_id, .. } => {
                 self.apply_connection(key, app, user_id, value.is_some(), &mut changes)
             }
             PresenceKey::Gateway { .. } => {}
         }
+        if let Some((app, channel)) = channel_key {
+            let key = (app, channel);
+            match (was_occupied, self.occupied(&key)) {
+                (false, true) => changes.insert(
+                    0,
+                    Change::ChannelOccupied {
+                        app: key.0,
+                        channel: key.1,
+                    },
+                ),
+                (true, false) => changes.push(Change::ChannelVacated {
+                    app: key.0,
+                    channel: key.1,
+                }),
+                _ => {}
+            }
+        }
         changes
+    }
+
+    /// Whether any gateway has subscribers of the channel or it has members.
+    fn occupied(&self, key: &ChannelKey) -> bool {
+        self.occupancy.contains_key(key) || self.channels.contains_key(key)
+    }
+
+    /// Whether the channel is occupied (see the module docs).
+    #[cfg(test)]
+    pub fn is_occupied(&self, app: &AppId, channel: &ChannelName) -> bool {
+        self.occupied(&(app.clone(), channel.clone()))
+    }
+
+    /// Every occupied channel.
+    pub fn occupied_channels(&self) -> BTreeSet<ChannelKey> {
+        self.occupancy
+            .keys()
+            .chain(self.channels.keys())
+            .cloned()
+            .collect()
     }
 
     fn apply_subscription(
@@ -271,17 +339,10 @@ impl PresenceState {
             member.subs.insert((revision, key.to_owned()));
             true
         } else if limit == 0 || state.members.len() < limit {
-            let was_empty = state.members.is_empty();
             let mut member = Member::default();
             member.subs.insert((revision, key.to_owned()));
             state.members.insert(sub.user_id.clone(), member);
             self.members += 1;
-            if was_empty {
-                changes.push(Change::ChannelOccupied {
-                    app: app.clone(),
-                    channel: channel.clone(),
-                });
-            }
             changes.push(Change::MemberAdded {
                 app: app.clone(),
                 channel: channel.clone(),
@@ -341,10 +402,6 @@ impl PresenceState {
                     }
                     if state.members.is_empty() {
                         self.channels.remove(&channel_key);
-                        changes.push(Change::ChannelVacated {
-                            app: old.app.clone(),
-                            channel: old.channel.clone(),
-                        });
                     }
                 }
             }
@@ -727,5 +784,68 @@ mod tests {
             .is_empty());
         assert_eq!(s.member_total(), 0);
         assert_eq!(s.revision(), 4);
+    }
+
+    fn occ_key(gw: &str, channel: &str) -> String {
+        PresenceKey::Occupancy {
+            app: app(),
+            channel: ChannelName::parse(channel).unwrap(),
+            gateway: gw.into(),
+        }
+        .render()
+    }
+
+    fn occupancy(changes: &[Change]) -> Vec<&'static str> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::ChannelOccupied { .. } => Some("occupied"),
+                Change::ChannelVacated { .. } => Some("vacated"),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_channel_is_occupied_by_the_first_gateway_and_vacated_by_the_last() {
+        let mut s = state(100);
+        let c = s.apply(&occ_key("g1", "private-x"), Some(b"{\"at\":0}"), 1, 0);
+        assert_eq!(occupancy(&c), ["occupied"]);
+        assert!(
+            occupancy(&s.apply(&occ_key("g2", "private-x"), Some(b"{\"at\":0}"), 2, 0)).is_empty()
+        );
+        // A re-put (a gateway announcing again) changes nothing.
+        assert!(
+            occupancy(&s.apply(&occ_key("g1", "private-x"), Some(b"{\"at\":0}"), 3, 0)).is_empty()
+        );
+        assert!(occupancy(&s.apply(&occ_key("g1", "private-x"), None, 4, 0)).is_empty());
+        assert!(s.is_occupied(&app(), &ChannelName::parse("private-x").unwrap()));
+        let c = s.apply(&occ_key("g2", "private-x"), None, 5, 0);
+        assert_eq!(occupancy(&c), ["vacated"]);
+        assert!(s.occupied_channels().is_empty());
+    }
+
+    #[test]
+    fn a_presence_channel_is_occupied_before_its_first_member_and_vacated_after_its_last() {
+        let mut s = state(100);
+        // The member's key lands before the gateway's occupancy key.
+        let c = s.apply(&sub_key("g", "1.1"), Some(&sub_value("u")), 1, 0);
+        assert!(matches!(c[0], Change::ChannelOccupied { .. }), "{c:?}");
+        assert_eq!(added(&c), ["u"]);
+        assert!(occupancy(&s.apply(&occ_key("g", "presence-room"), Some(b"{}"), 2, 0)).is_empty());
+        // The occupancy key goes first: the channel stays occupied until the
+        // member leaves, and is vacated after the member_removed.
+        assert!(occupancy(&s.apply(&occ_key("g", "presence-room"), None, 3, 0)).is_empty());
+        let c = s.apply(&sub_key("g", "1.1"), None, 4, 0);
+        assert_eq!(removed(&c), ["u"]);
+        let last = c
+            .iter()
+            .rposition(|c| matches!(c, Change::ChannelVacated { .. }))
+            .unwrap();
+        let member = c
+            .iter()
+            .position(|c| matches!(c, Change::MemberRemoved { .. }))
+            .unwrap();
+        assert!(member < last);
     }
 }

@@ -88,6 +88,8 @@ pub(crate) struct Hub {
     users: Users,
     dedupe: Arc<Dedupe>,
     presence: Arc<crate::presence::PresenceClient>,
+    /// Records the channels this gateway has subscribers of (first in, last out).
+    occupancy: crate::occupancy::Occupancy,
 }
 
 /// What a subscribe asks of the hub.
@@ -108,9 +110,11 @@ impl Hub {
         reconnects: tokio::sync::watch::Receiver<u64>,
         subjects: Subjects,
         presence: Arc<crate::presence::PresenceClient>,
+        occupancy: crate::occupancy::Occupancy,
     ) -> Self {
         Self {
             presence,
+            occupancy,
             js: async_nats::jetstream::new(nats.clone()),
             nats,
             reconnects,
@@ -157,6 +161,11 @@ impl Hub {
             if channels.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
                 let mut subs = entry.subscribers.write().expect("subscribers lock");
                 let hold = join.presence_user.is_some() || join.hold;
+                if subs.is_empty() {
+                    // Reported under the hub lock, so the recorder sees a
+                    // channel's changes in the order they happened.
+                    self.occupancy.occupied(app, channel);
+                }
                 if let Some(first) = join.first {
                     join.conn.deliver(first);
                 }
@@ -215,6 +224,7 @@ impl Hub {
         let was = subs.remove(&conn_id).is_some();
         if subs.is_empty() {
             drop(subs);
+            self.occupancy.vacated(app, channel);
             if let Some(entry) = channels.remove(&key) {
                 entry.stop.cancel();
             }

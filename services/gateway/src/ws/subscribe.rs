@@ -485,6 +485,7 @@ impl Connection {
     async fn cached_event(&self, channel: &ChannelName) -> (u64, Utf8Bytes) {
         let state = &self.state;
         let miss = || -> Utf8Bytes {
+            self.cache_miss_webhook(channel);
             ServerFrame::CacheMiss {
                 channel: channel.as_str(),
             }

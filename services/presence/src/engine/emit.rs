@@ -1,13 +1,19 @@
 //! Events out: one [`Change`] of the state turned into what subscribers
 //! hear (a `member_added` / `member_removed` on the channel's presence
-//! events subject) and what the service records about it (the view, the
+//! events subject), the webhook event the app asked for (stored in the
+//! webhook stream) and what the service records about it (the view, the
 //! last-seen bucket), in that order.
+//!
+//! A webhook event's id is derived from the app, the event, its channel or
+//! user and the KV revision that caused it: the same change announced again
+//! (after a crash before the view was written) gets the same id.
 
 use super::Engine;
 use crate::state::Change;
 use crate::writer::WriteOp;
 use bytes::Bytes;
 use herald_proto::presence::{last_seen_key, PresenceEvent, ViewKey};
+use herald_proto::webhook::{event_id, WebhookEvent, WebhookKind};
 use herald_proto::{AppId, ChannelName};
 
 impl Engine {
@@ -20,7 +26,42 @@ impl Engine {
         }
     }
 
-    /// Turn one change into its event, view update and last-seen record.
+    /// Queue the webhook event of a change, if one of the app's webhooks
+    /// wants it.
+    async fn webhook(
+        &self,
+        app: &AppId,
+        kind: WebhookKind,
+        channel: Option<&ChannelName>,
+        user_id: Option<&str>,
+        revision: u64,
+    ) {
+        let wanted = self
+            .apps
+            .by_id(app.as_str())
+            .is_some_and(|a| a.wants_webhook(kind, channel.map(ChannelName::as_str)));
+        if !wanted {
+            return;
+        }
+        let id = event_id(&[
+            app.as_str(),
+            kind.as_str(),
+            channel.map(ChannelName::as_str).unwrap_or_default(),
+            user_id.unwrap_or_default(),
+            &revision.to_string(),
+        ]);
+        let mut event = WebhookEvent::new(kind, id);
+        event.channel = channel.map(ChannelName::to_string);
+        event.user_id = user_id.map(str::to_owned);
+        self.write(WriteOp::Webhook {
+            app: app.clone(),
+            event,
+        })
+        .await;
+    }
+
+    /// Turn one change into its event, webhook, view update and last-seen
+    /// record.
     /// `at` is when it happened (wall clock, ms).
     pub(super) async fn emit(&self, change: Change, revision: u64, at: i64) {
         match change {
@@ -39,12 +80,21 @@ impl Engine {
                 }
                 .render();
                 let value = Bytes::from(serde_json::to_vec(&user_info).unwrap_or_default());
+                let hook_user = user_id.clone();
                 let event = PresenceEvent::MemberAdded {
                     user_id,
                     user_info,
                     revision,
                 };
                 self.publish(&app, &channel, &event).await;
+                self.webhook(
+                    &app,
+                    WebhookKind::MemberAdded,
+                    Some(&channel),
+                    Some(&hook_user),
+                    revision,
+                )
+                .await;
                 metrics::counter!("herald_presence_events_total", "type" => "member_added")
                     .increment(1);
                 self.write(WriteOp::ViewPut { key, value }).await;
@@ -60,6 +110,14 @@ impl Engine {
                     user_id: user_id.clone(),
                 }
                 .render();
+                self.webhook(
+                    &app,
+                    WebhookKind::MemberRemoved,
+                    Some(&channel),
+                    Some(&user_id),
+                    revision,
+                )
+                .await;
                 let event = PresenceEvent::MemberRemoved { user_id, revision };
                 self.publish(&app, &channel, &event).await;
                 metrics::counter!("herald_presence_events_total", "type" => "member_removed")
@@ -67,22 +125,58 @@ impl Engine {
                 self.write(WriteOp::ViewDelete { key }).await;
             }
             Change::ChannelOccupied { app, channel } => {
-                // Webhooks will hang off these; for now a counter and a log.
                 metrics::counter!("herald_presence_occupancy_total", "event" => "channel_occupied")
                     .increment(1);
                 tracing::debug!(%app, %channel, "channel_occupied");
+                self.webhook(
+                    &app,
+                    WebhookKind::ChannelOccupied,
+                    Some(&channel),
+                    None,
+                    revision,
+                )
+                .await;
+                let key = ViewKey::Occupied { app, channel }.render();
+                let value = Bytes::from(format!("{{\"at\":{at}}}"));
+                self.write(WriteOp::ViewPut { key, value }).await;
             }
             Change::ChannelVacated { app, channel } => {
                 metrics::counter!("herald_presence_occupancy_total", "event" => "channel_vacated")
                     .increment(1);
                 tracing::debug!(%app, %channel, "channel_vacated");
+                self.webhook(
+                    &app,
+                    WebhookKind::ChannelVacated,
+                    Some(&channel),
+                    None,
+                    revision,
+                )
+                .await;
+                let key = ViewKey::Occupied { app, channel }.render();
+                self.write(WriteOp::ViewDelete { key }).await;
             }
             Change::UserOnline { app, user_id } => {
+                self.webhook(
+                    &app,
+                    WebhookKind::UserOnline,
+                    None,
+                    Some(&user_id),
+                    revision,
+                )
+                .await;
                 let key = ViewKey::Online { app, user_id }.render();
                 let value = Bytes::from(format!("{{\"at\":{at}}}"));
                 self.write(WriteOp::ViewPut { key, value }).await;
             }
             Change::UserOffline { app, user_id } => {
+                self.webhook(
+                    &app,
+                    WebhookKind::UserOffline,
+                    None,
+                    Some(&user_id),
+                    revision,
+                )
+                .await;
                 let key = ViewKey::Online {
                     app: app.clone(),
                     user_id: user_id.clone(),

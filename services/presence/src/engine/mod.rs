@@ -83,6 +83,8 @@ pub struct EngineSettings {
 /// The owner of the presence state.
 pub struct Engine {
     pub client: Client,
+    /// The apps, for their webhook settings.
+    pub apps: herald_config::AppRegistry,
     pub subjects: Subjects,
     pub presence: kv::Store,
     pub view: kv::Store,

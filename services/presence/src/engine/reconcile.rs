@@ -21,6 +21,7 @@ impl Engine {
         let now = now_ms();
         let mut told_members = HashSet::new();
         let mut told_online = HashSet::new();
+        let mut told_occupied = HashSet::new();
         for key in told.keys() {
             match ViewKey::parse(key) {
                 Some(ViewKey::Member {
@@ -32,6 +33,9 @@ impl Engine {
                 }
                 Some(ViewKey::Online { app, user_id }) => {
                     told_online.insert((app, user_id));
+                }
+                Some(ViewKey::Occupied { app, channel }) => {
+                    told_occupied.insert((app, channel));
                 }
                 None => tracing::warn!(key, "ignoring a foreign key in the view bucket"),
             }
@@ -63,13 +67,33 @@ impl Engine {
             .cloned()
             .collect();
         went.sort();
+        let occupied_now = self.state.occupied_channels();
+        let occupied: Vec<_> = occupied_now
+            .iter()
+            .filter(|c| !told_occupied.contains(*c))
+            .cloned()
+            .collect();
+        let mut vacated: Vec<_> = told_occupied
+            .iter()
+            .filter(|c| !occupied_now.contains(*c))
+            .cloned()
+            .collect();
+        vacated.sort();
         tracing::info!(
+            occupied = occupied.len(),
+            vacated = vacated.len(),
             left = left.len(),
             joined = joined.len(),
             online = came.len(),
             offline = went.len(),
             "reconciled the member view with the rebuilt state"
         );
+        // Pusher's order within a channel: occupied before its members
+        // join, vacated after they leave.
+        for (app, channel) in occupied {
+            self.emit(Change::ChannelOccupied { app, channel }, revision, now)
+                .await;
+        }
         for (app, channel, user_id) in left {
             self.emit(
                 Change::MemberRemoved {
@@ -94,6 +118,10 @@ impl Engine {
                 now,
             )
             .await;
+        }
+        for (app, channel) in vacated {
+            self.emit(Change::ChannelVacated { app, channel }, revision, now)
+                .await;
         }
         for (app, user_id) in came {
             self.emit(Change::UserOnline { app, user_id }, revision, now)
