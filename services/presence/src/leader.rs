@@ -16,11 +16,11 @@
 //! cannot reach NATS cannot act on its stale belief either.
 //!
 //! [`Terms`] is the loop around it: stand by until the lease is ours, serve
-//! a term of office (engine, typing timeouts and writer) until it stops or
+//! a term of office (engine, typing timeouts, writer and webhook dispatcher) until it stops or
 //! the lease is lost, and start over. Taking over is a restart: the engine
 //! loads the bucket and diffs it against the view.
 
-use crate::{engine, state, typing, writer, Config};
+use crate::{engine, state, typing, webhooks, writer, Config};
 use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -341,8 +341,17 @@ impl Terms {
             term.cancel();
             result
         };
-        let (engine, typing, written) =
-            tokio::join!(engine, typing.run(term.clone()), writer.run(writes),);
+        let dispatcher = webhooks::Dispatcher::new(
+            self.nats.clone(),
+            config.subjects.clone(),
+            config.webhooks.clone(),
+        )?;
+        let (engine, typing, written, ()) = tokio::join!(
+            engine,
+            typing.run(term.clone()),
+            writer.run(writes),
+            dispatcher.run(&config.apps, term.clone()),
+        );
         engine?;
         typing?;
         written?;

@@ -32,10 +32,11 @@ mod liveness;
 mod routes;
 mod state;
 mod typing;
+pub mod webhooks;
 mod writer;
 
 pub use buckets::LastSeen;
-pub use config::{Cli, Config};
+pub use config::{Cli, Config, WebhookSettings};
 pub use error::ApiError;
 pub use typing::{TYPING_EVENT, TYPING_STOPPED_EVENT};
 
