@@ -164,6 +164,16 @@ async fn unsubscribe(socket: &mut PusherSocket, channel: &str) {
         .unwrap();
 }
 
+/// The presence KV key of `gateway` serving `channel` of the development app.
+fn occupancy_key(gateway: &str, channel: &str) -> String {
+    PresenceKey::Occupancy {
+        app: AppId::parse("app-id").unwrap(),
+        channel: ChannelName::parse(channel).unwrap(),
+        gateway: gateway.to_owned(),
+    }
+    .render()
+}
+
 /// Wait until the presence bucket no longer holds `gateway`'s occupancy key
 /// of `channel`.
 async fn wait_occupancy_gone(stack: &Stack, gateway: &str, channel: &str) {
@@ -172,12 +182,7 @@ async fn wait_occupancy_gone(stack: &Stack, gateway: &str, channel: &str) {
         .get_key_value(stack.subjects.presence_bucket())
         .await
         .unwrap();
-    let key = PresenceKey::Occupancy {
-        app: AppId::parse("app-id").unwrap(),
-        channel: ChannelName::parse(channel).unwrap(),
-        gateway: gateway.to_owned(),
-    }
-    .render();
+    let key = occupancy_key(gateway, channel);
     eventually(WAIT, "the occupancy key deleted", || async {
         kv.get(&key).await.unwrap().is_none().then_some(())
     })
@@ -193,18 +198,37 @@ async fn a_channel_split_across_gateways_is_vacated_only_when_its_last_subscribe
     let a_id = a_config.gateway_id.clone();
     let gw_a = stack.gateway_with(a_config).await;
     let gw_b = stack.gateway().await;
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let kv = js
+        .get_key_value(stack.subjects.presence_bucket())
+        .await
+        .unwrap();
 
     let mut a1 = PusherSocket::connect(gw_a.port, "app-key").await.unwrap();
     let mut a2 = PusherSocket::connect(gw_a.port, "app-key").await.unwrap();
     let mut b1 = PusherSocket::connect(gw_b.port, "app-key").await.unwrap();
     a1.subscribe("split").await.unwrap();
     a2.subscribe("split").await.unwrap();
-    b1.subscribe("split").await.unwrap();
     hooks.wait_for("channel_occupied", "split").await;
 
-    // Gateway A loses one of its two subscribers, then the other: its key
-    // goes, but B still has one.
+    // One of gateway A's two subscribers leaves: A still serves the channel.
+    // A fence subscribed after it: once its webhook is in, anything the
+    // leave caused has been written and delivered.
     unsubscribe(&mut a1, "split").await;
+    a1.subscribe("fence-a").await.unwrap();
+    hooks.wait_for("channel_occupied", "fence-a").await;
+    assert!(
+        kv.get(occupancy_key(&a_id, "split"))
+            .await
+            .unwrap()
+            .is_some(),
+        "gateway A forgot a channel it still has a subscriber of"
+    );
+    assert!(hooks.ids("channel_vacated", "split").is_empty());
+
+    // B subscribes (its success means its key is written), then A's last
+    // subscriber leaves: A's key goes, B's stays.
+    b1.subscribe("split").await.unwrap();
     unsubscribe(&mut a2, "split").await;
     wait_occupancy_gone(&stack, &a_id, "split").await;
     // A marker written after A's delete: once its webhook is in, any
@@ -335,10 +359,15 @@ async fn a_dispatcher_killed_mid_delivery_loses_nothing_after_restart() {
     let _presence = stack.presence_with(presence_config(&stack)).await;
     let after: Vec<String> = (0..3).map(|i| format!("after-{i}")).collect();
     churn(gw.port, &after).await;
-    eventually(WAIT, "every event before and after the restart", || async {
-        (all_delivered(&hooks, &before) && all_delivered(&hooks, &after)).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(all_delivered(&hooks, &before) && all_delivered(&hooks, &after)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every event arrived: {:?}",
+            hooks.events()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     hooks.assert_ids_are_stable();
 }
 

@@ -5,9 +5,14 @@
 //! `channel_occupied` / `channel_vacated` (first gateway in, last out); a
 //! dead gateway's keys go with its heartbeat, like its presence keys.
 //!
-//! The hub reports each change of a channel's local emptiness without
-//! waiting ([`Occupancy::occupied`], [`Occupancy::vacated`]); one recorder
-//! task ([`run`]) applies them. It takes every change queued, keeps the
+//! The hub reports each change of a channel's local emptiness
+//! ([`Occupancy::occupied`], [`Occupancy::vacated`]); one recorder task
+//! ([`run`]) applies them. The first local subscriber of a channel waits
+//! until the channel's key is written (bounded by [`OCCUPIED_WAIT`]) before
+//! it is told it is subscribed: otherwise a subscriber that has seen its
+//! subscription succeed on this gateway, while the last one on another
+//! gateway leaves, could see the channel announced vacated. Later
+//! subscribers wait for nothing, and leaving never waits. It takes every change queued, keeps the
 //! last one per channel, and writes only those that differ from what it
 //! recorded, all at once: writes of one channel stay in order (one round
 //! finishes before the next begins), a subscribe to a channel this gateway
@@ -19,7 +24,7 @@ use herald_proto::{AppId, ChannelName};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 type ChannelKey = (AppId, ChannelName);
@@ -27,13 +32,23 @@ type ChannelKey = (AppId, ChannelName);
 /// How long the recorder waits before retrying writes that failed.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
+/// Longest a channel's first local subscriber waits for its key to be
+/// written (NATS trouble must not hold subscribes for ever).
+pub(crate) const OCCUPIED_WAIT: Duration = Duration::from_secs(2);
+
+/// One change: the channel, whether it is occupied, who waits for it.
+type Change = (ChannelKey, bool, Option<oneshot::Sender<()>>);
+
+/// The latest wanted state of a channel and everyone waiting for it.
+type Wanted = HashMap<ChannelKey, (bool, Vec<oneshot::Sender<()>>)>;
+
 /// The hub's handle on the recorder.
 pub(crate) struct Occupancy {
-    tx: mpsc::UnboundedSender<(ChannelKey, bool)>,
+    tx: mpsc::UnboundedSender<Change>,
 }
 
 /// The recorder's end of the queue.
-pub(crate) struct Changes(mpsc::UnboundedReceiver<(ChannelKey, bool)>);
+pub(crate) struct Changes(mpsc::UnboundedReceiver<Change>);
 
 impl Occupancy {
     /// A handle and the queue [`run`] reads.
@@ -42,14 +57,23 @@ impl Occupancy {
         (Self { tx }, Changes(rx))
     }
 
-    /// The channel got its first local subscriber.
-    pub fn occupied(&self, app: &AppId, channel: &ChannelName) {
-        let _ = self.tx.send(((app.clone(), channel.clone()), true));
+    /// The channel got its first local subscriber: returns once its key is
+    /// written (or superseded by a later vacated), or after [`OCCUPIED_WAIT`].
+    pub async fn occupied(&self, app: &AppId, channel: &ChannelName) {
+        let (done, written) = oneshot::channel();
+        if self
+            .tx
+            .send(((app.clone(), channel.clone()), true, Some(done)))
+            .is_ok()
+            && tokio::time::timeout(OCCUPIED_WAIT, written).await.is_err()
+        {
+            tracing::warn!(%channel, "a channel's occupancy is not recorded yet; subscribing anyway");
+        }
     }
 
-    /// The channel's last local subscriber left.
+    /// The channel's last local subscriber left (never waits).
     pub fn vacated(&self, app: &AppId, channel: &ChannelName) {
-        let _ = self.tx.send(((app.clone(), channel.clone()), false));
+        let _ = self.tx.send(((app.clone(), channel.clone()), false, None));
     }
 }
 
@@ -59,19 +83,24 @@ impl Occupancy {
 pub(crate) async fn run(changes: Changes, presence: Arc<PresenceClient>, token: CancellationToken) {
     let Changes(mut rx) = changes;
     let mut recorded: HashSet<ChannelKey> = HashSet::new();
-    let mut wanted: HashMap<ChannelKey, bool> = HashMap::new();
+    let mut wanted: Wanted = HashMap::new();
+    fn want(wanted: &mut Wanted, (key, occupied, waiter): Change) {
+        let entry = wanted.entry(key).or_default();
+        entry.0 = occupied;
+        entry.1.extend(waiter);
+    }
     loop {
         if wanted.is_empty() {
             tokio::select! {
                 _ = token.cancelled() => break,
                 change = rx.recv() => match change {
-                    Some((key, occupied)) => { wanted.insert(key, occupied); }
+                    Some(change) => want(&mut wanted, change),
                     None => return,
                 },
             }
         }
-        while let Ok((key, occupied)) = rx.try_recv() {
-            wanted.insert(key, occupied);
+        while let Ok(change) = rx.try_recv() {
+            want(&mut wanted, change);
         }
         let failed = record(&presence, &mut recorded, std::mem::take(&mut wanted)).await;
         if !failed.is_empty() {
@@ -84,23 +113,33 @@ pub(crate) async fn run(changes: Changes, presence: Arc<PresenceClient>, token: 
     }
     // Connections close as the gateway stops: give their reports a moment.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    while let Ok((key, occupied)) = rx.try_recv() {
-        wanted.insert(key, occupied);
+    while let Ok(change) = rx.try_recv() {
+        want(&mut wanted, change);
     }
     record(&presence, &mut recorded, wanted).await;
 }
 
-/// Write every change that differs from `recorded`, concurrently; returns
-/// the ones that failed (to retry).
+/// Write every change that differs from `recorded`, concurrently, and tell
+/// the waiters; returns the ones that failed (to retry, waiters kept).
 async fn record(
     presence: &PresenceClient,
     recorded: &mut HashSet<ChannelKey>,
-    wanted: HashMap<ChannelKey, bool>,
-) -> HashMap<ChannelKey, bool> {
-    let writes = wanted
+    wanted: Wanted,
+) -> Wanted {
+    let mut writes = Vec::new();
+    for (key, (occupied, waiters)) in wanted {
+        if recorded.contains(&key) == occupied {
+            // Already so (or changed back within the round): nothing to write.
+            waiters.into_iter().for_each(|w| {
+                let _ = w.send(());
+            });
+        } else {
+            writes.push((key, occupied, waiters));
+        }
+    }
+    let writes = writes
         .into_iter()
-        .filter(|(key, occupied)| recorded.contains(key) != *occupied)
-        .map(|(key, occupied)| async move {
+        .map(|(key, occupied, waiters)| async move {
             let ok = if occupied {
                 match presence.announce_occupancy(&key.0, &key.1).await {
                     Ok(_) => true,
@@ -114,10 +153,17 @@ async fn record(
                 presence.forget(&presence.occupancy_key(&key.0, &key.1)).await;
                 true
             };
-            (key, occupied, ok)
+            (key, occupied, waiters, ok)
         });
     let mut failed = HashMap::new();
-    for (key, occupied, ok) in futures::future::join_all(writes).await {
+    for (key, occupied, waiters, ok) in futures::future::join_all(writes).await {
+        if !ok {
+            failed.insert(key, (occupied, waiters));
+            continue;
+        }
+        waiters.into_iter().for_each(|w| {
+            let _ = w.send(());
+        });
         match (ok, occupied) {
             (true, true) => {
                 metrics::counter!("herald_gateway_occupancy_writes_total", "op" => "put")
@@ -129,9 +175,7 @@ async fn record(
                     .increment(1);
                 recorded.remove(&key);
             }
-            (false, _) => {
-                failed.insert(key, occupied);
-            }
+            (false, _) => {}
         }
     }
     failed

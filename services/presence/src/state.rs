@@ -37,6 +37,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// What applying one KV entry changed, in the order it happened.
+///
+/// `since` is the KV revision that began the fact (the membership, the
+/// occupancy, the user's being online) that the change starts or ends: it
+/// names the fact, so the webhook events of its start and its end get the
+/// same ids whether they are emitted live or by a restart's reconcile.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A user's first admitted subscription joined a channel.
@@ -45,21 +50,39 @@ pub enum Change {
         channel: ChannelName,
         user_id: String,
         user_info: Value,
+        since: u64,
     },
     /// A user's last subscription left a channel.
     MemberRemoved {
         app: AppId,
         channel: ChannelName,
         user_id: String,
+        since: u64,
     },
     /// A channel got its first subscriber on any gateway.
-    ChannelOccupied { app: AppId, channel: ChannelName },
+    ChannelOccupied {
+        app: AppId,
+        channel: ChannelName,
+        since: u64,
+    },
     /// A channel lost its last subscriber on every gateway.
-    ChannelVacated { app: AppId, channel: ChannelName },
+    ChannelVacated {
+        app: AppId,
+        channel: ChannelName,
+        since: u64,
+    },
     /// A user's first connection (of any kind) appeared.
-    UserOnline { app: AppId, user_id: String },
+    UserOnline {
+        app: AppId,
+        user_id: String,
+        since: u64,
+    },
     /// A user's last connection went.
-    UserOffline { app: AppId, user_id: String },
+    UserOffline {
+        app: AppId,
+        user_id: String,
+        since: u64,
+    },
 }
 
 /// One `sub.` key.
@@ -79,6 +102,8 @@ struct Sub {
 #[derive(Debug, Default)]
 struct Member {
     subs: BTreeSet<(u64, String)>,
+    /// Revision of the subscription that made the user a member.
+    since: u64,
 }
 
 #[derive(Debug, Default)]
@@ -90,6 +115,8 @@ struct Channel {
 struct User {
     /// `sub.` and `conn.` keys of this user.
     connections: usize,
+    /// Revision of the key that brought the user online.
+    since: u64,
     /// Presence channels the user is a member of.
     channels: BTreeSet<ChannelName>,
 }
@@ -116,6 +143,8 @@ pub struct PresenceState {
     users: HashMap<UserKey, User>,
     /// Gateways with subscribers of each channel (their `occ.` keys).
     occupancy: HashMap<ChannelKey, BTreeSet<String>>,
+    /// Revision at which each occupied channel became occupied.
+    occupied_since: HashMap<ChannelKey, u64>,
     liveness: Liveness,
     revision: u64,
     members: usize,
@@ -131,6 +160,7 @@ impl PresenceState {
             channels: HashMap::new(),
             users: HashMap::new(),
             occupancy: HashMap::new(),
+            occupied_since: HashMap::new(),
             liveness: Liveness::default(),
             revision: 0,
             members: 0,
@@ -227,24 +257,32 @@ impl PresenceState {
                 }
             }
             PresenceKey::Connection { app, user_id, .. } => {
-                self.apply_connection(key, app, user_id, value.is_some(), &mut changes)
+                self.apply_connection(key, app, user_id, value.is_some(), revision, &mut changes)
             }
             PresenceKey::Gateway { .. } => {}
         }
         if let Some((app, channel)) = channel_key {
             let key = (app, channel);
             match (was_occupied, self.occupied(&key)) {
-                (false, true) => changes.insert(
-                    0,
-                    Change::ChannelOccupied {
+                (false, true) => {
+                    self.occupied_since.insert(key.clone(), revision);
+                    changes.insert(
+                        0,
+                        Change::ChannelOccupied {
+                            app: key.0,
+                            channel: key.1,
+                            since: revision,
+                        },
+                    )
+                }
+                (true, false) => {
+                    let since = self.occupied_since.remove(&key).unwrap_or(revision);
+                    changes.push(Change::ChannelVacated {
                         app: key.0,
                         channel: key.1,
-                    },
-                ),
-                (true, false) => changes.push(Change::ChannelVacated {
-                    app: key.0,
-                    channel: key.1,
-                }),
+                        since,
+                    })
+                }
                 _ => {}
             }
         }
@@ -262,13 +300,19 @@ impl PresenceState {
         self.occupied(&(app.clone(), channel.clone()))
     }
 
-    /// Every occupied channel.
-    pub fn occupied_channels(&self) -> BTreeSet<ChannelKey> {
-        self.occupancy
-            .keys()
-            .chain(self.channels.keys())
-            .cloned()
+    /// Every occupied channel, with the revision it became occupied at.
+    pub fn occupied_channels(&self) -> BTreeMap<ChannelKey, u64> {
+        self.occupied_since
+            .iter()
+            .map(|(k, since)| (k.clone(), *since))
             .collect()
+    }
+
+    /// The revision at which a user came online, if online.
+    pub fn online_since(&self, app: &AppId, user_id: &str) -> Option<u64> {
+        self.users
+            .get(&(app.clone(), user_id.to_owned()))
+            .map(|u| u.since)
     }
 
     fn apply_subscription(
@@ -332,14 +376,17 @@ impl PresenceState {
     ) {
         let limit = self.limit(&app);
         let user_key = (app.clone(), sub.user_id.clone());
-        self.connect(&user_key, changes);
+        self.connect(&user_key, revision, changes);
         let channel_key = (app.clone(), channel.clone());
         let state = self.channels.entry(channel_key.clone()).or_default();
         let admitted = if let Some(member) = state.members.get_mut(&sub.user_id) {
             member.subs.insert((revision, key.to_owned()));
             true
         } else if limit == 0 || state.members.len() < limit {
-            let mut member = Member::default();
+            let mut member = Member {
+                since: revision,
+                ..Member::default()
+            };
             member.subs.insert((revision, key.to_owned()));
             state.members.insert(sub.user_id.clone(), member);
             self.members += 1;
@@ -348,6 +395,7 @@ impl PresenceState {
                 channel: channel.clone(),
                 user_id: sub.user_id.clone(),
                 user_info: sub.user_info.clone(),
+                since: revision,
             });
             if let Some(user) = self.users.get_mut(&user_key) {
                 user.channels.insert(channel.clone());
@@ -385,17 +433,18 @@ impl PresenceState {
                 let left = match state.members.get_mut(&old.user_id) {
                     Some(member) => {
                         member.subs.remove(&(old.joined, key.to_owned()));
-                        member.subs.is_empty()
+                        member.subs.is_empty().then_some(member.since)
                     }
-                    None => false,
+                    None => None,
                 };
-                if left {
+                if let Some(since) = left {
                     state.members.remove(&old.user_id);
                     self.members -= 1;
                     changes.push(Change::MemberRemoved {
                         app: old.app.clone(),
                         channel: old.channel.clone(),
                         user_id: old.user_id.clone(),
+                        since,
                     });
                     if let Some(user) = self.users.get_mut(&user_key) {
                         user.channels.remove(&old.channel);
@@ -415,6 +464,7 @@ impl PresenceState {
         app: AppId,
         user_id: String,
         put: bool,
+        revision: u64,
         changes: &mut Vec<Change>,
     ) {
         if UserId::parse(&user_id).is_err() {
@@ -425,7 +475,7 @@ impl PresenceState {
         match (put, self.conns.contains_key(key)) {
             (true, false) => {
                 self.conns.insert(key.to_owned(), user_key.clone());
-                self.connect(&user_key, changes);
+                self.connect(&user_key, revision, changes);
             }
             (false, true) => {
                 self.conns.remove(key);
@@ -436,13 +486,15 @@ impl PresenceState {
         }
     }
 
-    fn connect(&mut self, user_key: &UserKey, changes: &mut Vec<Change>) {
+    fn connect(&mut self, user_key: &UserKey, revision: u64, changes: &mut Vec<Change>) {
         let user = self.users.entry(user_key.clone()).or_default();
         user.connections += 1;
         if user.connections == 1 {
+            user.since = revision;
             changes.push(Change::UserOnline {
                 app: user_key.0.clone(),
                 user_id: user_key.1.clone(),
+                since: revision,
             });
         }
     }
@@ -455,10 +507,12 @@ impl PresenceState {
         if user.connections == 0 {
             // Every admitted subscription is also a connection, so the user
             // is in no channel any more.
+            let since = user.since;
             self.users.remove(user_key);
             changes.push(Change::UserOffline {
                 app: user_key.0.clone(),
                 user_id: user_key.1.clone(),
+                since,
             });
         }
     }
@@ -522,8 +576,8 @@ impl PresenceState {
             .is_some_and(|s| s.admitted && &s.app == app && &s.channel == channel)
     }
 
-    /// Every member of every channel with their info.
-    pub fn all_members(&self) -> Vec<(AppId, ChannelName, String, Value)> {
+    /// Every member of every channel with their info and since when.
+    pub fn all_members(&self) -> Vec<(AppId, ChannelName, String, Value, u64)> {
         let mut out = Vec::with_capacity(self.members);
         for ((app, channel), state) in &self.channels {
             for (user_id, member) in &state.members {
@@ -532,6 +586,7 @@ impl PresenceState {
                     channel.clone(),
                     user_id.clone(),
                     self.member_info(member),
+                    member.since,
                 ));
             }
         }
@@ -666,20 +721,35 @@ mod tests {
         assert_eq!(added(&c), ["u"]);
         assert!(c.contains(&Change::ChannelOccupied {
             app: app(),
-            channel: chan()
+            channel: chan(),
+            since: 1
         }));
         assert!(c.contains(&Change::UserOnline {
             app: app(),
-            user_id: "u".into()
+            user_id: "u".into(),
+            since: 1
         }));
         assert!(s.apply(&k2, Some(&sub_value("u")), 2, 0).is_empty());
         assert!(s.apply(&k1, None, 3, 0).is_empty());
         assert_eq!(s.members(&app(), &chan()).len(), 1);
         let c = s.apply(&k2, None, 4, 0);
         assert_eq!(removed(&c), ["u"]);
+        // The end of a fact names the revision that began it.
         assert!(c.contains(&Change::UserOffline {
             app: app(),
-            user_id: "u".into()
+            user_id: "u".into(),
+            since: 1
+        }));
+        assert!(c.contains(&Change::MemberRemoved {
+            app: app(),
+            channel: chan(),
+            user_id: "u".into(),
+            since: 1
+        }));
+        assert!(c.contains(&Change::ChannelVacated {
+            app: app(),
+            channel: chan(),
+            since: 1
         }));
         assert_eq!(s.member_total(), 0);
         assert_eq!(s.channel_count(), 0);

@@ -161,11 +161,6 @@ impl Hub {
             if channels.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
                 let mut subs = entry.subscribers.write().expect("subscribers lock");
                 let hold = join.presence_user.is_some() || join.hold;
-                if subs.is_empty() {
-                    // Reported under the hub lock, so the recorder sees a
-                    // channel's changes in the order they happened.
-                    self.occupancy.occupied(app, channel);
-                }
                 if let Some(first) = join.first {
                     join.conn.deliver(first);
                 }
@@ -224,8 +219,11 @@ impl Hub {
         let was = subs.remove(&conn_id).is_some();
         if subs.is_empty() {
             drop(subs);
-            self.occupancy.vacated(app, channel);
             if let Some(entry) = channels.remove(&key) {
+                // Reported under the hub lock, before a new entry of the
+                // channel can exist, so the recorder sees a channel's
+                // changes in the order they happened.
+                self.occupancy.vacated(app, channel);
                 entry.stop.cancel();
             }
         }
@@ -326,6 +324,10 @@ impl Hub {
             repairer,
             entry.stop.clone(),
         ));
+        // Once per entry, i.e. per first local subscriber (every subscriber
+        // of the entry waits for this `ready`): the channel's occupancy key,
+        // written before anyone is told they are subscribed.
+        self.occupancy.occupied(app, channel).await;
         Ok(())
     }
 }

@@ -5,10 +5,12 @@
 //! last-seen bucket), in that order.
 //!
 //! A webhook event's id is derived from the app, the event, its channel or
-//! user and the KV revision that caused it: the same change announced again
-//! (after a crash before the view was written) gets the same id.
+//! user and the KV revision that began the fact it starts or ends (`since`):
+//! the same change announced again (after a crash before the view was
+//! written, by the restart's reconcile) gets the same id.
 
 use super::Engine;
+use crate::buckets::ViewValue;
 use crate::state::Change;
 use crate::writer::WriteOp;
 use bytes::Bytes;
@@ -34,7 +36,7 @@ impl Engine {
         kind: WebhookKind,
         channel: Option<&ChannelName>,
         user_id: Option<&str>,
-        revision: u64,
+        since: u64,
     ) {
         let wanted = self
             .apps
@@ -48,7 +50,7 @@ impl Engine {
             kind.as_str(),
             channel.map(ChannelName::as_str).unwrap_or_default(),
             user_id.unwrap_or_default(),
-            &revision.to_string(),
+            &since.to_string(),
         ]);
         let mut event = WebhookEvent::new(kind, id);
         event.channel = channel.map(ChannelName::to_string);
@@ -61,25 +63,30 @@ impl Engine {
     }
 
     /// Turn one change into its event, webhook, view update and last-seen
-    /// record.
-    /// `at` is when it happened (wall clock, ms).
+    /// record. `at` is when it happened (wall clock, ms).
     pub(super) async fn emit(&self, change: Change, revision: u64, at: i64) {
+        // Publish first, record second: a crash in between repeats the
+        // event after the restart rather than losing it.
         match change {
             Change::MemberAdded {
                 app,
                 channel,
                 user_id,
                 user_info,
+                since,
             } => {
-                // Publish first, record second: a crash in between repeats
-                // the event after the restart rather than losing it.
                 let key = ViewKey::Member {
                     app: app.clone(),
                     channel: channel.clone(),
                     user_id: user_id.clone(),
                 }
                 .render();
-                let value = Bytes::from(serde_json::to_vec(&user_info).unwrap_or_default());
+                let value = ViewValue {
+                    user_info: Some(user_info.clone()),
+                    at: None,
+                    since,
+                }
+                .to_bytes();
                 let hook_user = user_id.clone();
                 let event = PresenceEvent::MemberAdded {
                     user_id,
@@ -87,22 +94,23 @@ impl Engine {
                     revision,
                 };
                 self.publish(&app, &channel, &event).await;
+                metrics::counter!("herald_presence_events_total", "type" => "member_added")
+                    .increment(1);
                 self.webhook(
                     &app,
                     WebhookKind::MemberAdded,
                     Some(&channel),
                     Some(&hook_user),
-                    revision,
+                    since,
                 )
                 .await;
-                metrics::counter!("herald_presence_events_total", "type" => "member_added")
-                    .increment(1);
                 self.write(WriteOp::ViewPut { key, value }).await;
             }
             Change::MemberRemoved {
                 app,
                 channel,
                 user_id,
+                since,
             } => {
                 let key = ViewKey::Member {
                     app: app.clone(),
@@ -110,21 +118,26 @@ impl Engine {
                     user_id: user_id.clone(),
                 }
                 .render();
-                self.webhook(
-                    &app,
-                    WebhookKind::MemberRemoved,
-                    Some(&channel),
-                    Some(&user_id),
-                    revision,
-                )
-                .await;
+                let hook_user = user_id.clone();
                 let event = PresenceEvent::MemberRemoved { user_id, revision };
                 self.publish(&app, &channel, &event).await;
                 metrics::counter!("herald_presence_events_total", "type" => "member_removed")
                     .increment(1);
+                self.webhook(
+                    &app,
+                    WebhookKind::MemberRemoved,
+                    Some(&channel),
+                    Some(&hook_user),
+                    since,
+                )
+                .await;
                 self.write(WriteOp::ViewDelete { key }).await;
             }
-            Change::ChannelOccupied { app, channel } => {
+            Change::ChannelOccupied {
+                app,
+                channel,
+                since,
+            } => {
                 metrics::counter!("herald_presence_occupancy_total", "event" => "channel_occupied")
                     .increment(1);
                 tracing::debug!(%app, %channel, "channel_occupied");
@@ -133,14 +146,23 @@ impl Engine {
                     WebhookKind::ChannelOccupied,
                     Some(&channel),
                     None,
-                    revision,
+                    since,
                 )
                 .await;
                 let key = ViewKey::Occupied { app, channel }.render();
-                let value = Bytes::from(format!("{{\"at\":{at}}}"));
+                let value = ViewValue {
+                    user_info: None,
+                    at: Some(at),
+                    since,
+                }
+                .to_bytes();
                 self.write(WriteOp::ViewPut { key, value }).await;
             }
-            Change::ChannelVacated { app, channel } => {
+            Change::ChannelVacated {
+                app,
+                channel,
+                since,
+            } => {
                 metrics::counter!("herald_presence_occupancy_total", "event" => "channel_vacated")
                     .increment(1);
                 tracing::debug!(%app, %channel, "channel_vacated");
@@ -149,34 +171,35 @@ impl Engine {
                     WebhookKind::ChannelVacated,
                     Some(&channel),
                     None,
-                    revision,
+                    since,
                 )
                 .await;
                 let key = ViewKey::Occupied { app, channel }.render();
                 self.write(WriteOp::ViewDelete { key }).await;
             }
-            Change::UserOnline { app, user_id } => {
-                self.webhook(
-                    &app,
-                    WebhookKind::UserOnline,
-                    None,
-                    Some(&user_id),
-                    revision,
-                )
-                .await;
+            Change::UserOnline {
+                app,
+                user_id,
+                since,
+            } => {
+                self.webhook(&app, WebhookKind::UserOnline, None, Some(&user_id), since)
+                    .await;
                 let key = ViewKey::Online { app, user_id }.render();
-                let value = Bytes::from(format!("{{\"at\":{at}}}"));
+                let value = ViewValue {
+                    user_info: None,
+                    at: Some(at),
+                    since,
+                }
+                .to_bytes();
                 self.write(WriteOp::ViewPut { key, value }).await;
             }
-            Change::UserOffline { app, user_id } => {
-                self.webhook(
-                    &app,
-                    WebhookKind::UserOffline,
-                    None,
-                    Some(&user_id),
-                    revision,
-                )
-                .await;
+            Change::UserOffline {
+                app,
+                user_id,
+                since,
+            } => {
+                self.webhook(&app, WebhookKind::UserOffline, None, Some(&user_id), since)
+                    .await;
                 let key = ViewKey::Online {
                     app: app.clone(),
                     user_id: user_id.clone(),
