@@ -113,6 +113,43 @@ pub enum PresenceEvent {
     },
 }
 
+/// Pusher's limit on the users one signed-in connection may watch.
+pub const MAX_WATCHLIST: usize = 100;
+
+/// A user came online or went offline, published by the presence service
+/// on [`Subjects::presence_online`] for gateways to tell the connections
+/// watching the user (`pusher_internal:watchlist_events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineEvent {
+    /// The user.
+    pub user_id: String,
+    /// Whether the user is now online.
+    pub online: bool,
+    /// The KV revision that caused it (ordered with [`OnlineReply::revision`]).
+    pub revision: u64,
+}
+
+/// A gateway asking which of some users are online, on
+/// [`Subjects::presence_online_query`] (request/reply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineRequest {
+    /// The users asked about (at most [`MAX_WATCHLIST`]).
+    pub user_ids: Vec<String>,
+}
+
+/// The presence service's answer to an [`OnlineRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineReply {
+    /// The users asked about who are online.
+    pub online: Vec<String>,
+    /// The KV revision the answer reflects: [`OnlineEvent`]s at or below it
+    /// are already in it.
+    pub revision: u64,
+    /// Set when the request could not be answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Most members in one [`MembersReply`]: keeps each reply far below NATS's
 /// default 1 MB payload limit even with 1 KB `user_info`s. Larger channels
 /// are read page by page with [`MembersRequest::after`].
@@ -405,6 +442,29 @@ impl Subjects {
             app,
             channel.to_token()
         )
+    }
+
+    /// Where the presence service publishes an app's [`OnlineEvent`]s.
+    pub fn presence_online(&self, app: &AppId) -> String {
+        format!("{}.presence.online.{}", self.prefix(), app)
+    }
+
+    /// Every app's [`OnlineEvent`]s (what a gateway subscribes to).
+    pub fn presence_online_filter(&self) -> String {
+        format!("{}.presence.online.*", self.prefix())
+    }
+
+    /// Parse a [`Subjects::presence_online`] subject back into its app.
+    pub fn parse_presence_online(&self, subject: &str) -> Option<AppId> {
+        let app = subject
+            .strip_prefix(self.prefix())?
+            .strip_prefix(".presence.online.")?;
+        AppId::parse(app).ok()
+    }
+
+    /// Request/reply subject for [`OnlineRequest`]s of one app.
+    pub fn presence_online_query(&self, app: &AppId) -> String {
+        format!("{}.presence.onlinequery.{}", self.prefix(), app)
     }
 
     /// Request/reply subject for member lists of one app.

@@ -63,6 +63,8 @@ pub struct Application {
     shared: AppState,
     control: control::Subscriptions,
     occupancy: occupancy::Changes,
+    /// The presence service's online events, for watchlists.
+    online: async_nats::Subscriber,
     shutdown: CancellationToken,
 }
 
@@ -136,6 +138,9 @@ impl Application {
             router,
             control: control::subscribe(&nats, &config_subjects).await?,
             occupancy: occupancy_changes,
+            online: nats
+                .subscribe(config_subjects.presence_online_filter())
+                .await?,
             shared,
             shutdown,
         })
@@ -160,6 +165,7 @@ impl herald_server::Service for Application {
         let shared = self.shared.clone();
         let subscriptions = self.control;
         let occupancy_changes = self.occupancy;
+        let online = self.online;
         let background = tokio::spawn({
             let token = token.clone();
             async move {
@@ -168,7 +174,8 @@ impl herald_server::Service for Application {
                 let control = control::run(shared.clone(), subscriptions, token.clone());
                 let occupancy =
                     occupancy::run(occupancy_changes, shared.presence.clone(), token.clone());
-                tokio::join!(heartbeat, peers, control, occupancy);
+                let watchlists = run_watchlists(shared.clone(), online, token.clone());
+                tokio::join!(heartbeat, peers, control, occupancy, watchlists);
             }
         });
         let limits = self.shared.config.http.clone();
@@ -176,5 +183,31 @@ impl herald_server::Service for Application {
         let _ = background.await;
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Hand the presence service's online events to the watchlists until
+/// shutdown.
+async fn run_watchlists(
+    shared: AppState,
+    mut online: async_nats::Subscriber,
+    token: CancellationToken,
+) {
+    use futures::StreamExt;
+    loop {
+        let msg = tokio::select! {
+            _ = token.cancelled() => return,
+            msg = online.next() => match msg {
+                Some(msg) => msg,
+                None => return,
+            },
+        };
+        let Some(app) = shared.subjects.parse_presence_online(&msg.subject) else {
+            continue;
+        };
+        match serde_json::from_slice::<herald_proto::presence::OnlineEvent>(&msg.payload) {
+            Ok(event) => shared.hub.watchlists.event(&app, &event),
+            Err(err) => tracing::warn!(%err, "malformed online event ignored"),
+        }
     }
 }

@@ -15,8 +15,8 @@
 
 use async_nats::jetstream::kv;
 use herald_proto::presence::{
-    ChannelOccupancy, GatewayHeartbeat, MembersReply, MembersRequest, PresenceKey,
-    PresenceSubscription, UserConnection, HEARTBEAT_KEYS,
+    ChannelOccupancy, GatewayHeartbeat, MembersReply, MembersRequest, OnlineReply, OnlineRequest,
+    PresenceKey, PresenceSubscription, UserConnection, HEARTBEAT_KEYS,
 };
 use herald_proto::{AppId, ChannelName, Subjects};
 use std::time::Duration;
@@ -264,6 +264,33 @@ impl PresenceClient {
                 }
             }
         }
+    }
+
+    /// Ask the presence service which of `user_ids` are online (a
+    /// watchlist's first answer).
+    pub async fn online(
+        &self,
+        app: &AppId,
+        user_ids: &[String],
+    ) -> Result<OnlineReply, PresenceError> {
+        let request = OnlineRequest {
+            user_ids: user_ids.to_vec(),
+        };
+        let payload = serde_json::to_vec(&request).unwrap_or_default();
+        let reply = tokio::time::timeout(
+            MEMBERS_TIMEOUT,
+            self.nats
+                .request(self.subjects.presence_online_query(app), payload.into()),
+        )
+        .await
+        .map_err(|_| PresenceError::Timeout)?
+        .map_err(PresenceError::Request)?;
+        let reply: OnlineReply =
+            serde_json::from_slice(&reply.payload).map_err(PresenceError::BadReply)?;
+        if let Some(error) = reply.error {
+            return Err(PresenceError::Refused(error));
+        }
+        Ok(reply)
     }
 
     /// Ask the presence service for a channel's members, as of at least

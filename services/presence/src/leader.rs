@@ -295,7 +295,16 @@ impl Terms {
                 .subscribe(config.subjects.presence_members(&app_id))
                 .await
                 .context("subscribing to member queries")?;
-            queries.push(subscription.map(move |msg| (app_id.clone(), msg)));
+            queries.push(subscription.map(move |msg| (app_id.clone(), msg)).boxed());
+            // Watchlists' online queries share the loop (and its order
+            // with the online events).
+            let app_id = app.id.clone();
+            let subscription = self
+                .nats
+                .subscribe(config.subjects.presence_online_query(&app_id))
+                .await
+                .context("subscribing to online queries")?;
+            queries.push(subscription.map(move |msg| (app_id.clone(), msg)).boxed());
         }
         let queries: engine::Queries = futures::stream::select_all(queries).boxed();
         let ephemeral = self

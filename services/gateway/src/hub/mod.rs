@@ -22,12 +22,14 @@
 //! * [`fanout`] — the per-channel task rendering and offering frames.
 //! * [`users`] — signed-in users' connections.
 //! * [`dedupe`] — de-duplicated multi-channel publishes.
+//! * [`watchlist`] — connections watching users' online status.
 
 mod conn;
 mod dedupe;
 mod fanout;
 mod subscriber;
 mod users;
+mod watchlist;
 
 pub(crate) use conn::{ConnHandle, Control, Next, Outbox};
 pub(crate) use fanout::stored_frame;
@@ -86,6 +88,8 @@ pub(crate) struct Hub {
     subjects: Subjects,
     channels: Mutex<HashMap<ChannelKey, Arc<ChannelEntry>>>,
     users: Users,
+    /// Signed-in connections' watchlists.
+    pub watchlists: watchlist::Watchlists,
     dedupe: Arc<Dedupe>,
     presence: Arc<crate::presence::PresenceClient>,
     /// Records the channels this gateway has subscribers of (first in, last out).
@@ -121,6 +125,7 @@ impl Hub {
             subjects,
             channels: Mutex::new(HashMap::new()),
             users: Users::default(),
+            watchlists: Default::default(),
             dedupe: Arc::default(),
         }
     }

@@ -14,7 +14,7 @@ use crate::buckets::ViewValue;
 use crate::state::Change;
 use crate::writer::WriteOp;
 use bytes::Bytes;
-use herald_proto::presence::{last_seen_key, PresenceEvent, ViewKey};
+use herald_proto::presence::{last_seen_key, OnlineEvent, PresenceEvent, ViewKey};
 use herald_proto::webhook::{event_id, WebhookEvent, WebhookKind};
 use herald_proto::{AppId, ChannelName};
 
@@ -25,6 +25,23 @@ impl Engine {
         let payload = Bytes::from(serde_json::to_vec(event).unwrap_or_default());
         if let Err(err) = self.client.publish(subject, payload).await {
             tracing::error!(%err, "cannot publish a presence event");
+        }
+    }
+
+    /// Tell gateways that a user came online or went offline (watchlists).
+    async fn publish_online(&self, app: &AppId, user_id: &str, online: bool, revision: u64) {
+        let event = OnlineEvent {
+            user_id: user_id.to_owned(),
+            online,
+            revision,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
+        if let Err(err) = self
+            .client
+            .publish(self.subjects.presence_online(app), payload)
+            .await
+        {
+            tracing::error!(%err, "cannot publish an online event");
         }
     }
 
@@ -182,6 +199,7 @@ impl Engine {
                 user_id,
                 since,
             } => {
+                self.publish_online(&app, &user_id, true, revision).await;
                 self.webhook(&app, WebhookKind::UserOnline, None, Some(&user_id), since)
                     .await;
                 let key = ViewKey::Online { app, user_id }.render();
@@ -198,6 +216,7 @@ impl Engine {
                 user_id,
                 since,
             } => {
+                self.publish_online(&app, &user_id, false, revision).await;
                 self.webhook(&app, WebhookKind::UserOffline, None, Some(&user_id), since)
                     .await;
                 let key = ViewKey::Online {
