@@ -29,26 +29,40 @@ impl Watch {
     /// was told; returns whether the client must hear it.
     fn update(&self, user: &str, revision: u64, online: bool) -> bool {
         let mut told = self.told.lock().expect("watch lock");
-        match told.get(user) {
-            Some((seen, _)) if *seen >= revision => false,
-            Some((_, was)) => {
-                let changed = *was != online;
-                told.insert(user.to_owned(), (revision, online));
-                changed
-            }
-            None => {
-                told.insert(user.to_owned(), (revision, online));
-                // Nothing told yet: the client assumes offline.
-                online
-            }
+        update(&mut told, user, revision, online)
+    }
+}
+
+/// Record `online` for `user` as of `revision` in `told` if it is newer;
+/// returns whether the client must hear it (it changed what it was told).
+fn update(
+    told: &mut HashMap<String, (u64, bool)>,
+    user: &str,
+    revision: u64,
+    online: bool,
+) -> bool {
+    match told.get(user) {
+        Some((seen, _)) if *seen >= revision => false,
+        Some((_, was)) => {
+            let changed = *was != online;
+            told.insert(user.to_owned(), (revision, online));
+            changed
+        }
+        None => {
+            told.insert(user.to_owned(), (revision, online));
+            // Nothing told yet: the client assumes offline.
+            online
         }
     }
 }
 
+/// The connections watching one user, by connection id.
+type WatchersOf = HashMap<u64, Arc<Watch>>;
+
 /// Watched user → watching connections, of one gateway.
 #[derive(Default)]
 pub(crate) struct Watchlists {
-    watchers: Mutex<HashMap<(AppId, String), HashMap<u64, Arc<Watch>>>>,
+    watchers: Mutex<HashMap<(AppId, String), WatchersOf>>,
 }
 
 impl Watchlists {
@@ -138,5 +152,27 @@ fn deliver(conn: &ConnHandle, online: bool, user_ids: &[String]) {
     if !user_ids.is_empty() {
         let frame = ServerFrame::WatchlistEvents { online, user_ids };
         conn.deliver(frame.to_json().into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::update;
+    use std::collections::HashMap;
+
+    #[test]
+    fn only_newer_changes_of_what_was_told_are_sent() {
+        let mut told = HashMap::new();
+        // Nothing told: offline is what the client assumes.
+        assert!(!update(&mut told, "x", 5, false));
+        assert!(update(&mut told, "x", 6, true));
+        // The same state again (the answer after an event) is not repeated.
+        assert!(!update(&mut told, "x", 7, true));
+        // An answer older than an event already applied is ignored...
+        assert!(!update(&mut told, "x", 6, false));
+        // ...and so is an event older than the answer.
+        assert!(update(&mut told, "y", 10, true));
+        assert!(!update(&mut told, "y", 9, false));
+        assert!(update(&mut told, "y", 11, false));
     }
 }
