@@ -400,3 +400,45 @@ async fn client_events_reach_the_webhook_with_socket_and_user() {
     assert_eq!(data, json!({"hi": 1}));
     hooks.assert_ids_are_stable();
 }
+
+#[tokio::test]
+async fn with_a_vacate_delay_a_quick_rejoin_sends_neither_vacated_nor_a_second_occupied() {
+    let (stack, hooks) = hooked_stack().await;
+    let mut config = presence_config(&stack);
+    // Far longer than a leave and a rejoin take, yet short for the test.
+    config.webhooks.vacate_delay = Duration::from_secs(3);
+    let _presence = stack.presence_with(config).await;
+    let gw = stack.gateway().await;
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    socket
+        .join_presence(SECRET, "presence-flaky", "u", json!({}))
+        .await
+        .unwrap();
+    hooks.wait_for("member_added", "presence-flaky").await;
+
+    // A reconnect: leave and come back at once.
+    drop(socket);
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    socket
+        .join_presence(SECRET, "presence-flaky", "u", json!({}))
+        .await
+        .unwrap();
+    // Then leave for good: the end goes out once the delay is over.
+    unsubscribe(&mut socket, "presence-flaky").await;
+    hooks.wait_for("channel_vacated", "presence-flaky").await;
+    hooks.wait_for("member_removed", "presence-flaky").await;
+    for name in [
+        "channel_occupied",
+        "member_added",
+        "member_removed",
+        "channel_vacated",
+    ] {
+        assert_eq!(
+            hooks.ids(name, "presence-flaky").len(),
+            1,
+            "{name}: {:?}",
+            hooks.events()
+        );
+    }
+    hooks.assert_ids_are_stable();
+}

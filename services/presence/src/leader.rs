@@ -328,7 +328,9 @@ impl Terms {
                 sweep_interval: config.sweep_interval,
                 query_timeout: config.query_timeout,
                 tombstone_age: config.tombstone_age,
+                vacate_delay: config.webhooks.vacate_delay,
             },
+            held: Default::default(),
             live: self.live.clone(),
         };
         let typing = typing::Typing {

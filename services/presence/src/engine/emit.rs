@@ -4,6 +4,13 @@
 //! webhook stream) and what the service records about it (the view, the
 //! last-seen bucket), in that order.
 //!
+//! With a vacate delay (`HERALD_WEBHOOK_VACATE_DELAY_MS`), the webhook and
+//! view update of a `channel_vacated` / `member_removed` are held that long
+//! (gateways still hear `member_removed` at once); a `channel_occupied` /
+//! `member_added` of the same channel (and user) meanwhile cancels both,
+//! so a quick reconnect sends neither. A restart while one is held finds
+//! the view still saying occupied (or member) and announces the end then.
+//!
 //! A webhook event's id is derived from the app, the event, its channel or
 //! user and the KV revision that began the fact it starts or ends (`since`):
 //! the same change announced again (after a crash before the view was
@@ -17,8 +24,83 @@ use bytes::Bytes;
 use herald_proto::presence::{last_seen_key, OnlineEvent, PresenceEvent, ViewKey};
 use herald_proto::webhook::{event_id, WebhookEvent, WebhookKind};
 use herald_proto::{AppId, ChannelName};
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// What a held vacated / removed webhook is about: the channel, and the
+/// user for a member.
+type HeldKey = (AppId, ChannelName, Option<String>);
+
+/// Webhooks of ends held for the vacate delay, with when they go out and
+/// the `since` of the fact they end.
+pub type Held = HashMap<HeldKey, (Instant, u64)>;
 
 impl Engine {
+    /// Whether any vacated / removed webhook is held.
+    pub(super) fn holds_any(&self) -> bool {
+        !self.held.lock().expect("held lock").is_empty()
+    }
+
+    /// Hold the end of a fact if there is a vacate delay; `false` if it
+    /// must go out now.
+    fn hold(&self, key: HeldKey, since: u64) -> bool {
+        let delay = self.settings.vacate_delay;
+        if delay.is_zero() {
+            return false;
+        }
+        let mut held = self.held.lock().expect("held lock");
+        held.insert(key, (Instant::now() + delay, since));
+        true
+    }
+
+    /// A start of a fact: `true` if it cancels a held end (then neither is
+    /// sent).
+    fn cancel_held(&self, key: &HeldKey) -> bool {
+        self.held.lock().expect("held lock").remove(key).is_some()
+    }
+
+    /// Send the held ends whose delay is over.
+    pub(super) async fn release_held(&self) {
+        let now = Instant::now();
+        let due: Vec<(HeldKey, u64)> = {
+            let mut held = self.held.lock().expect("held lock");
+            let keys: Vec<HeldKey> = held
+                .iter()
+                .filter(|(_, (at, _))| *at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| held.remove(&k).map(|(_, since)| (k, since)))
+                .collect()
+        };
+        for ((app, channel, user), since) in due {
+            self.send_end(&app, &channel, user.as_deref(), since).await;
+        }
+    }
+
+    /// The webhook and view update of a vacated channel or removed member.
+    async fn send_end(&self, app: &AppId, channel: &ChannelName, user: Option<&str>, since: u64) {
+        let (kind, key) = match user {
+            Some(user_id) => (
+                WebhookKind::MemberRemoved,
+                ViewKey::Member {
+                    app: app.clone(),
+                    channel: channel.clone(),
+                    user_id: user_id.to_owned(),
+                },
+            ),
+            None => (
+                WebhookKind::ChannelVacated,
+                ViewKey::Occupied {
+                    app: app.clone(),
+                    channel: channel.clone(),
+                },
+            ),
+        };
+        self.webhook(app, kind, Some(channel), user, since).await;
+        self.write(WriteOp::ViewDelete { key: key.render() }).await;
+    }
+
     /// Publish one presence channel's event.
     async fn publish(&self, app: &AppId, channel: &ChannelName, event: &PresenceEvent) {
         let subject = self.subjects.presence_events(app, channel);
@@ -113,14 +195,17 @@ impl Engine {
                 self.publish(&app, &channel, &event).await;
                 metrics::counter!("herald_presence_events_total", "type" => "member_added")
                     .increment(1);
-                self.webhook(
-                    &app,
-                    WebhookKind::MemberAdded,
-                    Some(&channel),
-                    Some(&hook_user),
-                    since,
-                )
-                .await;
+                let held = (app.clone(), channel.clone(), Some(hook_user.clone()));
+                if !self.cancel_held(&held) {
+                    self.webhook(
+                        &app,
+                        WebhookKind::MemberAdded,
+                        Some(&channel),
+                        Some(&hook_user),
+                        since,
+                    )
+                    .await;
+                }
                 self.write(WriteOp::ViewPut { key, value }).await;
             }
             Change::MemberRemoved {
@@ -129,26 +214,16 @@ impl Engine {
                 user_id,
                 since,
             } => {
-                let key = ViewKey::Member {
-                    app: app.clone(),
-                    channel: channel.clone(),
-                    user_id: user_id.clone(),
-                }
-                .render();
                 let hook_user = user_id.clone();
                 let event = PresenceEvent::MemberRemoved { user_id, revision };
                 self.publish(&app, &channel, &event).await;
                 metrics::counter!("herald_presence_events_total", "type" => "member_removed")
                     .increment(1);
-                self.webhook(
-                    &app,
-                    WebhookKind::MemberRemoved,
-                    Some(&channel),
-                    Some(&hook_user),
-                    since,
-                )
-                .await;
-                self.write(WriteOp::ViewDelete { key }).await;
+                let held = (app.clone(), channel.clone(), Some(hook_user.clone()));
+                if !self.hold(held, since) {
+                    self.send_end(&app, &channel, Some(&hook_user), since)
+                        .await;
+                }
             }
             Change::ChannelOccupied {
                 app,
@@ -158,14 +233,16 @@ impl Engine {
                 metrics::counter!("herald_presence_occupancy_total", "event" => "channel_occupied")
                     .increment(1);
                 tracing::debug!(%app, %channel, "channel_occupied");
-                self.webhook(
-                    &app,
-                    WebhookKind::ChannelOccupied,
-                    Some(&channel),
-                    None,
-                    since,
-                )
-                .await;
+                if !self.cancel_held(&(app.clone(), channel.clone(), None)) {
+                    self.webhook(
+                        &app,
+                        WebhookKind::ChannelOccupied,
+                        Some(&channel),
+                        None,
+                        since,
+                    )
+                    .await;
+                }
                 let key = ViewKey::Occupied { app, channel }.render();
                 let value = ViewValue {
                     user_info: None,
@@ -183,16 +260,9 @@ impl Engine {
                 metrics::counter!("herald_presence_occupancy_total", "event" => "channel_vacated")
                     .increment(1);
                 tracing::debug!(%app, %channel, "channel_vacated");
-                self.webhook(
-                    &app,
-                    WebhookKind::ChannelVacated,
-                    Some(&channel),
-                    None,
-                    since,
-                )
-                .await;
-                let key = ViewKey::Occupied { app, channel }.render();
-                self.write(WriteOp::ViewDelete { key }).await;
+                if !self.hold((app.clone(), channel.clone(), None), since) {
+                    self.send_end(&app, &channel, None, since).await;
+                }
             }
             Change::UserOnline {
                 app,
