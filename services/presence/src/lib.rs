@@ -99,6 +99,7 @@ impl Application {
         let presence =
             herald_stream::ensure_presence_bucket(&js, &config.subjects, config.kv_replicas)
                 .await?;
+        webhooks::check_targets(&config.apps)?;
         herald_stream::ensure_webhook_streams(&js, &config.subjects, config.kv_replicas).await?;
         let view = herald_stream::ensure_bucket(
             &js,

@@ -65,6 +65,27 @@ enum Outcome {
     Stopped,
 }
 
+/// Refuse, at start-up, webhooks this build cannot send: its HTTP client
+/// has no TLS (the workspace's reqwest is built without a TLS backend), so
+/// an `https://` webhook would only ever fail and be dead-lettered.
+pub fn check_targets(apps: &AppRegistry) -> anyhow::Result<()> {
+    for app in apps.iter() {
+        if let Some(hook) = app.webhooks.iter().find(|w| {
+            !w.url
+                .get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        }) {
+            anyhow::bail!(
+                "app {}: webhook {} is not http://; this build sends webhooks over plain HTTP \
+                 only (terminate TLS in a local proxy)",
+                app.id,
+                hook.url
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The HTTP client: timeouts, and redirects only within the same origin.
 pub fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {

@@ -221,8 +221,7 @@ impl Engine {
                     .increment(1);
                 let held = (app.clone(), channel.clone(), Some(hook_user.clone()));
                 if !self.hold(held, since) {
-                    self.send_end(&app, &channel, Some(&hook_user), since)
-                        .await;
+                    self.send_end(&app, &channel, Some(&hook_user), since).await;
                 }
             }
             Change::ChannelOccupied {
