@@ -442,3 +442,29 @@ async fn with_a_vacate_delay_a_quick_rejoin_sends_neither_vacated_nor_a_second_o
     }
     hooks.assert_ids_are_stable();
 }
+
+#[tokio::test]
+async fn subscribing_to_a_channel_this_gateway_already_serves_writes_nothing() {
+    let (stack, hooks) = hooked_stack().await;
+    let _presence = stack.presence_with(presence_config(&stack)).await;
+    let gw = stack.gateway().await;
+    let writes = "herald_gateway_occupancy_writes_total";
+    let before = herald_tests::metric(gw.port, writes).await;
+    let mut sockets = Vec::new();
+    for _ in 0..20 {
+        let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+        socket.subscribe("busy").await.unwrap();
+        sockets.push(socket);
+    }
+    hooks.wait_for("channel_occupied", "busy").await;
+    // 20 subscribers, one write (the first one's).
+    assert_eq!(herald_tests::metric(gw.port, writes).await - before, 1.0);
+    for socket in &mut sockets[1..] {
+        unsubscribe(socket, "busy").await;
+    }
+    // A round trip on the remaining socket's gateway: the 19 leaves are read.
+    sockets[0].subscribe("fence").await.unwrap();
+    hooks.wait_for("channel_occupied", "fence").await;
+    assert_eq!(herald_tests::metric(gw.port, writes).await - before, 2.0);
+    assert!(hooks.ids("channel_vacated", "busy").is_empty());
+}
