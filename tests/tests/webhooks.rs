@@ -468,3 +468,15 @@ async fn subscribing_to_a_channel_this_gateway_already_serves_writes_nothing() {
     assert_eq!(herald_tests::metric(gw.port, writes).await - before, 2.0);
     assert!(hooks.ids("channel_vacated", "busy").is_empty());
 }
+
+#[tokio::test]
+async fn a_cache_channel_with_nothing_cached_sends_cache_miss() {
+    let (stack, hooks) = hooked_stack().await;
+    let _presence = stack.presence_with(presence_config(&stack)).await;
+    let gw = stack.gateway().await;
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    socket.subscribe("cache-empty").await.unwrap();
+    hooks.wait_for("cache_miss", "cache-empty").await;
+    hooks.wait_for("channel_occupied", "cache-empty").await;
+    hooks.assert_ids_are_stable();
+}
