@@ -113,11 +113,16 @@ async fn receive(
 
 /// A receiver on 127.0.0.1 and its URL.
 async fn receiver() -> (String, Arc<Receiver>) {
+    receiver_on("127.0.0.1").await
+}
+
+/// A receiver on a loopback address and its URL.
+async fn receiver_on(host: &str) -> (String, Arc<Receiver>) {
     let state = Arc::new(Receiver::default());
     let app = Router::new()
         .route("/hook", post(receive))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}/hook"), state)
@@ -479,4 +484,64 @@ async fn a_cache_channel_with_nothing_cached_sends_cache_miss() {
     hooks.wait_for("cache_miss", "cache-empty").await;
     hooks.wait_for("channel_occupied", "cache-empty").await;
     hooks.assert_ids_are_stable();
+}
+
+#[tokio::test]
+async fn a_redirect_to_another_host_is_not_followed_and_the_events_are_dead_lettered() {
+    // The real receiver, on another loopback host, and a redirect to it.
+    let (elsewhere, other) = receiver_on("127.0.0.2").await;
+    let redirect = Router::new().route(
+        "/hook",
+        post(move || {
+            let location = elsewhere.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", location)]) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, redirect).await });
+    let stack = Stack::with_apps(AppRegistry::single(hooked_app(&url)));
+    let mut config = presence_config(&stack);
+    config.webhooks.retry_for = Duration::from_secs(1);
+    let presence = stack.presence_with(config).await;
+    let gw = stack.gateway().await;
+    churn(gw.port, &["moved".to_owned()]).await;
+
+    // Both events (and the fence's occupied) end in the dead-letter stream.
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    let mut dead = js
+        .get_stream(stack.subjects.webhook_dead_stream())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while dead.info().await.unwrap().state.messages < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = dead.get_raw_message(1).await.unwrap();
+    let headers = first.headers;
+    assert_eq!(headers.get("Herald-Webhook-Url").unwrap().as_str(), url);
+    let subject = headers
+        .get("Herald-Webhook-Subject")
+        .unwrap()
+        .as_str()
+        .to_owned();
+    assert!(subject.starts_with(&format!("{}.hooks.app-id.", stack.subjects.prefix())));
+    let event: Value = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(event["name"], "channel_occupied");
+    assert_eq!(event["channel"], "moved");
+    assert!(
+        herald_tests::metric(presence.port, "herald_presence_webhook_events_dead_total").await
+            >= 2.0
+    );
+    // The other host never heard a thing.
+    assert_eq!(
+        other.events().len()
+            + other.failed.load(Ordering::SeqCst)
+            + other.bad.load(Ordering::SeqCst),
+        0
+    );
 }
