@@ -545,3 +545,16 @@ async fn a_redirect_to_another_host_is_not_followed_and_the_events_are_dead_lett
         0
     );
 }
+
+#[tokio::test]
+async fn an_app_without_occupancy_webhooks_records_no_occupancy() {
+    let stack = Stack::start();
+    let _presence = stack.presence().await;
+    let gw = stack.gateway().await;
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    for i in 0..5 {
+        socket.subscribe(&format!("quiet-{i}")).await.unwrap();
+    }
+    let writes = herald_tests::metric(gw.port, "herald_gateway_occupancy_writes_total").await;
+    assert_eq!(writes, 0.0);
+}

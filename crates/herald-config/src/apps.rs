@@ -2,7 +2,7 @@
 
 use herald_proto::webhook::WebhookKind;
 use herald_proto::AppId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -64,7 +64,7 @@ impl Default for AppLimits {
 
 /// Which channels a webhook is about (both conditions when both are set).
 /// User events (`user_online` / `user_offline`) have no channel and pass.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookFilter {
     /// Only channels whose name starts with this.
@@ -76,7 +76,7 @@ pub struct WebhookFilter {
 }
 
 /// One webhook target of an app (`"webhooks": [...]` in `HERALD_APPS`).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where the events are POSTed: `http://` or `https://`, with a host.

@@ -77,6 +77,8 @@ struct ChannelEntry {
     subscribers: RwLock<HashMap<u64, Subscriber>>,
     /// Stops the fan-out task when the last local subscriber leaves.
     stop: CancellationToken,
+    /// Whether this channel's occupancy is recorded ([`Join::record_occupancy`]).
+    records_occupancy: bool,
 }
 
 /// The channel → connections and user → connections index of one gateway.
@@ -106,6 +108,9 @@ pub(crate) struct Join {
     pub first: Option<Utf8Bytes>,
     /// Start pending (frames held) until [`Hub::ready`], as for presence.
     pub hold: bool,
+    /// Record the channel's occupancy (the same for every join of a
+    /// channel: see `ws::subscribe`).
+    pub record_occupancy: bool,
 }
 
 impl Hub {
@@ -152,6 +157,7 @@ impl Hub {
                             ready: OnceCell::new(),
                             subscribers: RwLock::new(HashMap::new()),
                             stop: CancellationToken::new(),
+                            records_occupancy: join.record_occupancy,
                         })
                     })
                     .clone()
@@ -228,7 +234,9 @@ impl Hub {
                 // Reported under the hub lock, before a new entry of the
                 // channel can exist, so the recorder sees a channel's
                 // changes in the order they happened.
-                self.occupancy.vacated(app, channel);
+                if entry.records_occupancy {
+                    self.occupancy.vacated(app, channel);
+                }
                 entry.stop.cancel();
             }
         }
@@ -332,7 +340,9 @@ impl Hub {
         // Once per entry, i.e. per first local subscriber (every subscriber
         // of the entry waits for this `ready`): the channel's occupancy key,
         // written before anyone is told they are subscribed.
-        self.occupancy.occupied(app, channel).await;
+        if entry.records_occupancy {
+            self.occupancy.occupied(app, channel).await;
+        }
         Ok(())
     }
 }

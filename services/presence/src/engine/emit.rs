@@ -36,6 +36,16 @@ type HeldKey = (AppId, ChannelName, Option<String>);
 pub type Held = HashMap<HeldKey, (Instant, u64)>;
 
 impl Engine {
+    /// Whether the channel's occupancy is announced at all: only when one of
+    /// the app's webhooks wants its `channel_occupied` or `channel_vacated`
+    /// (then the view records it too; otherwise it costs no write).
+    pub(super) fn tracks_occupancy(&self, app: &AppId, channel: &ChannelName) -> bool {
+        self.apps.by_id(app.as_str()).is_some_and(|a| {
+            a.wants_webhook(WebhookKind::ChannelOccupied, Some(channel.as_str()))
+                || a.wants_webhook(WebhookKind::ChannelVacated, Some(channel.as_str()))
+        })
+    }
+
     /// Whether any vacated / removed webhook is held.
     pub(super) fn holds_any(&self) -> bool {
         !self.held.lock().expect("held lock").is_empty()
@@ -80,6 +90,9 @@ impl Engine {
 
     /// The webhook and view update of a vacated channel or removed member.
     async fn send_end(&self, app: &AppId, channel: &ChannelName, user: Option<&str>, since: u64) {
+        if user.is_none() && !self.tracks_occupancy(app, channel) {
+            return;
+        }
         let (kind, key) = match user {
             Some(user_id) => (
                 WebhookKind::MemberRemoved,
@@ -232,6 +245,9 @@ impl Engine {
                 metrics::counter!("herald_presence_occupancy_total", "event" => "channel_occupied")
                     .increment(1);
                 tracing::debug!(%app, %channel, "channel_occupied");
+                if !self.tracks_occupancy(&app, &channel) {
+                    return;
+                }
                 if !self.cancel_held(&(app.clone(), channel.clone(), None)) {
                     self.webhook(
                         &app,

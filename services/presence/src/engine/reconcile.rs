@@ -12,6 +12,7 @@ use super::load::Hints;
 use super::Engine;
 use crate::buckets::told_since;
 use crate::state::Change;
+use crate::writer::WriteOp;
 use bytes::Bytes;
 use herald_proto::now_ms;
 use herald_proto::presence::ViewKey;
@@ -79,7 +80,7 @@ impl Engine {
         let occupied_now = self.state.occupied_channels();
         let occupied: Vec<_> = occupied_now
             .iter()
-            .filter(|(c, _)| !told_occupied.contains_key(*c))
+            .filter(|(c, _)| !told_occupied.contains_key(*c) && self.tracks_occupancy(&c.0, &c.1))
             .map(|(c, since)| (c.clone(), *since))
             .collect();
         let mut vacated: Vec<_> = told_occupied
@@ -139,6 +140,13 @@ impl Engine {
             .await;
         }
         for ((app, channel), since) in vacated {
+            if !self.tracks_occupancy(&app, &channel) {
+                // An app whose webhooks stopped wanting occupancy: forget
+                // what was recorded for it, announce nothing.
+                let key = ViewKey::Occupied { app, channel }.render();
+                self.write(WriteOp::ViewDelete { key }).await;
+                continue;
+            }
             self.emit(
                 Change::ChannelVacated {
                     app,
