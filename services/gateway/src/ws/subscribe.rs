@@ -659,6 +659,17 @@ impl Connection {
     }
 }
 
+/// Whether this gateway records the channel's occupancy in the presence
+/// bucket: only when one of the app's webhooks wants its `channel_occupied`
+/// or `channel_vacated` (occupancy feeds nothing else), so apps without
+/// them pay nothing on the subscribe path. (A presence channel's
+/// occupancy also follows its members.)
+fn records_occupancy(app: &herald_config::AppConfig, channel: &ChannelName) -> bool {
+    use herald_proto::webhook::WebhookKind;
+    app.wants_webhook(WebhookKind::ChannelOccupied, Some(channel.as_str()))
+        || app.wants_webhook(WebhookKind::ChannelVacated, Some(channel.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -680,15 +691,4 @@ mod tests {
         let big = format!(r#"{{"user_id":"u","user_info":"{}"}}"#, "x".repeat(1100));
         assert_eq!(parse_member(&big).err().unwrap().status, 413);
     }
-}
-
-/// Whether this gateway records the channel's occupancy in the presence
-/// bucket: only when one of the app's webhooks wants its `channel_occupied`
-/// or `channel_vacated` (occupancy feeds nothing else), so apps without
-/// them pay nothing on the subscribe path. (A presence channel's
-/// occupancy also follows its members.)
-fn records_occupancy(app: &herald_config::AppConfig, channel: &ChannelName) -> bool {
-    use herald_proto::webhook::WebhookKind;
-    app.wants_webhook(WebhookKind::ChannelOccupied, Some(channel.as_str()))
-        || app.wants_webhook(WebhookKind::ChannelVacated, Some(channel.as_str()))
 }
