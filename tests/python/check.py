@@ -7,7 +7,10 @@ HERALD_GATEWAY2_PORT. The Python SDK insists on a numeric app id, so the
 stack configures an extra app for this check in HERALD_APPS:
 
     {"id": "123456", "key": "py-key", "secret": "py-secret",
-     "enable_client_messages": true}
+     "enable_client_messages": true, "webhooks": [...]}
+
+with a webhook for channels starting with `py-webhook-` to a receiver this
+check runs on HERALD_PY_WEBHOOK_PORT.
 
 Prints one line per check and a final "N passed, N failed" line; exits
 non-zero when any check failed. Every wait is bounded, and absence
@@ -15,6 +18,7 @@ non-zero when any check failed. Every wait is bounded, and absence
 same channel, or a ping answered on the same connection), never a bare sleep.
 """
 
+import http.server
 import json
 import logging
 import os
@@ -228,6 +232,37 @@ def close_clients():
         except Exception:  # noqa: BLE001 - already gone
             pass
     clients.clear()
+
+
+# --- webhook receiver -------------------------------------------------------
+
+webhooks = []
+webhooks_lock = threading.Lock()
+
+
+class WebhookReceiver(http.server.BaseHTTPRequestHandler):
+    """Keeps every webhook request: (X-Pusher-Key, X-Pusher-Signature, body)."""
+
+    def do_POST(self):  # noqa: N802 - the http.server name
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with webhooks_lock:
+            webhooks.append(
+                (self.headers.get("X-Pusher-Key"), self.headers.get("X-Pusher-Signature"), body.decode())
+            )
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def start_webhook_receiver():
+    value = os.environ.get("HERALD_PY_WEBHOOK_PORT", "")
+    if not value.isdigit():
+        return None
+    httpd = http.server.ThreadingHTTPServer((HOST, int(value)), WebhookReceiver)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
 
 
 # --- checks -------------------------------------------------------------------
@@ -480,7 +515,37 @@ def the_sdk_gets_400_for_an_invalid_request():
     raise AssertionError("expected PusherBadRequest (400)")
 
 
+@check
+def the_sdks_validate_webhook_accepts_heralds_webhooks():
+    if not os.environ.get("HERALD_PY_WEBHOOK_PORT", "").isdigit():
+        raise AssertionError("HERALD_PY_WEBHOOK_PORT must name the receiver's port (scripts/test sets it)")
+    name = unique("py-webhook-")
+    c = client(GATEWAY1)
+    c.subscribed(name)
+    server = sdk()
+
+    def events():
+        out = []
+        with webhooks_lock:
+            requests = list(webhooks)
+        for key, signature, body in requests:
+            valid = server.validate_webhook(key, signature, body)
+            assert valid is not None, f"validate_webhook refused {body}"
+            out.extend(valid["events"])
+        return out
+
+    def seen(event):
+        return any(e["name"] == event and e["channel"] == name for e in events())
+
+    eventually(lambda: seen("channel_occupied"), "channel_occupied")
+    c.unsubscribe(name)
+    eventually(lambda: seen("channel_vacated"), "channel_vacated")
+    key, signature, body = webhooks[0]
+    assert server.validate_webhook(key, signature, body.replace('"events"', '"events" ')) is None
+
+
 def main():
+    start_webhook_receiver()
     passed = failed = 0
     for fn in checks:
         name = fn.__name__.replace("_", " ")

@@ -265,7 +265,7 @@ impl GatewayProcess {
         let apps = stack
             .apps
             .iter()
-            .map(|a| serde_json::json!({"id": a.id.as_str(), "key": a.key, "secret": a.secret, "enable_client_messages": a.limits.enable_client_messages}))
+            .map(|a| serde_json::json!({"id": a.id.as_str(), "key": a.key, "secret": a.secret, "enable_client_messages": a.limits.enable_client_messages, "webhooks": a.webhooks}))
             .collect::<Vec<_>>();
         let child = std::process::Command::new(bin)
             .env("NATS_URL", stack.nats.url())

@@ -1,8 +1,9 @@
 //! Apps, their credentials and their per-app limits.
 
+use herald_proto::webhook::WebhookKind;
 use herald_proto::AppId;
-use serde::Deserialize;
-use std::collections::HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// A configuration problem, reported at start-up.
@@ -61,6 +62,95 @@ impl Default for AppLimits {
     }
 }
 
+/// Which channels a webhook is about (both conditions when both are set).
+/// User events (`user_online` / `user_offline`) have no channel and pass.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookFilter {
+    /// Only channels whose name starts with this.
+    #[serde(default)]
+    pub channel_name_starts_with: Option<String>,
+    /// Only channels whose name ends with this.
+    #[serde(default)]
+    pub channel_name_ends_with: Option<String>,
+}
+
+/// One webhook target of an app (`"webhooks": [...]` in `HERALD_APPS`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where the events are POSTed: `http://` or `https://`, with a host.
+    pub url: String,
+    /// The event types sent there (`channel_occupied`, …; see
+    /// `herald_proto::webhook::WebhookKind`).
+    pub event_types: Vec<WebhookKind>,
+    /// Which channels' events (all when absent).
+    #[serde(default)]
+    pub filter: WebhookFilter,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl WebhookConfig {
+    /// Whether an event of `kind` about `channel` goes to this target.
+    pub fn wants(&self, kind: WebhookKind, channel: Option<&str>) -> bool {
+        if !self.event_types.contains(&kind) {
+            return false;
+        }
+        let Some(channel) = channel else {
+            return true;
+        };
+        let filter = &self.filter;
+        filter
+            .channel_name_starts_with
+            .as_deref()
+            .is_none_or(|p| channel.starts_with(p))
+            && filter
+                .channel_name_ends_with
+                .as_deref()
+                .is_none_or(|p| channel.ends_with(p))
+    }
+
+    /// Why this target cannot be used, if it cannot.
+    fn problem(&self) -> Option<String> {
+        let Some((scheme, rest)) = self.url.split_once("://") else {
+            return Some(format!("url {:?} has no scheme", self.url));
+        };
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Some(format!("url {:?} is not http(s)", self.url));
+        }
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        if host.is_empty() || authority.contains('@') || host.contains(char::is_whitespace) {
+            return Some(format!(
+                "url {:?} needs a host (and no user info)",
+                self.url
+            ));
+        }
+        if self.event_types.is_empty() {
+            return Some(format!("webhook {:?} has no event_types", self.url));
+        }
+        for (name, value) in &self.headers {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token || value.contains(['\r', '\n']) {
+                return Some(format!("webhook {:?}: bad header {name:?}", self.url));
+            }
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("x-pusher-") || lower == "content-type" || lower == "host" {
+                return Some(format!(
+                    "webhook {:?}: header {name:?} is set by Herald",
+                    self.url
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// One app: its credentials and limits.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AppConfig {
@@ -78,6 +168,8 @@ pub struct AppConfig {
     /// origin. Checked against the `Origin` header browsers send; a client
     /// that sends none is not a browser page and is not checked.
     pub allowed_origins: Vec<String>,
+    /// Where the app's webhooks go (none by default).
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -88,6 +180,7 @@ impl std::fmt::Debug for AppConfig {
             .field("secret", &"<redacted>")
             .field("limits", &self.limits)
             .field("allowed_origins", &self.allowed_origins)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -105,7 +198,14 @@ impl AppConfig {
             secret: secret.to_owned(),
             limits: AppLimits::default(),
             allowed_origins: Vec::new(),
+            webhooks: Vec::new(),
         }
+    }
+
+    /// Whether any webhook of the app wants an event of `kind` about
+    /// `channel`: producers store only such events.
+    pub fn wants_webhook(&self, kind: WebhookKind, channel: Option<&str>) -> bool {
+        self.webhooks.iter().any(|w| w.wants(kind, channel))
     }
 
     /// Whether a page of `origin` (an `Origin` header) may connect.
@@ -160,6 +260,8 @@ struct RawApp {
     limits: AppLimits,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    #[serde(default)]
+    webhooks: Vec<WebhookConfig>,
 }
 
 /// Whether an `allowed_origins` entry is `*` or `scheme://host[:port]`
@@ -216,6 +318,9 @@ impl AppRegistry {
                     app.id
                 )));
             }
+            if let Some(problem) = app.webhooks.iter().find_map(WebhookConfig::problem) {
+                return Err(ConfigError::Invalid(format!("app {}: {problem}", app.id)));
+            }
             let app = Arc::new(app);
             if by_id.insert(app.id.to_string(), app.clone()).is_some() {
                 return Err(ConfigError::Invalid(format!(
@@ -255,6 +360,7 @@ impl AppRegistry {
                     secret: r.secret,
                     limits: r.limits,
                     allowed_origins: r.allowed_origins,
+                    webhooks: r.webhooks,
                 })
             })
             .collect()
@@ -330,5 +436,38 @@ mod tests {
             let err = AppRegistry::new(vec![app_with(&[bad])]).unwrap_err();
             assert!(err.to_string().contains("allowed_origins"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn webhooks_are_read_filtered_and_validated() {
+        let apps = AppRegistry::parse_list(
+            r#"[{"id":"a","key":"k","secret":"s","webhooks":[{"url":"http://127.0.0.1:9/h",
+                "event_types":["channel_occupied","member_added"],
+                "filter":{"channel_name_starts_with":"presence-","channel_name_ends_with":"-x"},
+                "headers":{"X-Token":"t"}}]}]"#,
+        )
+        .unwrap();
+        let hook = &apps[0].webhooks[0];
+        assert!(hook.wants(WebhookKind::MemberAdded, Some("presence-a-x")));
+        assert!(!hook.wants(WebhookKind::MemberAdded, Some("presence-a")));
+        assert!(!hook.wants(WebhookKind::MemberAdded, Some("private-a-x")));
+        assert!(!hook.wants(WebhookKind::ChannelVacated, Some("presence-a-x")));
+        assert!(apps[0].wants_webhook(WebhookKind::ChannelOccupied, Some("presence--x")));
+        assert!(AppRegistry::new(apps).is_ok());
+        let bad = [
+            r#"{"url":"ftp://h/x","event_types":["cache_miss"]}"#,
+            r#"{"url":"http:///x","event_types":["cache_miss"]}"#,
+            r#"{"url":"http://u@h/x","event_types":["cache_miss"]}"#,
+            r#"{"url":"http://h/x","event_types":[]}"#,
+            r#"{"url":"http://h/x","event_types":["cache_miss"],"headers":{"X-Pusher-Key":"k"}}"#,
+            r#"{"url":"http://h/x","event_types":["cache_miss"],"headers":{"a b":"k"}}"#,
+        ];
+        for hook in bad {
+            let json = format!(r#"[{{"id":"a","key":"k","secret":"s","webhooks":[{hook}]}}]"#);
+            let parsed = AppRegistry::parse_list(&json).unwrap();
+            assert!(AppRegistry::new(parsed).is_err(), "{hook}");
+        }
+        let unknown = r#"[{"id":"a","key":"k","secret":"s","webhooks":[{"url":"http://h","event_types":["nope"]}]}]"#;
+        assert!(AppRegistry::parse_list(unknown).is_err());
     }
 }

@@ -9,7 +9,8 @@
 mod apps;
 
 pub use apps::{
-    AppConfig, AppLimits, AppRegistry, ConfigError, DEV_APP_ID, DEV_APP_KEY, DEV_APP_SECRET,
+    AppConfig, AppLimits, AppRegistry, ConfigError, WebhookConfig, WebhookFilter, DEV_APP_ID,
+    DEV_APP_KEY, DEV_APP_SECRET,
 };
 
 use clap::Args;

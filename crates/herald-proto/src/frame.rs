@@ -166,6 +166,16 @@ pub enum ServerFrame<'a> {
         /// The channel.
         channel: &'a str,
     },
+    /// `pusher_internal:watchlist_events`: watched users who came online
+    /// (`online: true`) or went offline, as pusher-js's
+    /// `pusher.user.watchlist` expects: `{"events": [{"name": "online",
+    /// "user_ids": [...]}]}`.
+    WatchlistEvents {
+        /// Online (`true`) or offline.
+        online: bool,
+        /// The users.
+        user_ids: &'a [String],
+    },
 }
 
 /// The codes of `herald:nack`, documented in the README.
@@ -300,6 +310,7 @@ impl ServerFrame<'_> {
             ServerFrame::CacheMiss { .. } => "pusher:cache_miss",
             ServerFrame::SigninSuccess { .. } => "pusher:signin_success",
             ServerFrame::Unsubscribed { .. } => "herald:unsubscribed",
+            ServerFrame::WatchlistEvents { .. } => "pusher_internal:watchlist_events",
             ServerFrame::ResumeFailed { .. } => "herald:resume_failed",
             ServerFrame::Ack { .. } => "herald:ack",
             ServerFrame::Nack { .. } => "herald:nack",
@@ -408,6 +419,11 @@ impl ServerFrame<'_> {
             }
             ServerFrame::SigninSuccess { user_data } => {
                 Wire::new(event).data_json(json!({ "user_data": user_data }))
+            }
+            ServerFrame::WatchlistEvents { online, user_ids } => {
+                let name = if online { "online" } else { "offline" };
+                Wire::new(event)
+                    .data_json(json!({ "events": [{ "name": name, "user_ids": user_ids }] }))
             }
         };
         serde_json::to_string(&wire).expect("a frame always serializes")
@@ -534,5 +550,20 @@ mod tests {
         assert_eq!(v["data"], "d");
         let v = parse(ServerFrame::SigninSuccess { user_data: "{}" });
         assert_eq!(v["data"], "{\"user_data\":\"{}\"}");
+    }
+
+    #[test]
+    fn watchlist_events_carry_pushers_events_list_as_a_string() {
+        let ids = ["a".to_owned(), "b".to_owned()];
+        let v = parse(ServerFrame::WatchlistEvents {
+            online: false,
+            user_ids: &ids,
+        });
+        assert_eq!(v["event"], "pusher_internal:watchlist_events");
+        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            data,
+            json!({"events": [{"name": "offline", "user_ids": ["a", "b"]}]})
+        );
     }
 }

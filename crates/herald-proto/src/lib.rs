@@ -11,6 +11,7 @@
 //! * [`id`] — user ids, socket ids and event names, each validated once.
 //! * [`token`] — session and channel token claims, grants, single-use
 //!   bindings, and the channel names of rooms and direct messages.
+//! * [`webhook`] — webhook events, body, headers, streams and subjects.
 //! * [`error`] — matchable error kinds shared by all of the above.
 
 pub mod channel;
@@ -23,6 +24,7 @@ pub mod presence;
 pub mod pusher;
 pub mod subject;
 pub mod token;
+pub mod webhook;
 
 pub use channel::{AppId, ChannelKind, ChannelName};
 pub use envelope::{Envelope, EventKind};

@@ -8,6 +8,11 @@
 //! | `sub.<app>.<channel-hex>.<gateway>.<socket>` | [`PresenceSubscription`] | a socket is in a presence channel as a user |
 //! | `conn.<app>.<user-hex>.<gateway>.<socket>` | [`UserConnection`] | a signed-in socket of a user |
 //! | `gw.<gateway>` | [`GatewayHeartbeat`] | the gateway is alive (re-put every heartbeat interval) |
+//! | `occ.<app>.<channel-hex>.<gateway>` | [`ChannelOccupancy`] | the gateway has at least one subscriber of the channel (any channel type) |
+//!
+//! An `occ.` key is written once per gateway and channel (first local
+//! subscriber in, last out), not per socket, so subscribing to a channel
+//! this gateway already serves costs no write.
 //!
 //! Channel names and user ids are hex-encoded in keys (KV keys allow only
 //! `[-/_=.a-zA-Z0-9]`), socket ids have their `.` replaced by `_`.
@@ -20,6 +25,7 @@
 //! |---|---|---|
 //! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `m.<app>.<channel-hex>.<user-hex>` | subscribers were told this user is a member |
 //! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `u.<app>.<user-hex>` | the user was online |
+//! | `<PREFIX>_PRESENCE_VIEW` | [`ViewKey`] `o.<app>.<channel-hex>` | the channel was announced occupied |
 //! | `<PREFIX>_LAST_SEEN` | [`last_seen_key`] `<app>.<user-hex>` | when the user's last connection went |
 //! | `<PREFIX>_PRESENCE_LEADER` | [`LEASE_KEY`] | the active presence instance's lease |
 //!
@@ -71,6 +77,13 @@ pub struct UserConnection {
     pub at: i64,
 }
 
+/// Value of an `occ.` key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChannelOccupancy {
+    /// When the gateway's first local subscriber joined, ms since the epoch.
+    pub at: i64,
+}
+
 /// Value of a `gw.` key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GatewayHeartbeat {
@@ -98,6 +111,43 @@ pub enum PresenceEvent {
         /// KV revision that caused it.
         revision: u64,
     },
+}
+
+/// Pusher's limit on the users one signed-in connection may watch.
+pub const MAX_WATCHLIST: usize = 100;
+
+/// A user came online or went offline, published by the presence service
+/// on [`Subjects::presence_online`] for gateways to tell the connections
+/// watching the user (`pusher_internal:watchlist_events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineEvent {
+    /// The user.
+    pub user_id: String,
+    /// Whether the user is now online.
+    pub online: bool,
+    /// The KV revision that caused it (ordered with [`OnlineReply::revision`]).
+    pub revision: u64,
+}
+
+/// A gateway asking which of some users are online, on
+/// [`Subjects::presence_online_query`] (request/reply).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineRequest {
+    /// The users asked about (at most [`MAX_WATCHLIST`]).
+    pub user_ids: Vec<String>,
+}
+
+/// The presence service's answer to an [`OnlineRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnlineReply {
+    /// The users asked about who are online.
+    pub online: Vec<String>,
+    /// The KV revision the answer reflects: [`OnlineEvent`]s at or below it
+    /// are already in it.
+    pub revision: u64,
+    /// Set when the request could not be answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Most members in one [`MembersReply`]: keeps each reply far below NATS's
@@ -159,6 +209,13 @@ pub enum PresenceKey {
     },
     /// `gw.<gateway>`
     Gateway { gateway: String },
+    /// `occ.<app>.<channel-hex>.<gateway>`: the gateway has subscribers of
+    /// the channel.
+    Occupancy {
+        app: AppId,
+        channel: ChannelName,
+        gateway: String,
+    },
 }
 
 fn hex_encode(s: &str) -> String {
@@ -209,6 +266,11 @@ impl PresenceKey {
                 socket_token(socket_id)
             ),
             PresenceKey::Gateway { gateway } => format!("{GATEWAY_TOKEN}.{gateway}"),
+            PresenceKey::Occupancy {
+                app,
+                channel,
+                gateway,
+            } => format!("occ.{app}.{}.{gateway}", hex_encode(channel.as_str())),
         }
     }
 
@@ -242,6 +304,13 @@ impl PresenceKey {
                     socket_id: socket(sock)?,
                 })
             }
+            ["occ", app, channel, gateway] if is_valid_gateway_id(gateway) => {
+                Ok(PresenceKey::Occupancy {
+                    app: AppId::parse(app)?,
+                    channel: ChannelName::parse(&hex_decode(channel).ok_or_else(bad)?)?,
+                    gateway: (*gateway).to_owned(),
+                })
+            }
             [GATEWAY_TOKEN, gateway] if is_valid_gateway_id(gateway) => Ok(PresenceKey::Gateway {
                 gateway: (*gateway).to_owned(),
             }),
@@ -263,7 +332,8 @@ impl PresenceKey {
         match self {
             PresenceKey::Subscription { gateway, .. }
             | PresenceKey::Connection { gateway, .. }
-            | PresenceKey::Gateway { gateway } => gateway,
+            | PresenceKey::Gateway { gateway }
+            | PresenceKey::Occupancy { gateway, .. } => gateway,
         }
     }
 }
@@ -280,6 +350,8 @@ pub enum ViewKey {
     },
     /// `user_id` was online.
     Online { app: AppId, user_id: String },
+    /// `channel` was announced occupied (some gateway had a subscriber).
+    Occupied { app: AppId, channel: ChannelName },
 }
 
 impl ViewKey {
@@ -297,6 +369,9 @@ impl ViewKey {
                 hex_encode(user_id)
             ),
             ViewKey::Online { app, user_id } => format!("u.{app}.{}", hex_encode(user_id)),
+            ViewKey::Occupied { app, channel } => {
+                format!("o.{app}.{}", hex_encode(channel.as_str()))
+            }
         }
     }
 
@@ -312,6 +387,10 @@ impl ViewKey {
             ["u", app, user] => Some(ViewKey::Online {
                 app: AppId::parse(app).ok()?,
                 user_id: hex_decode(user)?,
+            }),
+            ["o", app, channel] => Some(ViewKey::Occupied {
+                app: AppId::parse(app).ok()?,
+                channel: ChannelName::parse(&hex_decode(channel)?).ok()?,
             }),
             _ => None,
         }
@@ -365,6 +444,29 @@ impl Subjects {
         )
     }
 
+    /// Where the presence service publishes an app's [`OnlineEvent`]s.
+    pub fn presence_online(&self, app: &AppId) -> String {
+        format!("{}.presence.online.{}", self.prefix(), app)
+    }
+
+    /// Every app's [`OnlineEvent`]s (what a gateway subscribes to).
+    pub fn presence_online_filter(&self) -> String {
+        format!("{}.presence.online.*", self.prefix())
+    }
+
+    /// Parse a [`Subjects::presence_online`] subject back into its app.
+    pub fn parse_presence_online(&self, subject: &str) -> Option<AppId> {
+        let app = subject
+            .strip_prefix(self.prefix())?
+            .strip_prefix(".presence.online.")?;
+        AppId::parse(app).ok()
+    }
+
+    /// Request/reply subject for [`OnlineRequest`]s of one app.
+    pub fn presence_online_query(&self, app: &AppId) -> String {
+        format!("{}.presence.onlinequery.{}", self.prefix(), app)
+    }
+
     /// Request/reply subject for member lists of one app.
     pub fn presence_members(&self, app: &AppId) -> String {
         format!("{}.presence.members.{}", self.prefix(), app)
@@ -404,6 +506,11 @@ mod tests {
             },
             PresenceKey::Gateway {
                 gateway: "abc-123".into(),
+            },
+            PresenceKey::Occupancy {
+                app: AppId::parse("app-id").unwrap(),
+                channel: ChannelName::parse("private-a.b;c").unwrap(),
+                gateway: "gw-2".into(),
             },
         ];
         for key in keys {
@@ -457,6 +564,10 @@ mod tests {
             ViewKey::Online {
                 app: AppId::parse("app-id").unwrap(),
                 user_id: "u.1".into(),
+            },
+            ViewKey::Occupied {
+                app: AppId::parse("app-id").unwrap(),
+                channel: ChannelName::parse("cache-a.b").unwrap(),
             },
         ];
         for key in keys {

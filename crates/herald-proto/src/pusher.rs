@@ -89,6 +89,15 @@ fn hmac_hex(secret: &str, message: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// `X-Pusher-Signature` of a webhook: the hex HMAC-SHA256 of the body
+/// with the app secret.
+pub fn webhook_signature(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        HmacSha256::new_from_slice(secret.as_bytes()).expect("hmac accepts any key length");
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// Constant-time equality of two strings (length may leak, content does not).
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()

@@ -8,6 +8,8 @@
 //! * [`publish_envelope`] — publishing an [`Envelope`] with its headers;
 //! * [`LiveEvent`] — reading a live (republished) message back;
 //! * [`last_event`] — a channel's last stored event;
+//! * [`ensure_webhook_streams`] and [`publish_webhook`] — the webhook
+//!   streams and storing one event;
 //! * [`server_barrier`] — a round trip proving the server has our SUBs;
 //! * [`StreamError`] — the crate's one error type.
 //!
@@ -23,6 +25,7 @@ mod publish;
 mod read;
 pub mod replay;
 mod settings;
+mod webhooks;
 
 pub use barrier::server_barrier;
 pub use bindings::{BindOutcome, TokenBindings};
@@ -35,4 +38,7 @@ pub use read::{last_event, stored_event};
 pub use settings::{
     StreamArgs, StreamSettings, DEFAULT_DUPLICATE_WINDOW_SECS, DEFAULT_MAX_AGE_SECS,
     DEFAULT_MAX_MSGS_PER_CHANNEL, DEFAULT_REPLICAS,
+};
+pub use webhooks::{
+    ensure_webhook_streams, publish_webhook, WEBHOOKS_DUPLICATE_WINDOW, WEBHOOKS_MAX_AGE,
 };

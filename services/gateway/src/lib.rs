@@ -12,6 +12,7 @@ mod control;
 mod delivery;
 mod error;
 mod hub;
+mod occupancy;
 mod presence;
 mod ws;
 
@@ -61,6 +62,9 @@ pub struct Application {
     router: Router,
     shared: AppState,
     control: control::Subscriptions,
+    occupancy: occupancy::Changes,
+    /// The presence service's online events, for watchlists.
+    online: async_nats::Subscriber,
     shutdown: CancellationToken,
 }
 
@@ -82,6 +86,10 @@ impl Application {
             config.heartbeat_interval,
         ));
 
+        herald_stream::ensure_webhook_streams(&js, &config.subjects, config.stream.replicas)
+            .await?;
+        let (occupancy, occupancy_changes) = occupancy::Occupancy::new();
+
         let bindings =
             herald_stream::TokenBindings::open(&js, &config.subjects, config.stream.replicas)
                 .await?;
@@ -101,6 +109,7 @@ impl Application {
                 reconnects,
                 config.subjects.clone(),
                 presence.clone(),
+                occupancy,
             ),
             delivery: delivery::Delivery::new(config.delivery_threads)?,
             connection_permits: Arc::new(Semaphore::new(config.max_connections)),
@@ -128,6 +137,10 @@ impl Application {
             port,
             router,
             control: control::subscribe(&nats, &config_subjects).await?,
+            occupancy: occupancy_changes,
+            online: nats
+                .subscribe(config_subjects.presence_online_filter())
+                .await?,
             shared,
             shutdown,
         })
@@ -151,13 +164,18 @@ impl herald_server::Service for Application {
         let token = self.shutdown.clone();
         let shared = self.shared.clone();
         let subscriptions = self.control;
+        let occupancy_changes = self.occupancy;
+        let online = self.online;
         let background = tokio::spawn({
             let token = token.clone();
             async move {
                 let heartbeat = shared.presence.run_heartbeat(token.clone());
                 let peers = shared.presence.run_peer_watch(token.clone());
                 let control = control::run(shared.clone(), subscriptions, token.clone());
-                tokio::join!(heartbeat, peers, control);
+                let occupancy =
+                    occupancy::run(occupancy_changes, shared.presence.clone(), token.clone());
+                let watchlists = run_watchlists(shared.clone(), online, token.clone());
+                tokio::join!(heartbeat, peers, control, occupancy, watchlists);
             }
         });
         let limits = self.shared.config.http.clone();
@@ -165,5 +183,31 @@ impl herald_server::Service for Application {
         let _ = background.await;
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Hand the presence service's online events to the watchlists until
+/// shutdown.
+async fn run_watchlists(
+    shared: AppState,
+    mut online: async_nats::Subscriber,
+    token: CancellationToken,
+) {
+    use futures::StreamExt;
+    loop {
+        let msg = tokio::select! {
+            _ = token.cancelled() => return,
+            msg = online.next() => match msg {
+                Some(msg) => msg,
+                None => return,
+            },
+        };
+        let Some(app) = shared.subjects.parse_presence_online(&msg.subject) else {
+            continue;
+        };
+        match serde_json::from_slice::<herald_proto::presence::OnlineEvent>(&msg.payload) {
+            Ok(event) => shared.hub.watchlists.event(&app, &event),
+            Err(err) => tracing::warn!(%err, "malformed online event ignored"),
+        }
     }
 }

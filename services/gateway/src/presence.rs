@@ -15,8 +15,8 @@
 
 use async_nats::jetstream::kv;
 use herald_proto::presence::{
-    GatewayHeartbeat, MembersReply, MembersRequest, PresenceKey, PresenceSubscription,
-    UserConnection, HEARTBEAT_KEYS,
+    ChannelOccupancy, GatewayHeartbeat, MembersReply, MembersRequest, OnlineReply, OnlineRequest,
+    PresenceKey, PresenceSubscription, UserConnection, HEARTBEAT_KEYS,
 };
 use herald_proto::{AppId, ChannelName, Subjects};
 use std::time::Duration;
@@ -140,8 +140,40 @@ impl PresenceClient {
         Ok(key)
     }
 
+    /// The `occ.` key of a channel on this gateway.
+    pub fn occupancy_key(&self, app: &AppId, channel: &ChannelName) -> String {
+        PresenceKey::Occupancy {
+            app: app.clone(),
+            channel: channel.clone(),
+            gateway: self.gateway_id.clone(),
+        }
+        .render()
+    }
+
+    /// Announce that this gateway has subscribers of a channel (see
+    /// [`crate::occupancy`]); returns the key.
+    pub async fn announce_occupancy(
+        &self,
+        app: &AppId,
+        channel: &ChannelName,
+    ) -> Result<String, PresenceError> {
+        let key = self.occupancy_key(app, channel);
+        let value = ChannelOccupancy {
+            at: herald_proto::now_ms(),
+        };
+        self.announce(&key, serde_json::to_vec(&value).unwrap_or_default().into())
+            .await?;
+        Ok(key)
+    }
+
     /// Put one of this gateway's keys and remember it.
     async fn announce(&self, key: &str, value: bytes::Bytes) -> Result<u64, PresenceError> {
+        // An `occ.` key is put again after being forgotten: a delete of it
+        // still waiting for a retry must not undo this put.
+        self.undeleted
+            .lock()
+            .expect("undeleted keys lock")
+            .remove(key);
         let revision =
             self.kv
                 .put(key, value.clone())
@@ -232,6 +264,33 @@ impl PresenceClient {
                 }
             }
         }
+    }
+
+    /// Ask the presence service which of `user_ids` are online (a
+    /// watchlist's first answer).
+    pub async fn online(
+        &self,
+        app: &AppId,
+        user_ids: &[String],
+    ) -> Result<OnlineReply, PresenceError> {
+        let request = OnlineRequest {
+            user_ids: user_ids.to_vec(),
+        };
+        let payload = serde_json::to_vec(&request).unwrap_or_default();
+        let reply = tokio::time::timeout(
+            MEMBERS_TIMEOUT,
+            self.nats
+                .request(self.subjects.presence_online_query(app), payload.into()),
+        )
+        .await
+        .map_err(|_| PresenceError::Timeout)?
+        .map_err(PresenceError::Request)?;
+        let reply: OnlineReply =
+            serde_json::from_slice(&reply.payload).map_err(PresenceError::BadReply)?;
+        if let Some(error) = reply.error {
+            return Err(PresenceError::Refused(error));
+        }
+        Ok(reply)
     }
 
     /// Ask the presence service for a channel's members, as of at least

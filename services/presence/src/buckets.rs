@@ -4,8 +4,9 @@
 //!
 //! | bucket | key | value | meaning |
 //! |---|---|---|---|
-//! | `<PREFIX>_PRESENCE_VIEW` | `m.<app>.<channel-hex>.<user-hex>` | `user_info` | subscribers were told this user is a member |
-//! | `<PREFIX>_PRESENCE_VIEW` | `u.<app>.<user-hex>` | `{"at": ms}` | the user was online |
+//! | `<PREFIX>_PRESENCE_VIEW` | `m.<app>.<channel-hex>.<user-hex>` | [`ViewValue`] `{user_info, since}` | subscribers were told this user is a member |
+//! | `<PREFIX>_PRESENCE_VIEW` | `u.<app>.<user-hex>` | [`ViewValue`] `{at, since}` | the user was online |
+//! | `<PREFIX>_PRESENCE_VIEW` | `o.<app>.<channel-hex>` | [`ViewValue`] `{at, since}` | the channel was announced occupied |
 //! | `<PREFIX>_LAST_SEEN` | `<app>.<user-hex>` | [`LastSeen`] | when the user's last connection went |
 //!
 //! The view is "what the world has been told": it is written as events are
@@ -67,4 +68,33 @@ pub async fn read_all(store: &kv::Store) -> anyhow::Result<HashMap<String, Bytes
         }
     }
     Ok(out)
+}
+
+/// A view value: what was told, and the revision that began the fact
+/// (`since`), which names the fact's webhook events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewValue {
+    /// A member's `user_info` (member keys only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_info: Option<serde_json::Value>,
+    /// When it was told, ms since the epoch (online and occupied keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
+    /// The KV revision that began the fact.
+    pub since: u64,
+}
+
+impl ViewValue {
+    /// The value's bytes.
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+/// The `since` of a view value, if it has one (values written before it
+/// was recorded have none).
+pub fn told_since(value: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<ViewValue>(value)
+        .ok()
+        .map(|v| v.since)
 }

@@ -71,6 +71,103 @@ pub struct Cli {
     pub kv_replicas: usize,
     #[command(flatten)]
     pub tokens: herald_config::TokenArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// The webhook dispatcher's flags (see [`crate::webhooks`]).
+#[derive(Debug, clap::Args)]
+pub struct WebhookArgs {
+    /// Most events in one webhook request.
+    #[arg(long, env = "HERALD_WEBHOOK_BATCH_MAX", default_value_t = 100)]
+    pub webhook_batch_max: usize,
+    /// Longest wait, in ms, for more events to fill a webhook request.
+    #[arg(long, env = "HERALD_WEBHOOK_BATCH_DELAY_MS", default_value_t = 250)]
+    pub webhook_batch_delay_ms: u64,
+    /// How long, in seconds, a failing webhook request is retried before
+    /// its events are dead-lettered (Pusher's 5 minutes by default).
+    #[arg(long, env = "HERALD_WEBHOOK_RETRY_SECS", default_value_t = 300)]
+    pub webhook_retry_secs: u64,
+    /// First retry delay in ms; it doubles up to `HERALD_WEBHOOK_BACKOFF_MAX_MS`.
+    #[arg(long, env = "HERALD_WEBHOOK_BACKOFF_MS", default_value_t = 1000)]
+    pub webhook_backoff_ms: u64,
+    /// Longest retry delay in ms.
+    #[arg(long, env = "HERALD_WEBHOOK_BACKOFF_MAX_MS", default_value_t = 60_000)]
+    pub webhook_backoff_max_ms: u64,
+    /// Timeout of one webhook request, in ms.
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// Most webhook requests in flight per app.
+    #[arg(long, env = "HERALD_WEBHOOK_CONCURRENCY", default_value_t = 4)]
+    pub webhook_concurrency: usize,
+    /// Hold `channel_vacated` and `member_removed` webhooks this many ms; a
+    /// channel occupied (a member back) meanwhile sends neither event of the
+    /// pair. 0 (the default) sends them at once.
+    #[arg(long, env = "HERALD_WEBHOOK_VACATE_DELAY_MS", default_value_t = 0)]
+    pub webhook_vacate_delay_ms: u64,
+}
+
+/// The webhook dispatcher's settings.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Most events in one request.
+    pub batch_max: usize,
+    /// Longest wait for more events to fill a request.
+    pub batch_delay: Duration,
+    /// How long a failing request is retried before dead-lettering.
+    pub retry_for: Duration,
+    /// First retry delay (doubling, with jitter).
+    pub backoff: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// Most requests in flight per app.
+    pub concurrency: usize,
+    /// Delay of `channel_vacated` / `member_removed` (zero: none).
+    pub vacate_delay: Duration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            batch_max: 100,
+            batch_delay: Duration::from_millis(250),
+            retry_for: Duration::from_secs(300),
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            concurrency: 4,
+            vacate_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl TryFrom<WebhookArgs> for WebhookSettings {
+    type Error = ConfigError;
+
+    fn try_from(a: WebhookArgs) -> Result<Self, Self::Error> {
+        Ok(Self {
+            batch_max: positive("HERALD_WEBHOOK_BATCH_MAX", a.webhook_batch_max as u64)? as usize,
+            batch_delay: Duration::from_millis(positive(
+                "HERALD_WEBHOOK_BATCH_DELAY_MS",
+                a.webhook_batch_delay_ms,
+            )?),
+            retry_for: Duration::from_secs(a.webhook_retry_secs),
+            backoff: Duration::from_millis(positive(
+                "HERALD_WEBHOOK_BACKOFF_MS",
+                a.webhook_backoff_ms,
+            )?),
+            backoff_max: Duration::from_millis(a.webhook_backoff_max_ms.max(a.webhook_backoff_ms)),
+            timeout: Duration::from_millis(positive(
+                "HERALD_WEBHOOK_TIMEOUT_MS",
+                a.webhook_timeout_ms,
+            )?),
+            concurrency: positive("HERALD_WEBHOOK_CONCURRENCY", a.webhook_concurrency as u64)?
+                as usize,
+            vacate_delay: Duration::from_millis(a.webhook_vacate_delay_ms),
+        })
+    }
 }
 
 /// A default duration as the whole milliseconds its flag takes.
@@ -108,6 +205,8 @@ pub struct Config {
     /// `HERALD_AUTH_JWKS_URL`: accept users' session tokens (their view);
     /// `None` accepts app credentials only.
     pub auth_jwks_url: Option<String>,
+    /// The webhook dispatcher's settings.
+    pub webhooks: WebhookSettings,
 }
 
 impl Config {
@@ -127,6 +226,7 @@ impl Config {
             lease_ttl: DEFAULT_LEASE_TTL,
             tombstone_age: DEFAULT_TOMBSTONE_AGE,
             auth_jwks_url: None,
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -169,6 +269,7 @@ impl TryFrom<Cli> for Config {
             lease_ttl: Duration::from_secs(positive("HERALD_PRESENCE_LEASE_SECS", cli.lease_secs)?),
             tombstone_age: Duration::from_secs(cli.tombstone_secs),
             auth_jwks_url: cli.tokens.auth_jwks_url.filter(|u| !u.is_empty()),
+            webhooks: cli.webhooks.try_into()?,
         })
     }
 }
@@ -189,6 +290,8 @@ mod tests {
         assert_eq!(config.tombstone_age, DEFAULT_TOMBSTONE_AGE);
         assert_eq!(config.port, DEFAULT_PORT);
         assert_eq!(config.kv_replicas, DEFAULT_KV_REPLICAS);
+        assert_eq!(config.webhooks.retry_for, Duration::from_secs(300));
+        assert_eq!(config.webhooks.vacate_delay, Duration::ZERO);
         assert!(config.heartbeat_ttl + config.sweep_interval <= Duration::from_secs(30));
     }
 

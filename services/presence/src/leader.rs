@@ -16,11 +16,11 @@
 //! cannot reach NATS cannot act on its stale belief either.
 //!
 //! [`Terms`] is the loop around it: stand by until the lease is ours, serve
-//! a term of office (engine, typing timeouts and writer) until it stops or
+//! a term of office (engine, typing timeouts, writer and webhook dispatcher) until it stops or
 //! the lease is lost, and start over. Taking over is a restart: the engine
 //! loads the bucket and diffs it against the view.
 
-use crate::{engine, state, typing, writer, Config};
+use crate::{engine, state, typing, webhooks, writer, Config};
 use anyhow::Context;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -295,7 +295,16 @@ impl Terms {
                 .subscribe(config.subjects.presence_members(&app_id))
                 .await
                 .context("subscribing to member queries")?;
-            queries.push(subscription.map(move |msg| (app_id.clone(), msg)));
+            queries.push(subscription.map(move |msg| (app_id.clone(), msg)).boxed());
+            // Watchlists' online queries share the loop (and its order
+            // with the online events).
+            let app_id = app.id.clone();
+            let subscription = self
+                .nats
+                .subscribe(config.subjects.presence_online_query(&app_id))
+                .await
+                .context("subscribing to online queries")?;
+            queries.push(subscription.map(move |msg| (app_id.clone(), msg)).boxed());
         }
         let queries: engine::Queries = futures::stream::select_all(queries).boxed();
         let ephemeral = self
@@ -307,6 +316,7 @@ impl Terms {
         let (writes_tx, writes) = mpsc::channel(writer::QUEUE);
         let engine = engine::Engine {
             client: self.nats.clone(),
+            apps: config.apps.clone(),
             subjects: config.subjects.clone(),
             presence: self.presence.clone(),
             view: self.view.clone(),
@@ -318,7 +328,9 @@ impl Terms {
                 sweep_interval: config.sweep_interval,
                 query_timeout: config.query_timeout,
                 tombstone_age: config.tombstone_age,
+                vacate_delay: config.webhooks.vacate_delay,
             },
+            held: Default::default(),
             live: self.live.clone(),
         };
         let typing = typing::Typing {
@@ -328,6 +340,7 @@ impl Terms {
             timeout: config.typing_timeout,
         };
         let writer = writer::Writer {
+            js: async_nats::jetstream::new(self.nats.clone()),
             subjects: config.subjects.clone(),
             presence: self.presence.clone(),
             view: self.view.clone(),
@@ -339,8 +352,17 @@ impl Terms {
             term.cancel();
             result
         };
-        let (engine, typing, written) =
-            tokio::join!(engine, typing.run(term.clone()), writer.run(writes),);
+        let dispatcher = webhooks::Dispatcher::new(
+            self.nats.clone(),
+            config.subjects.clone(),
+            config.webhooks.clone(),
+        )?;
+        let (engine, typing, written, ()) = tokio::join!(
+            engine,
+            typing.run(term.clone()),
+            writer.run(writes),
+            dispatcher.run(&config.apps, term.clone()),
+        );
         engine?;
         typing?;
         written?;

@@ -32,10 +32,11 @@ mod liveness;
 mod routes;
 mod state;
 mod typing;
+pub mod webhooks;
 mod writer;
 
 pub use buckets::LastSeen;
-pub use config::{Cli, Config};
+pub use config::{Cli, Config, WebhookSettings};
 pub use error::ApiError;
 pub use typing::{TYPING_EVENT, TYPING_STOPPED_EVENT};
 
@@ -98,6 +99,8 @@ impl Application {
         let presence =
             herald_stream::ensure_presence_bucket(&js, &config.subjects, config.kv_replicas)
                 .await?;
+        webhooks::check_targets(&config.apps)?;
+        herald_stream::ensure_webhook_streams(&js, &config.subjects, config.kv_replicas).await?;
         let view = herald_stream::ensure_bucket(
             &js,
             BucketSpec {

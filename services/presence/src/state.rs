@@ -16,6 +16,12 @@
 //!   `put` is applied stays refused (the gateway is told so and deletes it);
 //!   it is never promoted later, so the decision depends only on KV order.
 //! * A user is **online** while any `sub.` or `conn.` key of theirs exists.
+//! * A channel (of any type) is **occupied** while any gateway has its
+//!   `occ.` key or it has a member: `channel_occupied` when the first of
+//!   these appears, `channel_vacated` when the last goes. Counting members
+//!   too keeps a presence channel's events in Pusher's order (occupied
+//!   before the first `member_added`, vacated after the last
+//!   `member_removed`), whichever of a gateway's keys lands first.
 //! * Gateways are tracked with their last heartbeat and the keys they own,
 //!   for the dead-gateway sweep ([`crate::liveness`]).
 //!
@@ -31,6 +37,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 /// What applying one KV entry changed, in the order it happened.
+///
+/// `since` is the KV revision that began the fact (the membership, the
+/// occupancy, the user's being online) that the change starts or ends: it
+/// names the fact, so the webhook events of its start and its end get the
+/// same ids whether they are emitted live or by a restart's reconcile.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// A user's first admitted subscription joined a channel.
@@ -39,21 +50,39 @@ pub enum Change {
         channel: ChannelName,
         user_id: String,
         user_info: Value,
+        since: u64,
     },
     /// A user's last subscription left a channel.
     MemberRemoved {
         app: AppId,
         channel: ChannelName,
         user_id: String,
+        since: u64,
     },
-    /// A presence channel got its first member.
-    ChannelOccupied { app: AppId, channel: ChannelName },
-    /// A presence channel lost its last member.
-    ChannelVacated { app: AppId, channel: ChannelName },
+    /// A channel got its first subscriber on any gateway.
+    ChannelOccupied {
+        app: AppId,
+        channel: ChannelName,
+        since: u64,
+    },
+    /// A channel lost its last subscriber on every gateway.
+    ChannelVacated {
+        app: AppId,
+        channel: ChannelName,
+        since: u64,
+    },
     /// A user's first connection (of any kind) appeared.
-    UserOnline { app: AppId, user_id: String },
+    UserOnline {
+        app: AppId,
+        user_id: String,
+        since: u64,
+    },
     /// A user's last connection went.
-    UserOffline { app: AppId, user_id: String },
+    UserOffline {
+        app: AppId,
+        user_id: String,
+        since: u64,
+    },
 }
 
 /// One `sub.` key.
@@ -73,6 +102,8 @@ struct Sub {
 #[derive(Debug, Default)]
 struct Member {
     subs: BTreeSet<(u64, String)>,
+    /// Revision of the subscription that made the user a member.
+    since: u64,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +115,8 @@ struct Channel {
 struct User {
     /// `sub.` and `conn.` keys of this user.
     connections: usize,
+    /// Revision of the key that brought the user online.
+    since: u64,
     /// Presence channels the user is a member of.
     channels: BTreeSet<ChannelName>,
 }
@@ -108,6 +141,10 @@ pub struct PresenceState {
     conns: HashMap<String, UserKey>,
     channels: HashMap<ChannelKey, Channel>,
     users: HashMap<UserKey, User>,
+    /// Gateways with subscribers of each channel (their `occ.` keys).
+    occupancy: HashMap<ChannelKey, BTreeSet<String>>,
+    /// Revision at which each occupied channel became occupied.
+    occupied_since: HashMap<ChannelKey, u64>,
     liveness: Liveness,
     revision: u64,
     members: usize,
@@ -122,6 +159,8 @@ impl PresenceState {
             conns: HashMap::new(),
             channels: HashMap::new(),
             users: HashMap::new(),
+            occupancy: HashMap::new(),
+            occupied_since: HashMap::new(),
             liveness: Liveness::default(),
             revision: 0,
             members: 0,
@@ -178,7 +217,9 @@ impl PresenceState {
                 self.liveness.heartbeat(gateway, value, revision, seen);
                 return changes;
             }
-            PresenceKey::Subscription { app, .. } | PresenceKey::Connection { app, .. } => {
+            PresenceKey::Subscription { app, .. }
+            | PresenceKey::Connection { app, .. }
+            | PresenceKey::Occupancy { app, .. } => {
                 if self.apps.by_id(app.as_str()).is_none() {
                     tracing::debug!(key, "ignoring a key of an unconfigured app");
                     return changes;
@@ -191,16 +232,87 @@ impl PresenceState {
             Some(_) => self.liveness.track(gateway, key, revision, seen),
             None => self.liveness.forget(gateway, key),
         }
+        let channel_key = match &parsed {
+            PresenceKey::Subscription { app, channel, .. }
+            | PresenceKey::Occupancy { app, channel, .. } => Some((app.clone(), channel.clone())),
+            _ => None,
+        };
+        let was_occupied = channel_key.as_ref().is_some_and(|k| self.occupied(k));
         match parsed {
             PresenceKey::Subscription { app, channel, .. } => {
                 self.apply_subscription(key, app, channel, value, revision, &mut changes)
             }
+            PresenceKey::Occupancy {
+                app,
+                channel,
+                gateway,
+            } => {
+                let gateways = self.occupancy.entry((app, channel)).or_default();
+                match value {
+                    Some(_) => gateways.insert(gateway),
+                    None => gateways.remove(&gateway),
+                };
+                if let Some(k) = channel_key.as_ref().filter(|_| gateways.is_empty()) {
+                    self.occupancy.remove(k);
+                }
+            }
             PresenceKey::Connection { app, user_id, .. } => {
-                self.apply_connection(key, app, user_id, value.is_some(), &mut changes)
+                self.apply_connection(key, app, user_id, value.is_some(), revision, &mut changes)
             }
             PresenceKey::Gateway { .. } => {}
         }
+        if let Some((app, channel)) = channel_key {
+            let key = (app, channel);
+            match (was_occupied, self.occupied(&key)) {
+                (false, true) => {
+                    self.occupied_since.insert(key.clone(), revision);
+                    changes.insert(
+                        0,
+                        Change::ChannelOccupied {
+                            app: key.0,
+                            channel: key.1,
+                            since: revision,
+                        },
+                    )
+                }
+                (true, false) => {
+                    let since = self.occupied_since.remove(&key).unwrap_or(revision);
+                    changes.push(Change::ChannelVacated {
+                        app: key.0,
+                        channel: key.1,
+                        since,
+                    })
+                }
+                _ => {}
+            }
+        }
         changes
+    }
+
+    /// Whether any gateway has subscribers of the channel or it has members.
+    fn occupied(&self, key: &ChannelKey) -> bool {
+        self.occupancy.contains_key(key) || self.channels.contains_key(key)
+    }
+
+    /// Whether the channel is occupied (see the module docs).
+    #[cfg(test)]
+    pub fn is_occupied(&self, app: &AppId, channel: &ChannelName) -> bool {
+        self.occupied(&(app.clone(), channel.clone()))
+    }
+
+    /// Every occupied channel, with the revision it became occupied at.
+    pub fn occupied_channels(&self) -> BTreeMap<ChannelKey, u64> {
+        self.occupied_since
+            .iter()
+            .map(|(k, since)| (k.clone(), *since))
+            .collect()
+    }
+
+    /// The revision at which a user came online, if online.
+    pub fn online_since(&self, app: &AppId, user_id: &str) -> Option<u64> {
+        self.users
+            .get(&(app.clone(), user_id.to_owned()))
+            .map(|u| u.since)
     }
 
     fn apply_subscription(
@@ -264,29 +376,26 @@ impl PresenceState {
     ) {
         let limit = self.limit(&app);
         let user_key = (app.clone(), sub.user_id.clone());
-        self.connect(&user_key, changes);
+        self.connect(&user_key, revision, changes);
         let channel_key = (app.clone(), channel.clone());
         let state = self.channels.entry(channel_key.clone()).or_default();
         let admitted = if let Some(member) = state.members.get_mut(&sub.user_id) {
             member.subs.insert((revision, key.to_owned()));
             true
         } else if limit == 0 || state.members.len() < limit {
-            let was_empty = state.members.is_empty();
-            let mut member = Member::default();
+            let mut member = Member {
+                since: revision,
+                ..Member::default()
+            };
             member.subs.insert((revision, key.to_owned()));
             state.members.insert(sub.user_id.clone(), member);
             self.members += 1;
-            if was_empty {
-                changes.push(Change::ChannelOccupied {
-                    app: app.clone(),
-                    channel: channel.clone(),
-                });
-            }
             changes.push(Change::MemberAdded {
                 app: app.clone(),
                 channel: channel.clone(),
                 user_id: sub.user_id.clone(),
                 user_info: sub.user_info.clone(),
+                since: revision,
             });
             if let Some(user) = self.users.get_mut(&user_key) {
                 user.channels.insert(channel.clone());
@@ -324,27 +433,24 @@ impl PresenceState {
                 let left = match state.members.get_mut(&old.user_id) {
                     Some(member) => {
                         member.subs.remove(&(old.joined, key.to_owned()));
-                        member.subs.is_empty()
+                        member.subs.is_empty().then_some(member.since)
                     }
-                    None => false,
+                    None => None,
                 };
-                if left {
+                if let Some(since) = left {
                     state.members.remove(&old.user_id);
                     self.members -= 1;
                     changes.push(Change::MemberRemoved {
                         app: old.app.clone(),
                         channel: old.channel.clone(),
                         user_id: old.user_id.clone(),
+                        since,
                     });
                     if let Some(user) = self.users.get_mut(&user_key) {
                         user.channels.remove(&old.channel);
                     }
                     if state.members.is_empty() {
                         self.channels.remove(&channel_key);
-                        changes.push(Change::ChannelVacated {
-                            app: old.app.clone(),
-                            channel: old.channel.clone(),
-                        });
                     }
                 }
             }
@@ -358,6 +464,7 @@ impl PresenceState {
         app: AppId,
         user_id: String,
         put: bool,
+        revision: u64,
         changes: &mut Vec<Change>,
     ) {
         if UserId::parse(&user_id).is_err() {
@@ -368,7 +475,7 @@ impl PresenceState {
         match (put, self.conns.contains_key(key)) {
             (true, false) => {
                 self.conns.insert(key.to_owned(), user_key.clone());
-                self.connect(&user_key, changes);
+                self.connect(&user_key, revision, changes);
             }
             (false, true) => {
                 self.conns.remove(key);
@@ -379,13 +486,15 @@ impl PresenceState {
         }
     }
 
-    fn connect(&mut self, user_key: &UserKey, changes: &mut Vec<Change>) {
+    fn connect(&mut self, user_key: &UserKey, revision: u64, changes: &mut Vec<Change>) {
         let user = self.users.entry(user_key.clone()).or_default();
         user.connections += 1;
         if user.connections == 1 {
+            user.since = revision;
             changes.push(Change::UserOnline {
                 app: user_key.0.clone(),
                 user_id: user_key.1.clone(),
+                since: revision,
             });
         }
     }
@@ -398,10 +507,12 @@ impl PresenceState {
         if user.connections == 0 {
             // Every admitted subscription is also a connection, so the user
             // is in no channel any more.
+            let since = user.since;
             self.users.remove(user_key);
             changes.push(Change::UserOffline {
                 app: user_key.0.clone(),
                 user_id: user_key.1.clone(),
+                since,
             });
         }
     }
@@ -465,8 +576,8 @@ impl PresenceState {
             .is_some_and(|s| s.admitted && &s.app == app && &s.channel == channel)
     }
 
-    /// Every member of every channel with their info.
-    pub fn all_members(&self) -> Vec<(AppId, ChannelName, String, Value)> {
+    /// Every member of every channel with their info and since when.
+    pub fn all_members(&self) -> Vec<(AppId, ChannelName, String, Value, u64)> {
         let mut out = Vec::with_capacity(self.members);
         for ((app, channel), state) in &self.channels {
             for (user_id, member) in &state.members {
@@ -475,6 +586,7 @@ impl PresenceState {
                     channel.clone(),
                     user_id.clone(),
                     self.member_info(member),
+                    member.since,
                 ));
             }
         }
@@ -609,20 +721,35 @@ mod tests {
         assert_eq!(added(&c), ["u"]);
         assert!(c.contains(&Change::ChannelOccupied {
             app: app(),
-            channel: chan()
+            channel: chan(),
+            since: 1
         }));
         assert!(c.contains(&Change::UserOnline {
             app: app(),
-            user_id: "u".into()
+            user_id: "u".into(),
+            since: 1
         }));
         assert!(s.apply(&k2, Some(&sub_value("u")), 2, 0).is_empty());
         assert!(s.apply(&k1, None, 3, 0).is_empty());
         assert_eq!(s.members(&app(), &chan()).len(), 1);
         let c = s.apply(&k2, None, 4, 0);
         assert_eq!(removed(&c), ["u"]);
+        // The end of a fact names the revision that began it.
         assert!(c.contains(&Change::UserOffline {
             app: app(),
-            user_id: "u".into()
+            user_id: "u".into(),
+            since: 1
+        }));
+        assert!(c.contains(&Change::MemberRemoved {
+            app: app(),
+            channel: chan(),
+            user_id: "u".into(),
+            since: 1
+        }));
+        assert!(c.contains(&Change::ChannelVacated {
+            app: app(),
+            channel: chan(),
+            since: 1
         }));
         assert_eq!(s.member_total(), 0);
         assert_eq!(s.channel_count(), 0);
@@ -727,5 +854,68 @@ mod tests {
             .is_empty());
         assert_eq!(s.member_total(), 0);
         assert_eq!(s.revision(), 4);
+    }
+
+    fn occ_key(gw: &str, channel: &str) -> String {
+        PresenceKey::Occupancy {
+            app: app(),
+            channel: ChannelName::parse(channel).unwrap(),
+            gateway: gw.into(),
+        }
+        .render()
+    }
+
+    fn occupancy(changes: &[Change]) -> Vec<&'static str> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::ChannelOccupied { .. } => Some("occupied"),
+                Change::ChannelVacated { .. } => Some("vacated"),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_channel_is_occupied_by_the_first_gateway_and_vacated_by_the_last() {
+        let mut s = state(100);
+        let c = s.apply(&occ_key("g1", "private-x"), Some(b"{\"at\":0}"), 1, 0);
+        assert_eq!(occupancy(&c), ["occupied"]);
+        assert!(
+            occupancy(&s.apply(&occ_key("g2", "private-x"), Some(b"{\"at\":0}"), 2, 0)).is_empty()
+        );
+        // A re-put (a gateway announcing again) changes nothing.
+        assert!(
+            occupancy(&s.apply(&occ_key("g1", "private-x"), Some(b"{\"at\":0}"), 3, 0)).is_empty()
+        );
+        assert!(occupancy(&s.apply(&occ_key("g1", "private-x"), None, 4, 0)).is_empty());
+        assert!(s.is_occupied(&app(), &ChannelName::parse("private-x").unwrap()));
+        let c = s.apply(&occ_key("g2", "private-x"), None, 5, 0);
+        assert_eq!(occupancy(&c), ["vacated"]);
+        assert!(s.occupied_channels().is_empty());
+    }
+
+    #[test]
+    fn a_presence_channel_is_occupied_before_its_first_member_and_vacated_after_its_last() {
+        let mut s = state(100);
+        // The member's key lands before the gateway's occupancy key.
+        let c = s.apply(&sub_key("g", "1.1"), Some(&sub_value("u")), 1, 0);
+        assert!(matches!(c[0], Change::ChannelOccupied { .. }), "{c:?}");
+        assert_eq!(added(&c), ["u"]);
+        assert!(occupancy(&s.apply(&occ_key("g", "presence-room"), Some(b"{}"), 2, 0)).is_empty());
+        // The occupancy key goes first: the channel stays occupied until the
+        // member leaves, and is vacated after the member_removed.
+        assert!(occupancy(&s.apply(&occ_key("g", "presence-room"), None, 3, 0)).is_empty());
+        let c = s.apply(&sub_key("g", "1.1"), None, 4, 0);
+        assert_eq!(removed(&c), ["u"]);
+        let last = c
+            .iter()
+            .rposition(|c| matches!(c, Change::ChannelVacated { .. }))
+            .unwrap();
+        let member = c
+            .iter()
+            .position(|c| matches!(c, Change::MemberRemoved { .. }))
+            .unwrap();
+        assert!(member < last);
     }
 }

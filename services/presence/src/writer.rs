@@ -4,12 +4,18 @@
 //! Order matters and is kept: view updates of one key are applied in the
 //! order the events were emitted, and a dead gateway's keys are deleted
 //! before its `gw.` key (so a crash half-way leaves the heartbeat stale and
-//! the next sweep finishes the job).
+//! the next sweep finishes the job). A webhook event is queued before the
+//! view update of the same change, so it is stored in the webhook stream
+//! before the view says the change was announced: a crash in between makes
+//! the restarted service announce it again (same id, so JetStream's
+//! duplicate window usually stores it once) rather than lose it.
 
 use crate::buckets::LastSeen;
+use async_nats::jetstream;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
-use herald_proto::Subjects;
+use herald_proto::webhook::WebhookEvent;
+use herald_proto::{AppId, Subjects};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -18,6 +24,10 @@ pub const QUEUE: usize = 65_536;
 
 /// Attempts for a view or last-seen write before it is given up (logged).
 const ATTEMPTS: u32 = 3;
+
+/// Attempts to store a webhook event before it is given up (logged and
+/// counted): more than for a view write, since a lost one is never sent.
+const WEBHOOK_ATTEMPTS: u32 = 20;
 
 /// One KV write.
 #[derive(Debug)]
@@ -33,10 +43,13 @@ pub enum WriteOp {
     /// Purge a presence key's delete marker at `revision` (and anything
     /// older), leaving any newer write.
     Reap { key: String, revision: u64 },
+    /// Store a webhook event in the webhook stream.
+    Webhook { app: AppId, event: WebhookEvent },
 }
 
-/// The three buckets written.
+/// The three buckets written, and the webhook stream.
 pub struct Writer {
+    pub js: jetstream::Context,
     /// Names the presence bucket's stream subjects (for purges).
     pub subjects: Subjects,
     pub presence: kv::Store,
@@ -82,6 +95,38 @@ impl Writer {
                 {
                     Ok(_) => metrics::counter!("herald_presence_markers_purged_total").increment(1),
                     Err(err) => tracing::debug!(key, %err, "purging a delete marker skipped"),
+                }
+            }
+            WriteOp::Webhook { app, event } => {
+                for attempt in 1..=WEBHOOK_ATTEMPTS {
+                    let stored = match herald_stream::publish_webhook(
+                        &self.js,
+                        &self.subjects,
+                        &app,
+                        &event,
+                    )
+                    .await
+                    {
+                        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(err) => Err(err.to_string()),
+                    };
+                    match stored {
+                        Ok(()) => {
+                            metrics::counter!("herald_presence_webhooks_stored_total", "name" => event.name.as_str())
+                                .increment(1);
+                            return;
+                        }
+                        Err(err) if attempt == WEBHOOK_ATTEMPTS => {
+                            metrics::counter!("herald_presence_webhook_store_failures_total")
+                                .increment(1);
+                            tracing::error!(%err, id = event.id, name = event.name.as_str(), "cannot store a webhook event; giving up");
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, attempt, "cannot store a webhook event; retrying");
+                            let wait = 100 * u64::from(attempt.min(10));
+                            tokio::time::sleep(Duration::from_millis(wait)).await;
+                        }
+                    }
                 }
             }
             WriteOp::ViewPut { key, value } => {

@@ -22,12 +22,14 @@
 //! * [`fanout`] — the per-channel task rendering and offering frames.
 //! * [`users`] — signed-in users' connections.
 //! * [`dedupe`] — de-duplicated multi-channel publishes.
+//! * [`watchlist`] — connections watching users' online status.
 
 mod conn;
 mod dedupe;
 mod fanout;
 mod subscriber;
 mod users;
+mod watchlist;
 
 pub(crate) use conn::{ConnHandle, Control, Next, Outbox};
 pub(crate) use fanout::stored_frame;
@@ -75,6 +77,8 @@ struct ChannelEntry {
     subscribers: RwLock<HashMap<u64, Subscriber>>,
     /// Stops the fan-out task when the last local subscriber leaves.
     stop: CancellationToken,
+    /// Whether this channel's occupancy is recorded ([`Join::record_occupancy`]).
+    records_occupancy: bool,
 }
 
 /// The channel → connections and user → connections index of one gateway.
@@ -86,8 +90,12 @@ pub(crate) struct Hub {
     subjects: Subjects,
     channels: Mutex<HashMap<ChannelKey, Arc<ChannelEntry>>>,
     users: Users,
+    /// Signed-in connections' watchlists.
+    pub watchlists: watchlist::Watchlists,
     dedupe: Arc<Dedupe>,
     presence: Arc<crate::presence::PresenceClient>,
+    /// Records the channels this gateway has subscribers of (first in, last out).
+    occupancy: crate::occupancy::Occupancy,
 }
 
 /// What a subscribe asks of the hub.
@@ -100,6 +108,9 @@ pub(crate) struct Join {
     pub first: Option<Utf8Bytes>,
     /// Start pending (frames held) until [`Hub::ready`], as for presence.
     pub hold: bool,
+    /// Record the channel's occupancy (the same for every join of a
+    /// channel: see `ws::subscribe`).
+    pub record_occupancy: bool,
 }
 
 impl Hub {
@@ -108,15 +119,18 @@ impl Hub {
         reconnects: tokio::sync::watch::Receiver<u64>,
         subjects: Subjects,
         presence: Arc<crate::presence::PresenceClient>,
+        occupancy: crate::occupancy::Occupancy,
     ) -> Self {
         Self {
             presence,
+            occupancy,
             js: async_nats::jetstream::new(nats.clone()),
             nats,
             reconnects,
             subjects,
             channels: Mutex::new(HashMap::new()),
             users: Users::default(),
+            watchlists: Default::default(),
             dedupe: Arc::default(),
         }
     }
@@ -143,6 +157,7 @@ impl Hub {
                             ready: OnceCell::new(),
                             subscribers: RwLock::new(HashMap::new()),
                             stop: CancellationToken::new(),
+                            records_occupancy: join.record_occupancy,
                         })
                     })
                     .clone()
@@ -216,6 +231,12 @@ impl Hub {
         if subs.is_empty() {
             drop(subs);
             if let Some(entry) = channels.remove(&key) {
+                // Reported under the hub lock, before a new entry of the
+                // channel can exist, so the recorder sees a channel's
+                // changes in the order they happened.
+                if entry.records_occupancy {
+                    self.occupancy.vacated(app, channel);
+                }
                 entry.stop.cancel();
             }
         }
@@ -316,6 +337,12 @@ impl Hub {
             repairer,
             entry.stop.clone(),
         ));
+        // Once per entry, i.e. per first local subscriber (every subscriber
+        // of the entry waits for this `ready`): the channel's occupancy key,
+        // written before anyone is told they are subscribed.
+        if entry.records_occupancy {
+            self.occupancy.occupied(app, channel).await;
+        }
         Ok(())
     }
 }

@@ -75,5 +75,6 @@ impl Connection {
                 .await;
         }
         metrics::counter!("herald_gateway_client_events_total").increment(1);
+        self.client_event_webhook(&channel, &event.event, &event.data, event.user_id.clone());
     }
 }

@@ -343,6 +343,8 @@ pub(super) struct SignedIn {
     /// Signed in by a session token: presence memberships must then be
     /// this user's own.
     pub by_token: bool,
+    /// The users this connection watches (`watchlist` in its user data).
+    pub watchlist: Vec<String>,
 }
 
 pub(super) struct Connection {
@@ -556,6 +558,10 @@ impl Connection {
             self.state
                 .hub
                 .remove_user(&self.app.id, &user.id, self.handle.id);
+            self.state
+                .hub
+                .watchlists
+                .unwatch(&self.app.id, &user.watchlist, self.handle.id);
             self.state.presence.forget(&user.key).await;
         }
     }

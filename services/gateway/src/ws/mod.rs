@@ -6,6 +6,7 @@ mod connection;
 mod publish;
 mod signin;
 mod subscribe;
+mod webhooks;
 
 use crate::AppState;
 use axum::extract::{ConnectInfo, Path, Query, State, WebSocketUpgrade};

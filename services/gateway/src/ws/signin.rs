@@ -9,6 +9,7 @@
 //! refused, so a leaked or replayed token cannot open a second connection.
 
 use super::connection::{CloseReason, Connection, SignedIn};
+use herald_proto::presence::MAX_WATCHLIST;
 use herald_proto::pusher::{self, codes, ClientFrame};
 use herald_proto::{ServerFrame, UserId, MAX_USER_ID_LEN};
 use herald_server::token::VerifyError;
@@ -52,7 +53,12 @@ impl Connection {
                 format!("user_data needs an id (string of 1-{MAX_USER_ID_LEN} characters)");
             return self.signin_failed(&message).await;
         };
-        self.complete_signin(id, parsed, user_data, false).await
+        let watchlist = match watchlist_of(&parsed) {
+            Ok(watchlist) => watchlist,
+            Err(message) => return self.signin_failed(&message).await,
+        };
+        self.complete_signin(id, parsed, user_data, false, watchlist)
+            .await
     }
 
     /// Sign the connection in with the session token of its URL.
@@ -108,7 +114,8 @@ impl Connection {
         }
         let parsed = serde_json::json!({ "id": id.as_str() });
         let user_data = parsed.to_string();
-        self.complete_signin(id, parsed, &user_data, true).await
+        self.complete_signin(id, parsed, &user_data, true, Vec::new())
+            .await
     }
 
     /// The token could not be checked now (auth service or NATS away):
@@ -132,6 +139,7 @@ impl Connection {
         parsed: Value,
         user_data: &str,
         by_token: bool,
+        watchlist: Vec<String>,
     ) -> Option<CloseReason> {
         let key = match self
             .state
@@ -153,13 +161,34 @@ impl Connection {
         self.state
             .hub
             .add_user(&self.app.id, &id, self.handle.clone());
+        if !watchlist.is_empty() {
+            // Registered before asking, so no change after the answer is missed.
+            self.state
+                .hub
+                .watchlists
+                .watch(&self.app.id, &watchlist, self.handle.clone());
+        }
         self.user = Some(SignedIn {
             id,
             user_data: parsed,
             key,
             by_token,
+            watchlist: watchlist.clone(),
         });
         self.send(ServerFrame::SigninSuccess { user_data }).await;
+        if !watchlist.is_empty() {
+            match self.state.presence.online(&self.app.id, &watchlist).await {
+                Ok(reply) => self.state.hub.watchlists.initial(
+                    &self.app.id,
+                    self.handle.id,
+                    &watchlist,
+                    &reply.online,
+                    reply.revision,
+                ),
+                // Changes still arrive as events; only the first list is missing.
+                Err(err) => tracing::warn!(%err, "cannot read a watchlist's online users"),
+            }
+        }
         None
     }
 
@@ -171,4 +200,28 @@ impl Connection {
         .await;
         Some((codes::UNAUTHORIZED, "Sign-in failed"))
     }
+}
+
+/// The `watchlist` of a user data object: user ids, at most
+/// [`MAX_WATCHLIST`], duplicates dropped.
+fn watchlist_of(user_data: &Value) -> Result<Vec<String>, String> {
+    let Some(list) = user_data.get("watchlist") else {
+        return Ok(Vec::new());
+    };
+    let bad = || format!("watchlist must be a list of at most {MAX_WATCHLIST} user ids");
+    let list = list.as_array().ok_or_else(bad)?;
+    if list.len() > MAX_WATCHLIST {
+        return Err(bad());
+    }
+    let mut out: Vec<String> = Vec::with_capacity(list.len());
+    for id in list {
+        let id = id
+            .as_str()
+            .and_then(|s| UserId::parse(s).ok())
+            .ok_or_else(bad)?;
+        if !out.iter().any(|u| u == id.as_str()) {
+            out.push(id.as_str().to_owned());
+        }
+    }
+    Ok(out)
 }

@@ -344,6 +344,7 @@ impl Connection {
             presence_user: None,
             first: (!hold).then(|| succeeded.clone()),
             hold,
+            record_occupancy: records_occupancy(&self.app, channel),
         };
         self.state
             .hub
@@ -485,6 +486,7 @@ impl Connection {
     async fn cached_event(&self, channel: &ChannelName) -> (u64, Utf8Bytes) {
         let state = &self.state;
         let miss = || -> Utf8Bytes {
+            self.cache_miss_webhook(channel);
             ServerFrame::CacheMiss {
                 channel: channel.as_str(),
             }
@@ -539,6 +541,7 @@ impl Connection {
             presence_user: Some(user_id.clone()),
             first: None,
             hold: false,
+            record_occupancy: records_occupancy(&self.app, channel),
         };
         self.state
             .hub
@@ -654,6 +657,17 @@ impl Connection {
             .and_then(|m| m.as_ref())
             .map(|m| m.user_id.clone())
     }
+}
+
+/// Whether this gateway records the channel's occupancy in the presence
+/// bucket: only when one of the app's webhooks wants its `channel_occupied`
+/// or `channel_vacated` (occupancy feeds nothing else), so apps without
+/// them pay nothing on the subscribe path. (A presence channel's
+/// occupancy also follows its members.)
+fn records_occupancy(app: &herald_config::AppConfig, channel: &ChannelName) -> bool {
+    use herald_proto::webhook::WebhookKind;
+    app.wants_webhook(WebhookKind::ChannelOccupied, Some(channel.as_str()))
+        || app.wants_webhook(WebhookKind::ChannelVacated, Some(channel.as_str()))
 }
 
 #[cfg(test)]

@@ -78,11 +78,16 @@ pub struct EngineSettings {
     /// How long a deleted socket key's marker stays in the bucket before it
     /// is purged (see [`tombstones`]).
     pub tombstone_age: Duration,
+    /// How long `channel_vacated` / `member_removed` webhooks are held (see
+    /// [`emit`]); zero sends them at once.
+    pub vacate_delay: Duration,
 }
 
 /// The owner of the presence state.
 pub struct Engine {
     pub client: Client,
+    /// The apps, for their webhook settings.
+    pub apps: herald_config::AppRegistry,
     pub subjects: Subjects,
     pub presence: kv::Store,
     pub view: kv::Store,
@@ -94,6 +99,8 @@ pub struct Engine {
     pub settings: EngineSettings,
     /// Set once the start-up diff is done: the readiness check.
     pub live: Arc<AtomicBool>,
+    /// Vacated / removed webhooks held for the vacate delay.
+    pub held: std::sync::Mutex<emit::Held>,
 }
 
 /// The engine's working state besides the presence state, one part per
@@ -175,8 +182,9 @@ impl Engine {
                     self.sweep(&mut run).await;
                     self.reap(&mut run).await;
                 }
-                _ = expiry.tick(), if !run.queries.is_empty() => {
-                    self.expire_queries(&mut run.queries).await
+                _ = expiry.tick(), if !run.queries.is_empty() || self.holds_any() => {
+                    self.expire_queries(&mut run.queries).await;
+                    self.release_held().await;
                 }
             }
         }

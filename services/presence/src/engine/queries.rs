@@ -9,7 +9,9 @@
 use super::Engine;
 use async_nats::Message;
 use bytes::Bytes;
-use herald_proto::presence::{MembersReply, MembersRequest, MEMBERS_PAGE};
+use herald_proto::presence::{
+    MembersReply, MembersRequest, OnlineReply, OnlineRequest, MAX_WATCHLIST, MEMBERS_PAGE,
+};
 use herald_proto::{AppId, ChannelKind, ChannelName};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -72,6 +74,9 @@ impl Engine {
     /// A gateway's member query: answered now if the state has reached its
     /// revision, held otherwise.
     pub(super) async fn on_query(&self, waiting: &mut Waiting, app: AppId, msg: Message) {
+        if msg.subject.as_str() == self.subjects.presence_online_query(&app) {
+            return self.answer_online(&app, msg).await;
+        }
         let Some(reply) = msg.reply else {
             tracing::debug!("member query without a reply subject ignored");
             return;
@@ -101,6 +106,38 @@ impl Engine {
             self.answer(pending).await;
         } else {
             waiting.hold(request.min_revision, pending);
+        }
+    }
+
+    /// Which of the users asked about are online (for a watchlist), as of
+    /// the state's revision: later changes come as `OnlineEvent`s with a
+    /// higher revision, published from this same loop after this answer.
+    async fn answer_online(&self, app: &AppId, msg: Message) {
+        let Some(reply) = msg.reply else { return };
+        let answer = match serde_json::from_slice::<OnlineRequest>(&msg.payload) {
+            Ok(request) if request.user_ids.len() <= MAX_WATCHLIST => OnlineReply {
+                online: request
+                    .user_ids
+                    .into_iter()
+                    .filter(|user| self.state.is_online(app, user))
+                    .collect(),
+                revision: self.state.revision(),
+                error: None,
+            },
+            Ok(_) => OnlineReply {
+                online: Vec::new(),
+                revision: self.state.revision(),
+                error: Some(format!("at most {MAX_WATCHLIST} users")),
+            },
+            Err(err) => OnlineReply {
+                online: Vec::new(),
+                revision: self.state.revision(),
+                error: Some(format!("bad request: {err}")),
+            },
+        };
+        let payload = serde_json::to_vec(&answer).unwrap_or_default();
+        if let Err(err) = self.client.publish(reply, payload.into()).await {
+            tracing::warn!(%err, "cannot answer an online query");
         }
     }
 

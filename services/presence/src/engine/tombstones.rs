@@ -39,13 +39,17 @@ impl Tombstones {
     }
 }
 
-/// Whether a deleted key's marker may be purged: socket keys only (`sub.`
-/// and `conn.`; socket ids are never reused). `gw.` markers stay, since
-/// gateways watch them to learn that a peer is gone.
+/// Whether a deleted key's marker may be purged: socket keys (`sub.` and
+/// `conn.`; socket ids are never reused) and occupancy keys (`occ.`, reused
+/// when a channel is occupied again, which the purge's revision bound
+/// spares). `gw.` markers stay, since gateways watch them to learn that a
+/// peer is gone.
 fn reapable(key: &str) -> bool {
     matches!(
         PresenceKey::parse(key),
-        Ok(PresenceKey::Subscription { .. } | PresenceKey::Connection { .. })
+        Ok(PresenceKey::Subscription { .. }
+            | PresenceKey::Connection { .. }
+            | PresenceKey::Occupancy { .. })
     )
 }
 
