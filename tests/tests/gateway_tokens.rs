@@ -251,3 +251,89 @@ fn base64_url(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
+
+/// A channel token from the auth service for this socket and channel.
+async fn channel_token(e: &Env, token: &str, socket_id: &str, channel: &str) -> (u16, Value) {
+    let resp = e
+        .http
+        .post(e.auth.url("/v1/apps/app-id/channel-tokens"))
+        .bearer_auth(token)
+        .json(&json!({ "socket_id": socket_id, "channel": channel }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_channel_token_subscribes_its_socket_to_its_channel_and_nothing_else() {
+    let e = env().await;
+    let alice = e
+        .token(("app-id", KEY, SECRET), "alice", 900)
+        .await;
+    let mut socket = PusherSocket::connect(e.gateway.port, KEY).await.unwrap();
+    let mut other = PusherSocket::connect(e.gateway.port, KEY).await.unwrap();
+    // Grant the channels through app-managed membership.
+    for channel in ["private-ct", "presence-ct"] {
+        let resp = e
+            .http
+            .put(e.auth.url(&format!("/v1/apps/app-id/channels/{channel}/members/alice")))
+            .basic_auth(KEY, Some(SECRET))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.text().await.unwrap());
+    }
+    let (status, issued) = channel_token(&e, &alice, &socket.socket_id, "private-ct").await;
+    assert_eq!(status, 200, "{issued}");
+    let ct = issued["token"].as_str().unwrap().to_owned();
+    // Another socket cannot use it, nor can it open another channel.
+    let answer = other
+        .subscribe_with(json!({ "channel": "private-ct", "token": ct }))
+        .await
+        .unwrap();
+    assert_eq!(answer["event"], "pusher:subscription_error", "{answer}");
+    assert!(data_of(&answer)["error"]
+        .as_str()
+        .unwrap()
+        .contains("another connection"));
+    let answer = socket
+        .subscribe_with(json!({ "channel": "private-other", "token": ct }))
+        .await
+        .unwrap();
+    assert_eq!(answer["event"], "pusher:subscription_error", "{answer}");
+    assert!(data_of(&answer)["error"]
+        .as_str()
+        .unwrap()
+        .contains("another channel"));
+    // A session token is not a channel token.
+    let answer = socket
+        .subscribe_with(json!({ "channel": "private-ct", "token": alice }))
+        .await
+        .unwrap();
+    assert_eq!(answer["event"], "pusher:subscription_error", "{answer}");
+    // Its own socket and channel: subscribed.
+    let answer = socket
+        .subscribe_with(json!({ "channel": "private-ct", "token": ct }))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["event"], "pusher_internal:subscription_succeeded",
+        "{answer}"
+    );
+    // A presence channel token names the member and its user_info.
+    let (status, issued) = channel_token(&e, &alice, &socket.socket_id, "presence-ct").await;
+    assert_eq!(status, 200, "{issued}");
+    let answer = socket
+        .subscribe_with(json!({ "channel": "presence-ct", "token": issued["token"] }))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["event"], "pusher_internal:subscription_succeeded",
+        "{answer}"
+    );
+    let presence = &data_of(&answer)["presence"];
+    assert_eq!(presence["ids"], json!(["alice"]), "{presence}");
+    assert_eq!(presence["hash"]["alice"]["name"], "alice");
+}
