@@ -269,16 +269,17 @@ async fn channel_token(e: &Env, token: &str, socket_id: &str, channel: &str) -> 
 #[tokio::test]
 async fn a_channel_token_subscribes_its_socket_to_its_channel_and_nothing_else() {
     let e = env().await;
-    let alice = e
-        .token(("app-id", KEY, SECRET), "alice", 900)
-        .await;
+    let alice = e.token(("app-id", KEY, SECRET), "alice", 900).await;
     let mut socket = PusherSocket::connect(e.gateway.port, KEY).await.unwrap();
     let mut other = PusherSocket::connect(e.gateway.port, KEY).await.unwrap();
     // Grant the channels through app-managed membership.
     for channel in ["private-ct", "presence-ct"] {
         let resp = e
             .http
-            .put(e.auth.url(&format!("/v1/apps/app-id/channels/{channel}/members/alice")))
+            .put(
+                e.auth
+                    .url(&format!("/v1/apps/app-id/channels/{channel}/members/alice")),
+            )
             .basic_auth(KEY, Some(SECRET))
             .send()
             .await
