@@ -42,7 +42,7 @@ pub const TABLES: [(&str, &str); 5] = [
 ];
 
 /// Events applied per rebuild transaction.
-const BATCH: usize = 2000;
+const BATCH: usize = 10_000;
 
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
