@@ -342,3 +342,37 @@ pub fn gateway_key(gateway: &str) -> String {
     }
     .render()
 }
+
+/// Who calls a Herald REST endpoint in a test: the development app (HTTP
+/// Basic with its key and secret) or a user (a session token as Bearer).
+#[derive(Debug, Clone, Copy)]
+pub enum As<'a> {
+    /// The app's credentials.
+    App,
+    /// A user's session token.
+    User(&'a str),
+}
+
+/// Call a REST endpoint as `who` with an optional JSON body; the status and
+/// the body (JSON, or the text as a JSON string when it is not JSON).
+pub async fn rest(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    who: As<'_>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = http.request(method, url);
+    req = match who {
+        As::App => req.basic_auth("app-key", Some(SECRET)),
+        As::User(token) => req.bearer_auth(token),
+    };
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.send().await.expect("the request is answered");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("a body");
+    let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, body)
+}

@@ -9,7 +9,7 @@ use herald_proto::envelope::{event_names, Membership};
 use herald_proto::{AppId, ChannelName, Envelope, EventKind};
 use herald_stream::PublishOptions;
 use herald_testkit::TestDatabase;
-use herald_tests::{eventually, Running, Stack, SECRET};
+use herald_tests::{eventually, As, Running, Stack};
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor};
 use std::time::Duration;
@@ -41,12 +41,6 @@ async fn env() -> Env {
     }
 }
 
-#[derive(Clone, Copy)]
-enum As<'a> {
-    App,
-    User(&'a str),
-}
-
 impl Env {
     async fn call(
         &self,
@@ -55,21 +49,7 @@ impl Env {
         who: As<'_>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, url);
-        req = match who {
-            As::App => req.basic_auth(KEY, Some(SECRET)),
-            As::User(token) => req.bearer_auth(token),
-        };
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        herald_tests::rest(&self.http, method, url, who, body).await
     }
 
     async fn user(&self, user: &str) -> String {

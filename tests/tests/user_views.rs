@@ -7,7 +7,7 @@
 //! new key.
 
 use herald_testkit::TestDatabase;
-use herald_tests::{eventually, PusherSocket, Running, Stack, SECRET};
+use herald_tests::{eventually, As, PusherSocket, Running, Stack};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -52,13 +52,6 @@ async fn env() -> Env {
     }
 }
 
-/// Who calls a REST endpoint.
-#[derive(Clone, Copy)]
-enum As<'a> {
-    App,
-    User(&'a str),
-}
-
 impl Env {
     async fn call(
         &self,
@@ -67,21 +60,7 @@ impl Env {
         who: As<'_>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self.http.request(method, url);
-        req = match who {
-            As::App => req.basic_auth(KEY, Some(SECRET)),
-            As::User(token) => req.bearer_auth(token),
-        };
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        herald_tests::rest(&self.http, method, url, who, body).await
     }
 
     /// Register `user` and issue a session token with `grants`.

@@ -125,6 +125,10 @@ pub fn to_data<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// Longest `client_id` (a publisher's idempotency key), in characters:
+/// the same for `herald:publish` and the history REST API's send.
+pub const MAX_CLIENT_ID_LEN: usize = 128;
+
 /// The `Nats-Msg-Id` of a message a user (or the app, `None`) publishes
 /// with a `client_id`: the same key from the same author on the same channel
 /// is one message, whichever connection or API call retries it.
@@ -335,6 +339,27 @@ mod tests {
         );
         env.client_id = Some("k".into());
         assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+    }
+
+    #[test]
+    fn a_retry_of_the_same_message_has_the_same_key_and_anything_else_another() {
+        let key = publish_msg_id("a", "private-c", Some("u1"), "m1");
+        assert_eq!(key, publish_msg_id("a", "private-c", Some("u1"), "m1"));
+        for other in [
+            publish_msg_id("b", "private-c", Some("u1"), "m1"),
+            publish_msg_id("a", "private-d", Some("u1"), "m1"),
+            publish_msg_id("a", "private-c", Some("u2"), "m1"),
+            publish_msg_id("a", "private-c", None, "m1"),
+            publish_msg_id("a", "private-c", Some("u1"), "m2"),
+            // No ambiguity from joining the parts.
+            publish_msg_id("a", "private-c", Some("u1m"), "1"),
+        ] {
+            assert_ne!(key, other);
+        }
+        assert_ne!(
+            receipt_msg_id("a", "c", "u", EventKind::Read, 5),
+            receipt_msg_id("a", "c", "u", EventKind::Delivered, 5)
+        );
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub enum StreamError {
     /// Sending a publish failed before an ack could be awaited.
     #[error("publish failed: {0}")]
     Publish(#[from] context::PublishError),
+    /// JetStream did not acknowledge a publish in time.
+    #[error("the stream did not acknowledge the publish in time")]
+    AckTimeout,
     /// The stream to read from could not be opened.
     #[error("cannot open stream {name}: {source}")]
     OpenStream {

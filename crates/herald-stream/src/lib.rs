@@ -33,7 +33,10 @@ pub use bucket::{ensure_bucket, ensure_presence_bucket, BucketSpec};
 pub use channels::{channels_stream_config, config_drift, ensure_channels_stream, SettingDrift};
 pub use error::{BarrierLoss, BarrierStep, ReplayStep, StreamError};
 pub use live::LiveEvent;
-pub use publish::{publish_envelope, PublishOptions, HEADER_DEDUPE, HEADER_EXCLUDE_SOCKET};
+pub use publish::{
+    await_stored, publish_envelope, PublishOptions, Stored, HEADER_DEDUPE, HEADER_EXCLUDE_SOCKET,
+    STORE_TIMEOUT,
+};
 pub use read::{last_event, stored_event};
 pub use settings::{
     StreamArgs, StreamSettings, DEFAULT_DUPLICATE_WINDOW_SECS, DEFAULT_MAX_AGE_SECS,

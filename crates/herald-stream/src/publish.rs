@@ -55,6 +55,51 @@ pub async fn publish_envelope(
         .await?)
 }
 
+/// How long a publisher waits for JetStream to acknowledge a store before
+/// answering "retry" (the HTTP API, `herald:publish`, the history REST API).
+pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What identifies a stored event: its id, stream sequence and time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The envelope's id.
+    pub id: String,
+    /// Its stream sequence.
+    pub seq: u64,
+    /// When Herald accepted it (ms).
+    pub ts: i64,
+}
+
+/// Wait (at most `timeout`) for JetStream to store `envelope`, published
+/// with [`publish_envelope`], and say what was stored: the envelope itself,
+/// or, for a retry JetStream recognised by its `Nats-Msg-Id`, the original
+/// (whose id and time are read back from the stream at the sequence the ack
+/// names), so that every retry is answered like the first publish.
+pub async fn await_stored(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    envelope: &Envelope,
+    ack: jetstream::context::PublishAckFuture,
+    timeout: std::time::Duration,
+) -> Result<Stored, StreamError> {
+    let ack = tokio::time::timeout(timeout, ack)
+        .await
+        .map_err(|_| StreamError::AckTimeout)??;
+    if !ack.duplicate {
+        return Ok(Stored {
+            id: envelope.id.clone(),
+            seq: ack.sequence,
+            ts: envelope.at,
+        });
+    }
+    let original = crate::stored_event(js, subjects, ack.sequence).await?;
+    Ok(Stored {
+        id: original.id,
+        seq: ack.sequence,
+        ts: original.at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

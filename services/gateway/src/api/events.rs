@@ -167,9 +167,6 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> 
         .map_err(|e| ApiError::BadRequest(format!("Invalid JSON body: {e}")))
 }
 
-/// How long storing one request may take; then it answers 503.
-const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// NATS cannot take the request: 503, retryable. Events of the request
 /// may have been stored, none is reported as stored.
 fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
@@ -178,15 +175,18 @@ fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
 }
 
 /// Store every event on every channel (see [`publish_all`]), within
-/// [`STORE_TIMEOUT`]; answer 503 at once while NATS is disconnected rather
+/// [`herald_stream::STORE_TIMEOUT`]; answer 503 at once while NATS is disconnected rather
 /// than buffer publishes that may never be stored.
 async fn store(state: &AppState, app: &AppConfig, events: &[ValidEvent]) -> Result<(), ApiError> {
     if state.nats.connection_state() != async_nats::connection::State::Connected {
         return Err(unavailable(&"not connected to NATS"));
     }
-    tokio::time::timeout(STORE_TIMEOUT, publish_all(state, app, events))
-        .await
-        .map_err(|_| unavailable(&"no acknowledgement in time"))?
+    tokio::time::timeout(
+        herald_stream::STORE_TIMEOUT,
+        publish_all(state, app, events),
+    )
+    .await
+    .map_err(|_| unavailable(&"no acknowledgement in time"))?
 }
 
 /// Publish every event on every channel, pipelining the publishes and then

@@ -26,20 +26,13 @@ use super::connection::Connection;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use governor::{Quota, RateLimiter};
-use herald_proto::envelope::{publish_msg_id, receipt_msg_id, to_data, Receipt};
+use herald_proto::envelope::{publish_msg_id, receipt_msg_id, to_data, Receipt, MAX_CLIENT_ID_LEN};
 use herald_proto::frame::nack;
 use herald_proto::pusher::ClientFrame;
 use herald_proto::{ChannelKind, ChannelName, Envelope, EventKind, EventName, ServerFrame};
-use herald_stream::PublishOptions;
+use herald_stream::{PublishOptions, Stored};
 use serde_json::{Map, Value};
 use std::num::NonZeroU32;
-use std::time::Duration;
-
-/// Longest `client_id`, in characters.
-pub(crate) const MAX_CLIENT_ID_LEN: usize = 128;
-
-/// Longest wait for JetStream to acknowledge a stored event.
-const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most publishes and receipts of one connection awaiting JetStream's
 /// acknowledgement: enough to fill a JetStream round trip at full speed,
@@ -90,13 +83,6 @@ type Nack = (&'static str, String);
 
 fn nack_of(code: &'static str, message: impl Into<String>) -> Nack {
     (code, message.into())
-}
-
-/// What a stored publish is acknowledged with.
-pub(super) struct Stored {
-    id: String,
-    seq: u64,
-    ts: i64,
 }
 
 impl Connection {
@@ -469,53 +455,15 @@ impl Connection {
         .await
         .map_err(|e| unavailable(&channel, &e))?;
         Ok(Box::pin(async move {
-            let ack = tokio::time::timeout(STORE_TIMEOUT, ack)
-                .await
-                .map_err(|_| unavailable(&channel, &"timed out"))?
-                .map_err(|e| unavailable(&channel, &e))?;
-            if !ack.duplicate {
-                return Ok(Stored {
-                    id: envelope.id,
-                    seq: ack.sequence,
-                    ts: envelope.at,
-                });
-            }
-            // A retry: JetStream names the original's sequence; its id and
-            // time are in the stored original.
-            let original = herald_stream::stored_event(&state.js, &state.subjects, ack.sequence)
-                .await
-                .map_err(|e| unavailable(&channel, &e))?;
-            Ok(Stored {
-                id: original.id,
-                seq: ack.sequence,
-                ts: original.at,
-            })
+            herald_stream::await_stored(
+                &state.js,
+                &state.subjects,
+                &envelope,
+                ack,
+                herald_stream::STORE_TIMEOUT,
+            )
+            .await
+            .map_err(|e| unavailable(&channel, &e))
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_retry_of_the_same_message_has_the_same_key_and_anything_else_another() {
-        let key = publish_msg_id("a", "private-c", Some("u1"), "m1");
-        assert_eq!(key, publish_msg_id("a", "private-c", Some("u1"), "m1"));
-        for other in [
-            publish_msg_id("b", "private-c", Some("u1"), "m1"),
-            publish_msg_id("a", "private-d", Some("u1"), "m1"),
-            publish_msg_id("a", "private-c", Some("u2"), "m1"),
-            publish_msg_id("a", "private-c", None, "m1"),
-            publish_msg_id("a", "private-c", Some("u1"), "m2"),
-            // No ambiguity from joining the parts.
-            publish_msg_id("a", "private-c", Some("u1m"), "1"),
-        ] {
-            assert_ne!(key, other);
-        }
-        assert_ne!(
-            receipt_msg_id("a", "c", "u", EventKind::Read, 5),
-            receipt_msg_id("a", "c", "u", EventKind::Delivered, 5)
-        );
     }
 }

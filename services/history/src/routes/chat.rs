@@ -25,17 +25,12 @@ use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use herald_proto::envelope::{
     event_names, publish_msg_id, receipt_msg_id, to_data, MessageEdit, MessageRef, Receipt,
+    MAX_CLIENT_ID_LEN,
 };
 use herald_proto::{ChannelName, Envelope, EventKind, EventName};
 use herald_server::auth::Caller;
 use herald_stream::PublishOptions;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
-
-/// Longest `client_id`, in characters (as `herald:publish`).
-pub const MAX_CLIENT_ID_LEN: usize = 128;
-/// Longest wait for JetStream to store an event.
-const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -133,15 +128,14 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error>
 }
 
 /// Store `envelope` on its channel and wait for JetStream; for a retried
-/// key, answer the original's id, seq and time.
+/// key, answer the original's id, seq and time (`herald_stream::await_stored`).
 async fn store(
     state: &AppState,
+    app: &herald_proto::AppId,
     channel: &ChannelName,
     envelope: &Envelope,
     msg_id: &str,
 ) -> Result<Stored, ApiError> {
-    let app = herald_proto::AppId::parse(&envelope.app)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("app id: {e}")))?;
     let unavailable = |err: &dyn std::fmt::Display| {
         tracing::warn!(%err, %channel, "event not stored");
         ApiError::Unavailable("The event could not be stored; retry with the same key".into())
@@ -149,7 +143,7 @@ async fn store(
     let ack = herald_stream::publish_envelope(
         &state.js,
         &state.subjects,
-        &app,
+        app,
         channel,
         envelope,
         msg_id,
@@ -157,24 +151,19 @@ async fn store(
     )
     .await
     .map_err(|e| unavailable(&e))?;
-    let ack = tokio::time::timeout(STORE_TIMEOUT, ack)
-        .await
-        .map_err(|_| unavailable(&"timed out"))?
-        .map_err(|e| unavailable(&e))?;
-    if !ack.duplicate {
-        return Ok(Stored {
-            id: envelope.id.clone(),
-            seq: ack.sequence,
-            ts: envelope.at,
-        });
-    }
-    let original = herald_stream::stored_event(&state.js, &state.subjects, ack.sequence)
-        .await
-        .map_err(|e| unavailable(&e))?;
+    let stored = herald_stream::await_stored(
+        &state.js,
+        &state.subjects,
+        envelope,
+        ack,
+        herald_stream::STORE_TIMEOUT,
+    )
+    .await
+    .map_err(|e| unavailable(&e))?;
     Ok(Stored {
-        id: original.id,
-        seq: ack.sequence,
-        ts: original.at,
+        id: stored.id,
+        seq: stored.seq,
+        ts: stored.ts,
     })
 }
 
@@ -192,7 +181,7 @@ async fn find_fresh(
         return Ok(Some(found));
     }
     let head = super::stream_head(state).await?;
-    wait_for(state, Some(head as i64)).await?;
+    super::wait_applied(state, head as i64).await?;
     find(state, app, channel, id).await
 }
 
@@ -270,7 +259,9 @@ pub(crate) async fn send(
         author,
     );
     envelope.client_id = Some(body.client_id);
-    Ok(Json(store(&state, &channel, &envelope, &msg_id).await?))
+    Ok(Json(
+        store(&state, &app.id, &channel, &envelope, &msg_id).await?,
+    ))
 }
 
 /// Edit a message (its author only).
@@ -342,7 +333,9 @@ pub(crate) async fn edit(
         Some(actor.as_str().to_owned()),
     );
     let msg_id = envelope.id.clone();
-    Ok(Json(store(&state, &channel, &envelope, &msg_id).await?))
+    Ok(Json(
+        store(&state, &app.id, &channel, &envelope, &msg_id).await?,
+    ))
 }
 
 /// Delete a message (its author, or the app).
@@ -398,7 +391,9 @@ pub(crate) async fn delete(
         actor.map(|a| a.as_str().to_owned()),
     );
     let msg_id = envelope.id.clone();
-    Ok(Json(store(&state, &channel, &envelope, &msg_id).await?))
+    Ok(Json(
+        store(&state, &app.id, &channel, &envelope, &msg_id).await?,
+    ))
 }
 
 async fn receipt(
@@ -439,7 +434,9 @@ async fn receipt(
         }),
         Some(user.as_str().to_owned()),
     );
-    Ok(Json(store(&state, &channel, &envelope, &msg_id).await?))
+    Ok(Json(
+        store(&state, &app.id, &channel, &envelope, &msg_id).await?,
+    ))
 }
 
 /// Mark the channel read up to a seq.

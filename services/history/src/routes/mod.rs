@@ -96,6 +96,15 @@ pub(crate) async fn wait_for(
             "min_seq {wanted} is past the stream's last seq {head}: not a seq a write answered"
         )));
     }
+    wait_applied(state, wanted).await
+}
+
+/// Wait (at most the configured read wait) until the projection has
+/// applied `wanted`, a seq the stream holds; else 503 with the position.
+pub(crate) async fn wait_applied(
+    state: &crate::Shared,
+    wanted: i64,
+) -> Result<(), crate::ApiError> {
     let deadline = tokio::time::Instant::now() + state.read_wait;
     loop {
         let reached: i64 = sqlx::query_scalar(
