@@ -808,7 +808,10 @@ async fn a_rebuild_after_a_mixed_workload_equals_the_live_model_and_swaps_in_whi
         .await
         .unwrap();
     assert!(report.swapped);
-    let (id, seq) = e.send(&kept_ch, As::User(&bob), "after the swap").await;
+    // Text with every character COPY's text format escapes (the messages
+    // go in by COPY).
+    let tricky = "after the swap \\ \t tab \n line \r cr \\N \\. é 😀";
+    let (id, seq) = e.send(&kept_ch, As::User(&bob), tricky).await;
     let (status, one) = e
         .call(
             reqwest::Method::GET,
@@ -818,7 +821,7 @@ async fn a_rebuild_after_a_mixed_workload_equals_the_live_model_and_swaps_in_whi
         )
         .await;
     assert_eq!(status, 200, "{one}");
-    assert_eq!(one["data"], "{\"text\":\"after the swap\"}");
+    assert_eq!(one["data"], json!({ "text": tricky }).to_string());
     // And the model after the swap still equals a fresh replay.
     let report = herald_history::rebuild::rebuild(&js, &e.stack.subjects, &options, true)
         .await

@@ -104,17 +104,34 @@ pub async fn rebuild(
         .await?;
     let mut messages = consumer.messages().await?;
     let mut progress = Progress::new(js, subjects).await?;
-    let mut replay = Replay {
-        target: &mut target,
-        projection: &projection,
-        checkpoint: 0,
+    let mut reader = Reader {
+        messages: &mut messages,
+        last_seq: 0,
         events: 0,
         pending: progress.stored,
     };
-    // Catch up with the head (the consumer says how many are left).
-    while replay.pending > 0 {
-        replay.batch(&mut messages, i64::MAX).await?;
-        progress.update(replay.checkpoint as u64, replay.events);
+    let mut writer = Writer {
+        target: &mut target,
+        projection: &projection,
+        checkpoint: 0,
+    };
+    // Catch up with the head (the consumer says how many are left). The
+    // next batch is read and decoded while the previous one is written:
+    // the two wait on different processes (nats-server, Postgres), so
+    // overlapping them keeps both busy.
+    let mut next = reader.read(i64::MAX).await?;
+    while let Some(batch) = next.take() {
+        let more = reader.pending > 0;
+        let (written, read) = tokio::join!(writer.write(batch), async {
+            if more {
+                reader.read(i64::MAX).await
+            } else {
+                Ok(None)
+            }
+        });
+        written?;
+        next = read?;
+        progress.update(writer.checkpoint as u64, reader.events);
     }
 
     // 3. Pause the live projector between two batches, reach its position.
@@ -134,12 +151,14 @@ pub async fn rebuild(
     // The live projector applied everything up to `live`; the rebuild has
     // to hold at least as much (events stored since may keep coming: the
     // replay stops once it has passed `live` or read all there is).
-    while replay.checkpoint < live && replay.pending > 0 {
-        replay.batch(&mut messages, live).await?;
-        progress.update(replay.checkpoint as u64, replay.events);
+    while writer.checkpoint < live && reader.pending > 0 {
+        if let Some(batch) = reader.read(live).await? {
+            writer.write(batch).await?;
+        }
+        progress.update(writer.checkpoint as u64, reader.events);
     }
-    progress.finish(replay.checkpoint as u64, replay.events);
-    let (events, checkpoint) = (replay.events, replay.checkpoint);
+    progress.finish(writer.checkpoint as u64, reader.events);
+    let (events, checkpoint) = (reader.events, writer.checkpoint);
     let elapsed = started.elapsed();
 
     if verify {
@@ -180,37 +199,45 @@ pub async fn rebuild(
     })
 }
 
-/// The replay into the rebuild schema.
-struct Replay<'a> {
-    target: &'a mut PgConnection,
-    projection: &'a str,
-    checkpoint: i64,
+/// The read side of the replay: events from the stream, decoded.
+struct Reader<'a> {
+    messages: &'a mut consumer::pull::Ordered,
+    /// The stream sequence of the last event read.
+    last_seq: i64,
+    /// Events read (all kinds, including ones the model skips).
     events: u64,
     /// Messages the stream holds after the last one read.
     pending: u64,
 }
 
-impl Replay<'_> {
-    /// Apply up to [`BATCH`] events (fewer when the stream has no more
-    /// ready, and never waiting past `until`).
-    async fn batch(
-        &mut self,
-        messages: &mut consumer::pull::Ordered,
-        until: i64,
-    ) -> anyhow::Result<()> {
-        let mut rows = Vec::new();
-        let mut max_seq = self.checkpoint;
-        while rows.len() < BATCH && max_seq < until && self.pending > 0 {
-            let wait = if rows.is_empty() {
+/// Events read for one rebuild transaction.
+struct Batch {
+    rows: Vec<Row>,
+    /// The stream sequence of the last event read (projected or not).
+    last_seq: i64,
+}
+
+impl Reader<'_> {
+    /// Up to [`BATCH`] events (fewer when the stream has no more ready,
+    /// and never waiting past `until`); `None` when nothing was read.
+    async fn read(&mut self, until: i64) -> anyhow::Result<Option<Batch>> {
+        let mut rows = Vec::with_capacity(BATCH);
+        let first = self.last_seq;
+        let mut read = 0;
+        while read < BATCH && self.last_seq < until && self.pending > 0 {
+            let wait = if read == 0 {
                 Duration::from_secs(30)
             } else {
                 Duration::from_millis(20)
             };
-            let msg = match tokio::time::timeout(wait, messages.next()).await {
+            let msg = match tokio::time::timeout(wait, self.messages.next()).await {
                 Ok(Some(msg)) => msg.map_err(|e| anyhow!("replay: {e}"))?,
                 Ok(None) => return Err(anyhow!("the replay consumer ended")),
-                Err(_) if rows.is_empty() => {
-                    return Err(anyhow!("the stream stopped answering at seq {max_seq}"))
+                Err(_) if read == 0 => {
+                    return Err(anyhow!(
+                        "the stream stopped answering at seq {}",
+                        self.last_seq
+                    ))
                 }
                 Err(_) => break,
             };
@@ -218,7 +245,8 @@ impl Replay<'_> {
             let seq = info.stream_sequence as i64;
             self.pending = info.pending;
             self.events += 1;
-            max_seq = seq;
+            self.last_seq = seq;
+            read += 1;
             let env = Envelope::decode(&msg.payload).map_err(|e| {
                 anyhow!("seq {seq} cannot be read by this build: {e}; the rebuild stops")
             })?;
@@ -226,21 +254,35 @@ impl Replay<'_> {
                 rows.push(Row::new(seq, env));
             }
         }
-        if max_seq == self.checkpoint {
-            return Ok(());
-        }
+        Ok((self.last_seq != first).then_some(Batch {
+            rows,
+            last_seq: self.last_seq,
+        }))
+    }
+}
+
+/// The write side of the replay: batches applied to the rebuild schema,
+/// each with its checkpoint.
+struct Writer<'a> {
+    target: &'a mut PgConnection,
+    projection: &'a str,
+    checkpoint: i64,
+}
+
+impl Writer<'_> {
+    async fn write(&mut self, batch: Batch) -> anyhow::Result<()> {
         let mut tx = self.target.begin().await?;
-        model::apply(&mut tx, &rows).await?;
+        model::apply(&mut tx, &batch.rows).await?;
         sqlx::query(
             "INSERT INTO projection_checkpoints (name, last_seq) VALUES ($1, $2)
              ON CONFLICT (name) DO UPDATE SET last_seq = EXCLUDED.last_seq",
         )
         .bind(self.projection)
-        .bind(max_seq)
+        .bind(batch.last_seq)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.checkpoint = max_seq;
+        self.checkpoint = batch.last_seq;
         Ok(())
     }
 }
