@@ -139,11 +139,12 @@ async fn insert_messages(tx: &mut PgConnection, rows: &[Row]) -> anyhow::Result<
     .bind(&names)
     .execute(&mut *tx)
     .await?;
+    // No `FOR UPDATE`: one transaction at a time applies (it holds the
+    // checkpoint row's lock), and locking would write every row twice.
     let counts: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT s.app_id, s.channel, s.message_count FROM channel_stats s
          JOIN UNNEST($1::text[], $2::text[]) AS u(app_id, channel)
-           ON s.app_id = u.app_id AND s.channel = u.channel
-         FOR UPDATE OF s",
+           ON s.app_id = u.app_id AND s.channel = u.channel",
     )
     .bind(&apps)
     .bind(&names)

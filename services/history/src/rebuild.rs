@@ -102,10 +102,10 @@ pub async fn rebuild(
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer.messages().await?;
+    let messages = consumer.messages().await?;
     let mut progress = Progress::new(js, subjects).await?;
     let mut reader = Reader {
-        messages: &mut messages,
+        messages,
         last_seq: 0,
         events: 0,
         pending: progress.stored,
@@ -114,25 +114,29 @@ pub async fn rebuild(
         target: &mut target,
         projection: &projection,
         checkpoint: 0,
+        events: 0,
     };
-    // Catch up with the head (the consumer says how many are left). The
-    // next batch is read and decoded while the previous one is written:
-    // the two wait on different processes (nats-server, Postgres), so
-    // overlapping them keeps both busy.
-    let mut next = reader.read(i64::MAX).await?;
-    while let Some(batch) = next.take() {
-        let more = reader.pending > 0;
-        let (written, read) = tokio::join!(writer.write(batch), async {
-            if more {
-                reader.read(i64::MAX).await
-            } else {
-                Ok(None)
+    // Catch up with the head (the consumer says how many are left). A task
+    // of its own reads and decodes the next batch while this one writes the
+    // previous: they wait on different processes (nats-server, Postgres)
+    // and decoding takes a thread of its own.
+    let (batches, mut written) = tokio::sync::mpsc::channel::<Batch>(1);
+    let reading = tokio::spawn(async move {
+        while reader.pending > 0 {
+            let Some(batch) = reader.read(i64::MAX).await? else {
+                break;
+            };
+            if batches.send(batch).await.is_err() {
+                break;
             }
-        });
-        written?;
-        next = read?;
-        progress.update(writer.checkpoint as u64, reader.events);
+        }
+        anyhow::Ok(reader)
+    });
+    while let Some(batch) = written.recv().await {
+        writer.write(batch).await?;
+        progress.update(writer.checkpoint as u64, writer.events);
     }
+    let mut reader = reading.await.context("the replay reader")??;
 
     // 3. Pause the live projector between two batches, reach its position.
     let mut swap = PgConnection::connect_with(options).await?;
@@ -155,10 +159,10 @@ pub async fn rebuild(
         if let Some(batch) = reader.read(live).await? {
             writer.write(batch).await?;
         }
-        progress.update(writer.checkpoint as u64, reader.events);
+        progress.update(writer.checkpoint as u64, writer.events);
     }
-    progress.finish(writer.checkpoint as u64, reader.events);
-    let (events, checkpoint) = (reader.events, writer.checkpoint);
+    progress.finish(writer.checkpoint as u64, writer.events);
+    let (events, checkpoint) = (writer.events, writer.checkpoint);
     let elapsed = started.elapsed();
 
     if verify {
@@ -200,8 +204,8 @@ pub async fn rebuild(
 }
 
 /// The read side of the replay: events from the stream, decoded.
-struct Reader<'a> {
-    messages: &'a mut consumer::pull::Ordered,
+struct Reader {
+    messages: consumer::pull::Ordered,
     /// The stream sequence of the last event read.
     last_seq: i64,
     /// Events read (all kinds, including ones the model skips).
@@ -213,18 +217,20 @@ struct Reader<'a> {
 /// Events read for one rebuild transaction.
 struct Batch {
     rows: Vec<Row>,
+    /// Events read (all kinds).
+    events: u64,
     /// The stream sequence of the last event read (projected or not).
     last_seq: i64,
 }
 
-impl Reader<'_> {
+impl Reader {
     /// Up to [`BATCH`] events (fewer when the stream has no more ready,
     /// and never waiting past `until`); `None` when nothing was read.
     async fn read(&mut self, until: i64) -> anyhow::Result<Option<Batch>> {
         let mut rows = Vec::with_capacity(BATCH);
         let first = self.last_seq;
-        let mut read = 0;
-        while read < BATCH && self.last_seq < until && self.pending > 0 {
+        let mut read: u64 = 0;
+        while read < BATCH as u64 && self.last_seq < until && self.pending > 0 {
             let wait = if read == 0 {
                 Duration::from_secs(30)
             } else {
@@ -256,6 +262,7 @@ impl Reader<'_> {
         }
         Ok((self.last_seq != first).then_some(Batch {
             rows,
+            events: read,
             last_seq: self.last_seq,
         }))
     }
@@ -267,6 +274,8 @@ struct Writer<'a> {
     target: &'a mut PgConnection,
     projection: &'a str,
     checkpoint: i64,
+    /// Events written (all kinds).
+    events: u64,
 }
 
 impl Writer<'_> {
@@ -283,6 +292,7 @@ impl Writer<'_> {
         .await?;
         tx.commit().await?;
         self.checkpoint = batch.last_seq;
+        self.events += batch.events;
         Ok(())
     }
 }
