@@ -107,7 +107,6 @@ pub async fn rebuild(
     let mut reader = Reader {
         messages,
         last_seq: 0,
-        events: 0,
         pending: progress.stored,
     };
     let mut writer = Writer {
@@ -208,8 +207,6 @@ struct Reader {
     messages: consumer::pull::Ordered,
     /// The stream sequence of the last event read.
     last_seq: i64,
-    /// Events read (all kinds, including ones the model skips).
-    events: u64,
     /// Messages the stream holds after the last one read.
     pending: u64,
 }
@@ -228,7 +225,6 @@ impl Reader {
     /// and never waiting past `until`); `None` when nothing was read.
     async fn read(&mut self, until: i64) -> anyhow::Result<Option<Batch>> {
         let mut rows = Vec::with_capacity(BATCH);
-        let first = self.last_seq;
         let mut read: u64 = 0;
         while read < BATCH as u64 && self.last_seq < until && self.pending > 0 {
             let wait = if read == 0 {
@@ -250,7 +246,6 @@ impl Reader {
             let info = msg.info().map_err(|e| anyhow!("message info: {e}"))?;
             let seq = info.stream_sequence as i64;
             self.pending = info.pending;
-            self.events += 1;
             self.last_seq = seq;
             read += 1;
             let env = Envelope::decode(&msg.payload).map_err(|e| {
@@ -260,7 +255,7 @@ impl Reader {
                 rows.push(Row::new(seq, env));
             }
         }
-        Ok((self.last_seq != first).then_some(Batch {
+        Ok((read > 0).then_some(Batch {
             rows,
             events: read,
             last_seq: self.last_seq,
@@ -274,7 +269,7 @@ struct Writer<'a> {
     target: &'a mut PgConnection,
     projection: &'a str,
     checkpoint: i64,
-    /// Events written (all kinds).
+    /// Events written (all kinds, including ones the model skips).
     events: u64,
 }
 
