@@ -883,3 +883,116 @@ async fn edits_and_deletes_reach_live_subscribers_as_pusher_events_a_plain_clien
         .unwrap();
     assert_eq!(herald_tests::data_of(&deleted), json!({ "id": id }));
 }
+
+#[tokio::test]
+async fn a_rebuild_whose_nats_server_restarts_mid_replay_reads_on_and_holds_every_message_once() {
+    let mut stack = Stack::start();
+    let db = TestDatabase::create().await.unwrap();
+    let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
+    herald_stream::ensure_channels_stream(
+        &js,
+        &stack.subjects,
+        &herald_stream::StreamSettings::default(),
+    )
+    .await
+    .unwrap();
+    // The live schema, migrated (the service would do it at start).
+    herald_history::connect_database(db.url(), 2)
+        .await
+        .unwrap()
+        .pool
+        .close()
+        .await;
+    // 60,000 messages over 6 channels: six batches of the replay.
+    const MESSAGES: usize = 60_000;
+    let app = AppId::parse("app-id").unwrap();
+    let channels: Vec<ChannelName> = (0..6)
+        .map(|c| ChannelName::parse(&format!("private-replay-{c}")).unwrap())
+        .collect();
+    let mut pending = Vec::new();
+    for i in 0..MESSAGES {
+        let channel = &channels[i % channels.len()];
+        let env = Envelope::new(
+            EventKind::Message,
+            "app-id",
+            channel.as_str(),
+            "m",
+            format!("{{\"n\":{i}}}"),
+            Some("u1".into()),
+        );
+        let ack = herald_stream::publish_envelope(
+            &js,
+            &stack.subjects,
+            &app,
+            channel,
+            &env,
+            &env.id,
+            &PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+        pending.push(ack);
+        if pending.len() == 1000 {
+            for ack in pending.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in pending.drain(..) {
+        ack.await.unwrap();
+    }
+
+    let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
+    let subjects = stack.subjects.clone();
+    // Once the first batch is in the fresh schema (and before the last),
+    // the NATS server is killed and started again on the same store.
+    let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+    let rebuild = herald_history::rebuild::rebuild(&js, &subjects, &options, false);
+    let restart = async {
+        let replayed = eventually(WAIT, "the replay's first batch", || async {
+            let schema: String = sqlx::query_scalar(
+                "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'history\\_rebuild\\_%'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()?;
+            let seq: i64 = sqlx::query_scalar(&format!(
+                "SELECT last_seq FROM {schema}.projection_checkpoints"
+            ))
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()?;
+            (seq > 0).then_some(seq)
+        })
+        .await;
+        assert!(
+            replayed < MESSAGES as i64,
+            "the replay ended before the restart"
+        );
+        stack.nats.restart().unwrap();
+    };
+    let (report, ()) = tokio::join!(rebuild, restart);
+    let report = report.unwrap();
+    assert_eq!(report.events, MESSAGES as u64);
+    assert_eq!(report.checkpoint, MESSAGES as i64);
+    assert!(report.swapped);
+    // Every message once (the primary key would refuse a second), each
+    // channel's ordinals 1..=n with no hole.
+    let per_channel: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT channel, count(*), min(ordinal), max(ordinal) FROM history.messages
+         GROUP BY channel ORDER BY channel",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let each = (MESSAGES / channels.len()) as i64;
+    assert_eq!(
+        per_channel,
+        channels
+            .iter()
+            .map(|c| (c.as_str().to_owned(), each, 1, each))
+            .collect::<Vec<_>>()
+    );
+}

@@ -94,17 +94,12 @@ pub async fn rebuild(
 
     // 2. Replay.
     let stream = js.get_stream(subjects.channels_stream()).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            description: Some("Herald history rebuild".into()),
-            filter_subject: subjects.channels_filter(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let messages = consumer.messages().await?;
+    let filter = subjects.channels_filter();
+    let messages = replay_from(&stream, &filter, 0).await?;
     let mut progress = Progress::new(js, subjects).await?;
     let mut reader = Reader {
+        stream,
+        filter,
         messages,
         last_seq: 0,
         pending: progress.stored,
@@ -202,8 +197,38 @@ pub async fn rebuild(
     })
 }
 
+/// How many times in a row the replay may lose its consumer (an error, a
+/// NATS restart, a stream that stops answering) and open a new one after
+/// the last event read before the rebuild gives up.
+const REOPENS: u32 = 10;
+
+/// An ordered consumer of the channel events after stream sequence `after`.
+async fn replay_from(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    after: i64,
+) -> anyhow::Result<consumer::pull::Ordered> {
+    let deliver_policy = match after {
+        0 => consumer::DeliverPolicy::All,
+        n => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: n as u64 + 1,
+        },
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            description: Some("Herald history rebuild".into()),
+            filter_subject: filter.to_owned(),
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    Ok(consumer.messages().await?)
+}
+
 /// The read side of the replay: events from the stream, decoded.
 struct Reader {
+    stream: jetstream::stream::Stream,
+    filter: String,
     messages: consumer::pull::Ordered,
     /// The stream sequence of the last event read.
     last_seq: i64,
@@ -226,25 +251,37 @@ impl Reader {
     async fn read(&mut self, until: i64) -> anyhow::Result<Option<Batch>> {
         let mut rows = Vec::with_capacity(BATCH);
         let mut read: u64 = 0;
+        let mut reopened = 0;
         while read < BATCH as u64 && self.last_seq < until && self.pending > 0 {
             let wait = if read == 0 {
                 Duration::from_secs(30)
             } else {
                 Duration::from_millis(20)
             };
-            let msg = match tokio::time::timeout(wait, self.messages.next()).await {
-                Ok(Some(msg)) => msg.map_err(|e| anyhow!("replay: {e}"))?,
-                Ok(None) => return Err(anyhow!("the replay consumer ended")),
-                Err(_) if read == 0 => {
-                    return Err(anyhow!(
-                        "the stream stopped answering at seq {}",
-                        self.last_seq
-                    ))
-                }
+            let lost = match tokio::time::timeout(wait, self.messages.next()).await {
+                Ok(Some(Ok(msg))) => Ok(msg),
+                Ok(Some(Err(err))) => Err(err.to_string()),
+                Ok(None) => Err("the consumer ended".to_owned()),
+                Err(_) if read == 0 => Err("the stream stopped answering".to_owned()),
                 Err(_) => break,
+            };
+            let msg = match lost {
+                Ok(msg) => msg,
+                Err(why) => {
+                    // The consumer is gone or stuck; the events after the
+                    // last one read are still in the stream.
+                    reopened += 1;
+                    self.reopen(&why, reopened).await?;
+                    continue;
+                }
             };
             let info = msg.info().map_err(|e| anyhow!("message info: {e}"))?;
             let seq = info.stream_sequence as i64;
+            if seq <= self.last_seq {
+                // Already read (a reopened consumer starts after it).
+                continue;
+            }
+            reopened = 0;
             self.pending = info.pending;
             self.last_seq = seq;
             read += 1;
@@ -260,6 +297,40 @@ impl Reader {
             events: read,
             last_seq: self.last_seq,
         }))
+    }
+
+    /// Replace a lost consumer with one that starts after the last event
+    /// read, waiting a little longer each time; the `attempt`-th loss in a
+    /// row past [`REOPENS`] ends the rebuild.
+    async fn reopen(&mut self, why: &str, attempt: u32) -> anyhow::Result<()> {
+        let mut attempt = attempt;
+        loop {
+            if attempt > REOPENS {
+                return Err(anyhow!(
+                    "the replay lost the stream at seq {} {REOPENS} times in a row ({why}); \
+                     the rebuild stops",
+                    self.last_seq
+                ));
+            }
+            tracing::warn!(
+                seq = self.last_seq,
+                attempt,
+                why,
+                "replay consumer lost; reopening"
+            );
+            metrics::counter!("herald_history_rebuild_reopens_total").increment(1);
+            tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+            match replay_from(&self.stream, &self.filter, self.last_seq).await {
+                Ok(messages) => {
+                    self.messages = messages;
+                    return Ok(());
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "cannot reopen the replay yet");
+                    attempt += 1;
+                }
+            }
+        }
     }
 }
 
