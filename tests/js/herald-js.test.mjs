@@ -502,6 +502,7 @@ describe('herald-js on the shared stack', () => {
     const reads = seen(aliceChannel, 'herald:read');
     const delivered = seen(aliceChannel, 'herald:delivered');
     const messages = seen(bobChannel, 'said');
+    const ownReads = seen(bobChannel, 'herald:read');
     await subscribed(aliceChannel);
     await subscribed(bobChannel);
 
@@ -519,5 +520,13 @@ describe('herald-js on the shared stack', () => {
     assert.deepEqual(reads[0].data, { user_id: bob.id, seq });
     assert.ok(reads[0].meta.seq > seq, 'a receipt is a durable event of the channel');
     assert.equal(reads[0].meta.user_id, bob.id);
+
+    // Bob gets his own receipts too, so the next message continues his
+    // chain of prev_seq: no false gap after marking read.
+    await eventually(() => ownReads.length === 1, 'his own read receipt on Bob');
+    assert.equal(ownReads[0].meta.seq, reads[0].meta.seq);
+    await aliceChannel.publish('said', { text: 'and again' });
+    await eventually(() => messages.length === 2, 'the second message on Bob');
+    assert.equal(hb.stats().gaps, 0, 'no gap reported after his own receipts');
   });
 });

@@ -327,7 +327,18 @@ async fn receipts_are_stored_once_per_seq_and_reach_the_other_subscribers_with_t
     // all three were handled, and the marker (published after that on the
     // same NATS connection) is stored after them.
     bob.send_event("pusher:ping", json!({})).await.unwrap();
-    bob.next_event_of(&["pusher:pong"]).await.unwrap();
+    let receipts = ["herald:delivered", "herald:read"];
+    let mut own = Vec::new();
+    loop {
+        let frame = bob
+            .next_event_of(&["pusher:pong", receipts[0], receipts[1]])
+            .await
+            .unwrap();
+        if frame["event"] == "pusher:pong" {
+            break;
+        }
+        own.push(frame);
+    }
     let marker = stack.api(&gateway);
     marker.trigger(&[channel], "marker", "{}").await.unwrap();
     let mut got = Vec::new();
@@ -356,6 +367,21 @@ async fn receipts_are_stored_once_per_seq_and_reach_the_other_subscribers_with_t
         ],
         "a read receipt below the last one adds nothing"
     );
+    // The sender gets its own receipts too: nothing else tells it their
+    // seq, which the next event's prev_seq names.
+    loop {
+        let frame = bob
+            .next_event_of(&[receipts[0], receipts[1], "marker"])
+            .await
+            .unwrap();
+        if frame["event"] == "marker" {
+            assert_eq!(frame["prev_seq"], own.last().unwrap()["seq"]);
+            break;
+        }
+        own.push(frame);
+    }
+    let own: Vec<_> = own.iter().map(|f| f["event"].clone()).collect();
+    assert_eq!(own, [json!("herald:delivered"), json!("herald:read")]);
     // A receipt from a socket without a user is refused.
     let mut anonymous = PusherSocket::connect(gateway.port, KEY).await.unwrap();
     anonymous.subscribe_private(SECRET, channel).await.unwrap();

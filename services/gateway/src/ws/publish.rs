@@ -8,8 +8,9 @@
 //! same `client_id` inside the stream's duplicate window is stored once and
 //! acknowledged with the original `id` and `seq`. Everyone else subscribed
 //! gets the event like any stored event (the author's socket is excluded:
-//! the ack is its echo). Every refusal is a `herald:nack` with one of the
-//! codes of [`herald_proto::frame::nack`].
+//! the ack is its echo); a receipt reaches every subscriber, its sender
+//! included (nothing else tells the sender its seq). Every refusal is a
+//! `herald:nack` with one of the codes of [`herald_proto::frame::nack`].
 //!
 //! Publishes of one connection are pipelined: each is validated and sent to
 //! JetStream in the order it arrived (so a channel stores them in that
@@ -332,7 +333,8 @@ impl Connection {
             author,
         );
         envelope.client_id = Some(client_id.to_owned());
-        let stored = self.store(&channel, envelope, &msg_id).await?;
+        // Not echoed to this socket: the ack is its echo.
+        let stored = self.store(&channel, envelope, &msg_id, true).await?;
         Ok((channel, stored))
     }
 
@@ -401,7 +403,10 @@ impl Connection {
             data,
             Some(user),
         );
-        let stored = self.store(&channel, envelope, &msg_id).await?;
+        // Echoed to this socket too: nothing else tells it the receipt's
+        // seq, and without it the next event's `prev_seq` would look like
+        // a gap to a client checking the chain.
+        let stored = self.store(&channel, envelope, &msg_id, false).await?;
         let state = self.receipts.entry((channel.clone(), kind)).or_default();
         let previous = state.sent;
         state.sent = seq;
@@ -419,8 +424,8 @@ impl Connection {
         Ok(())
     }
 
-    /// Send an envelope to its channel's subject (excluding this socket
-    /// from its delivery) and return the wait for JetStream's answer: what
+    /// Send an envelope to its channel's subject (with `exclude_self`, not
+    /// to be delivered to this socket) and return the wait for JetStream's answer: what
     /// identifies the stored event, or for a duplicate the original's.
     /// Sending happens here, in call order, so that one connection's
     /// publishes are stored in the order it sent them.
@@ -429,6 +434,7 @@ impl Connection {
         channel: &ChannelName,
         envelope: Envelope,
         msg_id: &str,
+        exclude_self: bool,
     ) -> Result<BoxFuture<'static, Result<Stored, Nack>>, Nack> {
         let state = self.state.clone();
         let channel = channel.clone();
@@ -440,7 +446,7 @@ impl Connection {
             )
         };
         let options = PublishOptions {
-            exclude_socket: Some(&self.handle.socket_id),
+            exclude_socket: exclude_self.then_some(&*self.handle.socket_id),
             dedupe_group: None,
         };
         let ack = herald_stream::publish_envelope(
