@@ -502,6 +502,37 @@ async fn typing_stops_by_itself_when_the_typist_goes_quiet() {
 }
 
 #[tokio::test]
+async fn typing_stopped_on_a_private_channel_names_the_signed_in_typist() {
+    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
+    app.limits.enable_client_messages = true;
+    let stack = Stack::with_apps(AppRegistry::single(app));
+    let mut config = stack.presence_config();
+    config.typing_timeout = Duration::from_millis(300);
+    let _presence = stack.presence_with(config).await;
+    let gw = stack.gateway().await;
+    // A direct message: a private channel, both sides signed in.
+    let channel = "private-dm-ann-bo";
+    let mut ann = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let mut bo = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    for (socket, user) in [(&mut ann, "ann"), (&mut bo, "bo")] {
+        socket.sign_in(SECRET, user, Value::Null).await.unwrap();
+        socket.subscribe_private(SECRET, channel).await.unwrap();
+    }
+    ann.send_client_event(channel, "client-typing", json!({}))
+        .await
+        .unwrap();
+    let typing = bo.next_event_of(&["client-typing"]).await.unwrap();
+    assert_eq!(
+        typing.get("user_id"),
+        None,
+        "a client event on a private channel carries no user_id, as with Pusher"
+    );
+    let stopped = bo.next_event_of(&["herald:typing_stopped"]).await.unwrap();
+    assert_eq!(stopped["channel"], channel);
+    assert_eq!(stopped["data"]["user_id"], "ann");
+}
+
+#[tokio::test]
 async fn a_thousand_members_join_and_leave_with_correct_counts() {
     const N: usize = 1000;
     let mut app = AppConfig::new("app-id", "app-key", "app-secret");

@@ -24,6 +24,13 @@ pub struct EphemeralEvent {
     /// The sender's user id on presence channels (Pusher adds it).
     #[serde(default)]
     pub user_id: Option<String>,
+    /// The sender's signed-in user (`pusher:signin`), when it has one: a
+    /// Herald addition, so that `herald:typing_stopped` can name a typist
+    /// on a private channel (a direct message) too. Never put in the client
+    /// event subscribers get, which carries `user_id` on presence channels
+    /// only, as Pusher's does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_in_user: Option<String>,
 }
 
 /// An event sent to one user (Pusher's `#server-to-user-<id>` channel) on

@@ -2,9 +2,10 @@
 //!
 //! Gateways publish client events on the ephemeral subjects
 //! (`<prefix>.eph.<app>.<channel>`) as JSON
-//! `{"event", "channel", "data", "socket_id", "user_id"}`. This task listens
-//! to all of them and tracks every sender of `client-typing` — by `user_id`
-//! when the gateway knows it (presence channels), by `socket_id` otherwise —
+//! `{"event", "channel", "data", "socket_id", "user_id", "signed_in_user"}`.
+//! This task listens to all of them and tracks every sender of
+//! `client-typing` — by user when the gateway knows one (the presence
+//! member, else the signed-in user), by `socket_id` otherwise —
 //! per channel (messages are `herald_proto::control::EphemeralEvent`):
 //!
 //! * each `client-typing` (re)starts the sender's timer;
@@ -120,7 +121,10 @@ impl Typing {
         }
         // Only subjects of the layout, never a reply to a foreign publisher.
         self.subjects.parse_channel_subject(subject).ok()?;
-        let (user_id, socket_id) = match (message.user_id, message.socket_id) {
+        // The presence member, else the signed-in user (a private channel
+        // such as a direct message), else only the socket.
+        let user = message.user_id.or(message.signed_in_user);
+        let (user_id, socket_id) = match (user, message.socket_id) {
             (Some(user), _) => (Some(user), None),
             (None, Some(socket)) => (None, Some(socket)),
             (None, None) => return None,
@@ -148,6 +152,7 @@ impl Typing {
             data,
             socket_id: None,
             user_id: typist.user_id.clone(),
+            signed_in_user: None,
         };
         let payload = Bytes::from(serde_json::to_vec(&message).unwrap_or_default());
         match self.client.publish(typist.subject.clone(), payload).await {

@@ -62,6 +62,7 @@ impl Connection {
             data: frame.data.clone(),
             socket_id: Some(self.handle.socket_id.to_string()),
             user_id: self.member_id(&channel).map(|u| u.to_string()),
+            signed_in_user: self.user.as_ref().map(|u| u.id.to_string()),
         };
         let subject = self.state.subjects.ephemeral(&self.app.id, &channel);
         let payload = serde_json::to_vec(&event).unwrap_or_default();
