@@ -246,3 +246,72 @@ async fn after_a_key_rotation_old_tokens_stay_valid_and_new_ones_use_the_new_key
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn a_browser_page_on_another_origin_may_read_history_and_presence_with_a_session_token() {
+    let e = env().await;
+    let token = e.user("alice", &["private-open"]).await;
+    let routes = [
+        (
+            &e.history,
+            "/v1/apps/app-id/channels/private-open/messages",
+            "GET",
+        ),
+        (
+            &e.history,
+            "/v1/apps/app-id/channels/private-open/messages/some-id",
+            "PATCH",
+        ),
+        (
+            &e.history,
+            "/v1/apps/app-id/channels/private-open/read",
+            "POST",
+        ),
+        (&e.history, "/v1/apps/app-id/users/alice/inbox", "GET"),
+        (
+            &e.presence,
+            "/v1/apps/app-id/channels/presence-open/members",
+            "GET",
+        ),
+    ];
+    for (service, path, method) in routes {
+        // The preflight a browser sends before a call with `Authorization`.
+        let resp = e
+            .http
+            .request(reqwest::Method::OPTIONS, service.url(path))
+            .header("origin", "https://chat.example")
+            .header("access-control-request-method", method)
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        let h = resp.headers();
+        assert_eq!(h["access-control-allow-origin"], "*", "{path}");
+        let methods = h["access-control-allow-methods"].to_str().unwrap();
+        assert!(methods.contains(method), "{path}: {methods}");
+        let allowed = h["access-control-allow-headers"].to_str().unwrap();
+        assert!(allowed.contains("authorization"), "{path}: {allowed}");
+        assert!(h.get("access-control-allow-credentials").is_none());
+    }
+    // The answers carry the header too, refusals included, so the page can
+    // read why it was refused.
+    for (channel, status) in [("private-open", 200), ("private-closed", 403)] {
+        let resp = e
+            .http
+            .get(
+                e.history
+                    .url(&format!("/v1/apps/app-id/channels/{channel}/messages")),
+            )
+            .header("origin", "https://chat.example")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{channel}");
+        assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    }
+}

@@ -3,10 +3,8 @@
 
 use crate::AppState;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, Method};
 use axum::routing::get;
 use axum::{Json, Router};
-use tower_http::cors::{Any, CorsLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -67,25 +65,12 @@ impl Modify for Security {
     }
 }
 
-/// CORS for the routes a browser calls with a session token (pusher-js's
-/// `channelAuthorization` and `userAuthentication`, rooms, DMs, channel
-/// tokens): any origin may call them, since what authorizes a call is the
-/// Bearer token, never a cookie (so no `Allow-Credentials`). `Authorization`
-/// must be listed by name: a wildcard does not cover it.
-fn browser_cors() -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .max_age(std::time::Duration::from_secs(600))
-}
-
 /// Every REST route.
 pub(crate) fn router() -> Router<AppState> {
     let browser = Router::new()
         .merge(crate::channel_auth::router())
         .merge(crate::rooms::router())
-        .layer(browser_cors());
+        .layer(herald_server::http::browser_cors());
     Router::new()
         .merge(browser)
         .merge(crate::rooms::app_router())

@@ -194,6 +194,8 @@ pub(crate) fn router() -> Router<AppState> {
             "/v1/openapi.json",
             get(|| async { Json(ApiDoc::openapi()) }),
         )
+        // Browsers call these with a session token, from the app's origin.
+        .layer(herald_server::http::browser_cors())
 }
 
 #[cfg(test)]
