@@ -128,6 +128,50 @@ async fn receiver_on(host: &str) -> (String, Arc<Receiver>) {
     (format!("http://{addr}/hook"), state)
 }
 
+/// A receiver over TLS on 127.0.0.1, with the certificate of
+/// `tests/fixtures/tls` (issued by its test CA for 127.0.0.1), and its URL.
+async fn tls_receiver() -> (String, Arc<Receiver>) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{crypto, ServerConfig};
+    let certs = CertificateDer::pem_slice_iter(include_bytes!("../fixtures/tls/localhost.crt"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key =
+        PrivateKeyDer::from_pem_slice(include_bytes!("../fixtures/tls/localhost.key")).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let state = Arc::new(Receiver::default());
+    let app = Router::new()
+        .route("/hook", post(receive))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        hyper_util::rt::TokioIo::new(tls),
+                        hyper_util::service::TowerToHyperService::new(app),
+                    )
+                    .await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}/hook"), state)
+}
+
 /// The development app with one webhook of every event type to `url`.
 fn hooked_app(url: &str) -> AppConfig {
     let mut app = dev_app();
@@ -557,4 +601,21 @@ async fn an_app_without_occupancy_webhooks_records_no_occupancy() {
     }
     let writes = herald_tests::metric(gw.port, "herald_gateway_occupancy_writes_total").await;
     assert_eq!(writes, 0.0);
+}
+
+#[tokio::test]
+async fn webhooks_reach_an_https_receiver_whose_authority_is_configured() {
+    let (url, hooks) = tls_receiver().await;
+    let stack = Stack::with_apps(AppRegistry::single(hooked_app(&url)));
+    let mut config = presence_config(&stack);
+    config.webhooks.ca_file =
+        Some(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/ca.crt"));
+    let _presence = stack.presence_with(config).await;
+    let gw = stack.gateway().await;
+    let mut socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    socket.subscribe("secure").await.unwrap();
+    // Signed, with the app's key and the configured header: `receive`
+    // counts any request that is not as bad.
+    hooks.wait_for("channel_occupied", "secure").await;
+    assert_eq!(hooks.bad.load(Ordering::SeqCst), 0);
 }

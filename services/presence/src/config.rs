@@ -105,6 +105,10 @@ pub struct WebhookArgs {
     /// pair. 0 (the default) sends them at once.
     #[arg(long, env = "HERALD_WEBHOOK_VACATE_DELAY_MS", default_value_t = 0)]
     pub webhook_vacate_delay_ms: u64,
+    /// PEM file of certificate authorities trusted for `https://` webhooks
+    /// besides the system's (a private CA).
+    #[arg(long, env = "HERALD_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<std::path::PathBuf>,
 }
 
 /// The webhook dispatcher's settings.
@@ -126,6 +130,9 @@ pub struct WebhookSettings {
     pub concurrency: usize,
     /// Delay of `channel_vacated` / `member_removed` (zero: none).
     pub vacate_delay: Duration,
+    /// Certificate authorities trusted for `https://` webhooks besides the
+    /// system's (a PEM file).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for WebhookSettings {
@@ -139,6 +146,7 @@ impl Default for WebhookSettings {
             timeout: Duration::from_secs(10),
             concurrency: 4,
             vacate_delay: Duration::ZERO,
+            ca_file: None,
         }
     }
 }
@@ -166,6 +174,7 @@ impl TryFrom<WebhookArgs> for WebhookSettings {
             concurrency: positive("HERALD_WEBHOOK_CONCURRENCY", a.webhook_concurrency as u64)?
                 as usize,
             vacate_delay: Duration::from_millis(a.webhook_vacate_delay_ms),
+            ca_file: a.webhook_ca_file,
         })
     }
 }

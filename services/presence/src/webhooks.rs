@@ -65,19 +65,19 @@ enum Outcome {
     Stopped,
 }
 
-/// Refuse, at start-up, webhooks this build cannot send: its HTTP client
-/// has no TLS (the workspace's reqwest is built without a TLS backend), so
-/// an `https://` webhook would only ever fail and be dead-lettered.
+/// Refuse, at start-up, webhooks this build cannot send: anything but an
+/// `http://` or `https://` URL would only ever fail and be dead-lettered.
 pub fn check_targets(apps: &AppRegistry) -> anyhow::Result<()> {
+    let sendable = |url: &str| {
+        ["http://", "https://"].iter().any(|scheme| {
+            url.get(..scheme.len())
+                .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+        })
+    };
     for app in apps.iter() {
-        if let Some(hook) = app.webhooks.iter().find(|w| {
-            !w.url
-                .get(..7)
-                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
-        }) {
+        if let Some(hook) = app.webhooks.iter().find(|w| !sendable(&w.url)) {
             anyhow::bail!(
-                "app {}: webhook {} is not http://; this build sends webhooks over plain HTTP \
-                 only (terminate TLS in a local proxy)",
+                "app {}: webhook {} is neither an http:// nor an https:// URL",
                 app.id,
                 hook.url
             );
@@ -86,8 +86,10 @@ pub fn check_targets(apps: &AppRegistry) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The HTTP client: timeouts, and redirects only within the same origin.
-pub fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Client> {
+/// The HTTP client: timeouts, redirects only within the same origin, TLS
+/// with the system's certificate authorities and those of
+/// `settings.ca_file`.
+pub fn http_client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let first = &attempt.previous()[0];
         let url = attempt.url();
@@ -100,12 +102,26 @@ pub fn http_client(settings: &WebhookSettings) -> reqwest::Result<reqwest::Clien
             attempt.stop()
         }
     });
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(policy)
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
-        .user_agent(concat!("herald-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
+        .user_agent(concat!("herald-webhooks/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &settings.ca_file {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading HERALD_WEBHOOK_CA_FILE {}", path.display()))?;
+        let authorities = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("HERALD_WEBHOOK_CA_FILE {}", path.display()))?;
+        anyhow::ensure!(
+            !authorities.is_empty(),
+            "HERALD_WEBHOOK_CA_FILE {} holds no certificate",
+            path.display()
+        );
+        for authority in authorities {
+            builder = builder.add_root_certificate(authority);
+        }
+    }
+    Ok(builder.build()?)
 }
 
 impl Dispatcher {
