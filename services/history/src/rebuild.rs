@@ -270,8 +270,7 @@ impl Reader {
                 Err(why) => {
                     // The consumer is gone or stuck; the events after the
                     // last one read are still in the stream.
-                    reopened += 1;
-                    self.reopen(&why, reopened).await?;
+                    self.reopen(&why, &mut reopened).await?;
                     continue;
                 }
             };
@@ -300,11 +299,13 @@ impl Reader {
     }
 
     /// Replace a lost consumer with one that starts after the last event
-    /// read, waiting a little longer each time; the `attempt`-th loss in a
-    /// row past [`REOPENS`] ends the rebuild.
-    async fn reopen(&mut self, why: &str, attempt: u32) -> anyhow::Result<()> {
-        let mut attempt = attempt;
+    /// read, waiting a little longer each time. `attempts` counts the
+    /// losses and failed reopenings since the last event read; past
+    /// [`REOPENS`] the rebuild ends.
+    async fn reopen(&mut self, why: &str, attempts: &mut u32) -> anyhow::Result<()> {
         loop {
+            *attempts += 1;
+            let attempt = *attempts;
             if attempt > REOPENS {
                 return Err(anyhow!(
                     "the replay lost the stream at seq {} {REOPENS} times in a row ({why}); \
@@ -325,10 +326,7 @@ impl Reader {
                     self.messages = messages;
                     return Ok(());
                 }
-                Err(err) => {
-                    tracing::debug!(%err, "cannot reopen the replay yet");
-                    attempt += 1;
-                }
+                Err(err) => tracing::debug!(%err, "cannot reopen the replay yet"),
             }
         }
     }
