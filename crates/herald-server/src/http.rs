@@ -102,6 +102,21 @@ async fn to_json_error(response: Response) -> Response {
     answer
 }
 
+/// CORS for the routes a browser calls with a session token (pusher-js's
+/// `channelAuthorization` and `userAuthentication`, rooms, DMs, channel
+/// tokens, history, presence): any origin may call them, since what
+/// authorizes a call is the Bearer token, never a cookie (so no
+/// `Allow-Credentials`). `Authorization` must be listed by name: a
+/// wildcard does not cover it.
+pub fn browser_cors() -> tower_http::cors::CorsLayer {
+    use axum::http::Method;
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,19 +164,4 @@ mod tests {
         let (status, _) = answer(app(), "/q?limit=x").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
-}
-
-/// CORS for the routes a browser calls with a session token (pusher-js's
-/// `channelAuthorization` and `userAuthentication`, rooms, DMs, channel
-/// tokens, history, presence): any origin may call them, since what
-/// authorizes a call is the Bearer token, never a cookie (so no
-/// `Allow-Credentials`). `Authorization` must be listed by name: a
-/// wildcard does not cover it.
-pub fn browser_cors() -> tower_http::cors::CorsLayer {
-    use axum::http::Method;
-    tower_http::cors::CorsLayer::new()
-        .allow_origin(tower_http::cors::Any)
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .max_age(std::time::Duration::from_secs(600))
 }
