@@ -425,8 +425,9 @@ impl Connection {
     }
 
     /// Send an envelope to its channel's subject (with `exclude_self`, not
-    /// to be delivered to this socket) and return the wait for JetStream's answer: what
-    /// identifies the stored event, or for a duplicate the original's.
+    /// to be delivered to this socket) and return the wait for JetStream's
+    /// answer: what identifies the stored event, or for a duplicate the
+    /// original's.
     /// Sending happens here, in call order, so that one connection's
     /// publishes are stored in the order it sent them.
     async fn store(
