@@ -1572,3 +1572,66 @@ async fn room_routes_refuse_missing_and_wrong_credentials() {
     let (s, b) = e.app(Method::DELETE, &path, None).await;
     assert_eq!(s, 200, "{b}");
 }
+
+#[tokio::test]
+async fn a_user_guessing_room_codes_is_held_to_the_configured_joins_per_minute() {
+    let stack = Stack::with_apps(AppRegistry::single(dev_app()));
+    let db = TestDatabase::create().await.unwrap();
+    let mut config = stack.auth_config(&db);
+    config.room_joins_per_minute = 3;
+    let auth = stack.auth_with(config).await;
+    let e = Env {
+        stack,
+        db,
+        auth,
+        http: reqwest::Client::new(),
+    };
+    for (id, name) in [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")] {
+        e.register(id, name).await;
+    }
+    let alice = e.session("alice", &[]).await;
+    let (s, room) = e
+        .user(
+            &alice,
+            Method::POST,
+            "/v1/apps/app-id/rooms",
+            Some(json!({"name": "Vault"})),
+        )
+        .await;
+    assert_eq!(s, 200, "{room}");
+    let code = room["code"].as_str().unwrap().to_owned();
+    let join = |token: String, code: String| {
+        let e = &e;
+        async move {
+            e.http
+                .post(e.auth.url("/v1/apps/app-id/rooms/join"))
+                .bearer_auth(token)
+                .json(&json!({ "code": code }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let bob = e.session("bob", &[]).await;
+    for guess in ["AAAAAAAAAA", "BBBBBBBBBB", "CCCCCCCCCC"] {
+        let (s, b) = answer(join(bob.clone(), guess.into()).await).await;
+        assert_eq!(s, 404, "{b}");
+    }
+    // The fourth try within the minute is refused, even with the right
+    // code: the answer says nothing about the code.
+    let resp = join(bob.clone(), code.clone()).await;
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let (s, b) = answer(resp).await;
+    assert_eq!(s, 429, "{b}");
+    assert_eq!(b["error"]["code"], "rate_limited");
+    // Others are not held back by bob's guessing.
+    let carol = e.session("carol", &[]).await;
+    let (s, b) = answer(join(carol, code).await).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["id"], room["id"]);
+}

@@ -27,6 +27,12 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// Too many attempts: retry after this many seconds.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// A dependency (the JetStream event store) did not take the change:
     /// the client may retry. The cause is logged where this is made.
     #[error("{0}")]
@@ -78,6 +84,21 @@ impl IntoResponse for ApiError {
                 resp.headers_mut().insert(
                     axum::http::header::WWW_AUTHENTICATE,
                     axum::http::HeaderValue::from_static("Bearer realm=\"herald\""),
+                );
+                return resp;
+            }
+            ApiError::TooManyRequests {
+                message,
+                retry_after_secs,
+            } => {
+                let mut resp = herald_server::http::error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    message,
+                );
+                resp.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from(*retry_after_secs),
                 );
                 return resp;
             }

@@ -92,7 +92,14 @@ pub struct Cli {
     /// disabled when unset or empty.
     #[arg(long, env = "HERALD_AUTH_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Room joins by share code each user may try per minute (per auth
+    /// instance): bounds guessing codes.
+    #[arg(long, env = "HERALD_ROOM_JOINS_PER_MINUTE", default_value_t = DEFAULT_ROOM_JOINS_PER_MINUTE)]
+    pub room_joins_per_minute: u32,
 }
+
+/// Room joins by code a user may try per minute, by default.
+pub const DEFAULT_ROOM_JOINS_PER_MINUTE: u32 = 20;
 
 /// The Postgres schema holding this service's tables.
 pub const SCHEMA: &str = "auth";
@@ -115,6 +122,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     /// The channel stream's settings, as the gateway and history have them.
     pub stream: StreamSettings,
+    /// Room joins by share code each user may try per minute.
+    pub room_joins_per_minute: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -153,6 +162,7 @@ impl Config {
             session_token_max_ttl_secs: 3600,
             admin_token: None,
             stream: StreamSettings::default(),
+            room_joins_per_minute: DEFAULT_ROOM_JOINS_PER_MINUTE,
         }
     }
 
@@ -185,6 +195,7 @@ impl TryFrom<Cli> for Config {
             ),
             admin_token: cli.admin_token.filter(|t| !t.is_empty()),
             stream: cli.stream.settings(),
+            room_joins_per_minute: cli.room_joins_per_minute.max(1),
         })
     }
 }
@@ -201,6 +212,9 @@ pub(crate) struct Shared {
     pub subjects: Subjects,
     /// Single-use session tokens: jti -> the socket they are bound to.
     pub bindings: TokenBindings,
+    /// Room joins by code per (app, user): a code is a secret of 50 bits,
+    /// and this keeps one user from trying them by the thousand.
+    pub room_joins: governor::DefaultKeyedRateLimiter<(String, String)>,
 }
 
 impl Shared {
@@ -284,6 +298,10 @@ impl Application {
                     js,
                     subjects: config.subjects.clone(),
                     bindings,
+                    room_joins: governor::RateLimiter::keyed(governor::Quota::per_minute(
+                        std::num::NonZeroU32::new(config.room_joins_per_minute)
+                            .unwrap_or(std::num::NonZeroU32::MIN),
+                    )),
                 });
                 herald_server::http::json_errors(routes::router().with_state(state))
             }

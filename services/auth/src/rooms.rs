@@ -274,6 +274,7 @@ pub(crate) struct JoinRoom {
         (status = 401, description = "Missing or invalid credentials"),
         (status = 403, description = "App credentials without as_user: the app itself is no user"),
         (status = 404, description = "No room has this code (the same answer for every wrong code), or the acting user is not registered"),
+        (status = 429, description = "More joins by code than HERALD_ROOM_JOINS_PER_MINUTE for this user; Retry-After says when to retry"),
         (status = 503, description = "The membership event could not be stored; nothing changed"),
     ),
     security(("session_bearer" = []), ("app_basic" = []))
@@ -297,6 +298,7 @@ pub(crate) async fn join(
     let code = body.code.to_ascii_uppercase();
     let user = caller.acting_user()?.to_owned();
     let app = caller.app().id.clone();
+    within_join_rate(&state, app.as_str(), &user)?;
     require_registered(&state, app.as_str(), &user).await?;
     let mut tx = state.db.begin().await?;
     // FOR SHARE: a destroy in progress finishes first (and then there is
@@ -315,6 +317,29 @@ pub(crate) async fn join(
     }
     tx.commit().await?;
     Ok(Json(room))
+}
+
+/// Spend one of the user's room joins by code for this minute, or say when
+/// the next one is allowed. Every attempt counts, right or wrong, so the
+/// answer says nothing about the code.
+fn within_join_rate(state: &AppState, app: &str, user: &str) -> Result<(), ApiError> {
+    use governor::clock::{Clock, DefaultClock};
+    let limiter = &state.room_joins;
+    // Forget users who stopped trying, now and then, so the map stays small.
+    if limiter.len() > 10_000 {
+        limiter.retain_recent();
+    }
+    limiter
+        .check_key(&(app.to_owned(), user.to_owned()))
+        .map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            metrics::counter!("herald_auth_room_joins_limited_total").increment(1);
+            ApiError::TooManyRequests {
+                message: format!("Too many room joins by code; retry in {retry_after_secs} s"),
+                retry_after_secs,
+            }
+        })
 }
 
 /// How a room's row is locked until the transaction ends.
