@@ -1635,3 +1635,97 @@ async fn a_user_guessing_room_codes_is_held_to_the_configured_joins_per_minute()
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["id"], room["id"]);
 }
+
+#[tokio::test]
+async fn a_users_rooms_and_dms_come_a_page_at_a_time_oldest_first_with_no_repeat_or_gap() {
+    let e = env().await;
+    e.register("alice", "Alice").await;
+    let alice = e.session("alice", &[]).await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let (s, room) = e
+            .user(
+                &alice,
+                Method::POST,
+                "/v1/apps/app-id/rooms",
+                Some(json!({ "name": format!("room {i}") })),
+            )
+            .await;
+        assert_eq!(s, 200, "{room}");
+        created.push(room["id"].as_str().unwrap().to_owned());
+    }
+    let mut dm_peers = Vec::new();
+    for i in 0..3 {
+        let peer = format!("peer{i}");
+        e.register(&peer, "Peer").await;
+        let (s, b) = e
+            .user(
+                &alice,
+                Method::POST,
+                "/v1/apps/app-id/dms",
+                Some(json!({ "user_id": peer })),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        dm_peers.push(peer);
+    }
+    // Walk both lists two at a time.
+    let walk = |path: &'static str, field: &'static str, key: &'static str| {
+        let (e, alice) = (&e, alice.clone());
+        async move {
+            let (mut seen, mut pages, mut after) = (Vec::new(), 0, None::<String>);
+            loop {
+                let url = match &after {
+                    Some(a) => format!("{path}?limit=2&after={a}"),
+                    None => format!("{path}?limit=2"),
+                };
+                let (s, b) = e.user(&alice, Method::GET, &url, None).await;
+                assert_eq!(s, 200, "{b}");
+                pages += 1;
+                let items = b[field].as_array().unwrap();
+                assert!(items.len() <= 2);
+                seen.extend(items.iter().map(|r| r[key].as_str().unwrap().to_owned()));
+                match b["next"].as_str() {
+                    Some(next) => after = Some(next.to_owned()),
+                    None => break,
+                }
+            }
+            (seen, pages)
+        }
+    };
+    let (rooms, pages) = walk("/v1/apps/app-id/rooms", "rooms", "id").await;
+    assert_eq!(rooms, created, "every room once, oldest first");
+    assert_eq!(pages, 3);
+    let (dms, pages) = walk("/v1/apps/app-id/dms", "dms", "user_id").await;
+    assert_eq!(dms, dm_peers);
+    assert_eq!(pages, 2);
+    // Without a limit: everything on one page, and no next.
+    let (s, b) = e
+        .user(&alice, Method::GET, "/v1/apps/app-id/rooms", None)
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["rooms"].as_array().unwrap().len(), 5);
+    assert_eq!(b["next"], Value::Null);
+    // Bad bounds are JSON errors.
+    for query in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "after=nodot",
+        "after=12.",
+        "after=.abc",
+        "after=1234567890123456789.abc",
+        "after=12.a_b",
+    ] {
+        let (s, b) = e
+            .user(
+                &alice,
+                Method::GET,
+                &format!("/v1/apps/app-id/rooms?{query}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 400, "{query}: {b}");
+        assert!(b["error"]["message"].is_string(), "{query}: {b}");
+    }
+}

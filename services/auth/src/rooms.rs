@@ -89,6 +89,81 @@ pub(crate) struct ActorQuery {
     as_user: Option<String>,
 }
 
+/// `?as_user=&after=&limit=` of a user's rooms or DMs.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// With app credentials: the user to act for, 1-128 characters, any
+    /// but NUL. Required with app credentials (else 403); refused with a
+    /// session token, which acts for its own user.
+    #[param(min_length = 1, max_length = 128, pattern = r"^[^\u0000]+$")]
+    as_user: Option<String>,
+    /// The previous page's `next`.
+    #[param(
+        min_length = 3,
+        max_length = 200,
+        pattern = r"^[0-9]{1,18}\.[A-Za-z0-9-]{1,180}$"
+    )]
+    after: Option<String>,
+    /// Page size, 1-1000 (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+}
+
+/// Where a page of a user's rooms or DMs starts: after the one created at
+/// `micros` (since the epoch) with this id (its `next`, `<micros>.<id>`).
+struct ListCursor {
+    micros: Option<i64>,
+    id: String,
+    limit: i64,
+}
+
+fn list_bounds(query: &ListQuery) -> Result<ListCursor, ApiError> {
+    let bad = || ApiError::BadRequest("after must be a page's next".into());
+    let (micros, id) = match query.after.as_deref() {
+        None => (None, String::new()),
+        Some(after) => {
+            let (micros, id) = after.split_once('.').ok_or_else(bad)?;
+            // As the OpenAPI pattern says: 1-18 digits (always an i64).
+            if micros.is_empty() || micros.len() > 18 || !micros.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(bad());
+            }
+            let micros = micros.parse::<i64>().map_err(|_| bad())?;
+            if id.is_empty()
+                || id.len() > 180
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(bad());
+            }
+            (Some(micros), id.to_owned())
+        }
+    };
+    let limit = match query.limit.as_deref() {
+        None => MAX_ROOMS_LISTED,
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_ROOMS_LISTED).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be an integer 1-{MAX_ROOMS_LISTED}"))
+            })?,
+    };
+    Ok(ListCursor { micros, id, limit })
+}
+
+/// A row of a list with its position; one more than the page size is
+/// fetched to tell whether a next page exists.
+fn page<T>(mut rows: Vec<(T, i64, String)>, limit: i64) -> (Vec<T>, Option<String>) {
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| rows.last().map(|(_, micros, id)| format!("{micros}.{id}")))
+        .flatten();
+    (rows.into_iter().map(|(item, _, _)| item).collect(), next)
+}
+
 /// `?as_user=&after=&limit=` of member lists.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -567,18 +642,28 @@ pub(crate) async fn room_members(
 /// The acting user's rooms.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct RoomList {
-    /// Oldest first, at most 1000.
+    /// Oldest first, at most `limit`.
     rooms: Vec<Room>,
+    /// `after` for the next page; null on the last.
+    next: Option<String>,
 }
 
-/// The rooms the acting user is a member of.
+/// A room with its list position.
+#[derive(sqlx::FromRow)]
+struct ListedRoom {
+    #[sqlx(flatten)]
+    room: Room,
+    micros: i64,
+}
+
+/// The rooms the acting user is a member of, oldest first, a page at a time.
 #[utoipa::path(
     get,
     path = "/v1/apps/{app}/rooms",
-    params(("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ActorQuery),
+    params(("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ListQuery),
     responses(
-        (status = 200, description = "The user's rooms, oldest first, at most 1000", body = RoomList),
-        (status = 400, description = "Invalid as_user, or as_user with a session token"),
+        (status = 200, description = "A page of the user's rooms, oldest first", body = RoomList),
+        (status = 400, description = "Invalid as_user, after or limit, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
         (status = 403, description = "App credentials without as_user: the app itself is no user"),
     ),
@@ -587,23 +672,40 @@ pub(crate) struct RoomList {
 pub(crate) async fn my_rooms(
     State(state): State<AppState>,
     credentials: Credentials,
-    query: Result<Query<ActorQuery>, QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<RoomList>, ApiError> {
-    let caller = actor(credentials, query)?;
+    let Query(query) = query?;
+    let cursor = list_bounds(&query)?;
+    let caller = credentials.acting_for(query.as_user.as_deref())?;
     let user = caller.acting_user()?;
-    let rooms: Vec<Room> = sqlx::query_as(
-        "SELECT r.room_id AS id, r.name, r.code, r.channel, r.owner
+    // Positions in whole microseconds (what timestamptz holds), compared
+    // as integers: no rounding between pages.
+    let rows: Vec<ListedRoom> = sqlx::query_as(
+        "SELECT r.room_id AS id, r.name, r.code, r.channel, r.owner,
+                (extract(epoch FROM r.created_at) * 1000000)::int8 AS micros
          FROM rooms r JOIN channel_members m
            ON m.app_id = r.app_id AND m.channel = r.channel
          WHERE r.app_id = $1 AND m.user_id = $2
-         ORDER BY r.created_at, r.room_id LIMIT $3",
+           AND ($3::int8 IS NULL
+                OR ((extract(epoch FROM r.created_at) * 1000000)::int8, r.room_id) > ($3, $4))
+         ORDER BY r.created_at, r.room_id LIMIT $5",
     )
     .bind(caller.app().id.as_str())
     .bind(user)
-    .bind(MAX_ROOMS_LISTED)
+    .bind(cursor.micros)
+    .bind(&cursor.id)
+    .bind(cursor.limit + 1)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(RoomList { rooms }))
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            let id = r.room.id.clone();
+            (r.room, r.micros, id)
+        })
+        .collect();
+    let (rooms, next) = page(rows, cursor.limit);
+    Ok(Json(RoomList { rooms, next }))
 }
 
 /// The body of `POST /v1/apps/{app}/dms`.
@@ -692,18 +794,29 @@ pub(crate) async fn open_dm(
 /// The acting user's DMs.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct DmList {
-    /// Oldest first, at most 1000.
+    /// Oldest first, at most `limit`.
     dms: Vec<Dm>,
+    /// `after` for the next page; null on the last.
+    next: Option<String>,
 }
 
-/// The DM channels of the acting user, with the other user of each.
+/// A DM with its list position.
+#[derive(sqlx::FromRow)]
+struct ListedDm {
+    #[sqlx(flatten)]
+    dm: Dm,
+    micros: i64,
+}
+
+/// The DM channels of the acting user, with the other user of each, oldest
+/// first, a page at a time.
 #[utoipa::path(
     get,
     path = "/v1/apps/{app}/dms",
-    params(("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ActorQuery),
+    params(("app" = String, Path, description = "App id", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9_-]+$"), ListQuery),
     responses(
-        (status = 200, description = "The user's DMs, oldest first, at most 1000", body = DmList),
-        (status = 400, description = "Invalid as_user, or as_user with a session token"),
+        (status = 200, description = "A page of the user's DMs, oldest first", body = DmList),
+        (status = 400, description = "Invalid as_user, after or limit, or as_user with a session token"),
         (status = 401, description = "Missing or invalid credentials"),
         (status = 403, description = "App credentials without as_user: the app itself is no user"),
     ),
@@ -712,21 +825,36 @@ pub(crate) struct DmList {
 pub(crate) async fn my_dms(
     State(state): State<AppState>,
     credentials: Credentials,
-    query: Result<Query<ActorQuery>, QueryRejection>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<DmList>, ApiError> {
-    let caller = actor(credentials, query)?;
+    let Query(query) = query?;
+    let cursor = list_bounds(&query)?;
+    let caller = credentials.acting_for(query.as_user.as_deref())?;
     let user = caller.acting_user()?;
-    let dms: Vec<Dm> = sqlx::query_as(
-        "SELECT channel, CASE WHEN user_a = $2 THEN user_b ELSE user_a END AS user_id
+    let rows: Vec<ListedDm> = sqlx::query_as(
+        "SELECT channel, CASE WHEN user_a = $2 THEN user_b ELSE user_a END AS user_id,
+                (extract(epoch FROM created_at) * 1000000)::int8 AS micros
          FROM dms WHERE app_id = $1 AND (user_a = $2 OR user_b = $2)
-         ORDER BY created_at, channel LIMIT $3",
+           AND ($3::int8 IS NULL
+                OR ((extract(epoch FROM created_at) * 1000000)::int8, channel) > ($3, $4))
+         ORDER BY created_at, channel LIMIT $5",
     )
     .bind(caller.app().id.as_str())
     .bind(user)
-    .bind(MAX_ROOMS_LISTED)
+    .bind(cursor.micros)
+    .bind(&cursor.id)
+    .bind(cursor.limit + 1)
     .fetch_all(&state.db)
     .await?;
-    Ok(Json(DmList { dms }))
+    let rows = rows
+        .into_iter()
+        .map(|r| {
+            let id = r.dm.channel.clone();
+            (r.dm, r.micros, id)
+        })
+        .collect();
+    let (dms, next) = page(rows, cursor.limit);
+    Ok(Json(DmList { dms, next }))
 }
 
 fn parse_member_channel(raw: &str) -> Result<ChannelName, ApiError> {
