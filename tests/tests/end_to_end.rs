@@ -489,10 +489,23 @@ async fn the_projection_stays_exactly_once_through_overlapping_instances_lost_co
 
     stop.cancel();
     let published = publisher.await.unwrap();
-    eventually(WAIT, "every published event stored", || async {
-        (stored_seqs(&db, "chaos").await.len() == published).then_some(())
-    })
-    .await;
+    // Polled rather than `eventually`, so that a timeout says how far the
+    // projection got (a stall and a miscount look alike otherwise).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stored = stored_seqs(&db, "chaos").await.len();
+        if stored == published {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {WAIT:?}: {stored} rows of {published} published events, checkpoint {}, \
+             {} events in the stream",
+            checkpoint(&db).await,
+            stack.stored_seqs("chaos").await.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for instance in instances {
         instance.stop().await;
     }
