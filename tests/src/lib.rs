@@ -376,3 +376,25 @@ pub async fn rest(
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, body)
 }
+
+/// The CORS preflight a browser page on another origin sends before calling
+/// `url` with `method` and the `Authorization` and `Content-Type` headers:
+/// the answer's status and headers.
+pub async fn cors_preflight(
+    http: &reqwest::Client,
+    url: String,
+    method: &str,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap) {
+    let resp = http
+        .request(reqwest::Method::OPTIONS, url)
+        .header("origin", "https://chat.example")
+        .header("access-control-request-method", method)
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .expect("the preflight is answered");
+    (resp.status(), resp.headers().clone())
+}

@@ -27,6 +27,11 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with(|_| {}).await
+}
+
+/// The same, with the auth service's configuration changed by `configure`.
+async fn env_with(configure: impl FnOnce(&mut herald_auth::Config)) -> Env {
     let apps = AppRegistry::new(vec![
         dev_app(),
         AppConfig::new("other-app", "other-key", "other-secret"),
@@ -34,7 +39,9 @@ async fn env() -> Env {
     .unwrap();
     let stack = Stack::with_apps(apps);
     let db = TestDatabase::create().await.unwrap();
-    let auth = stack.auth_with(stack.auth_config(&db)).await;
+    let mut config = stack.auth_config(&db);
+    configure(&mut config);
+    let auth = stack.auth_with(config).await;
     Env {
         stack,
         db,
@@ -97,6 +104,20 @@ impl Env {
             )
             .await;
         assert_eq!(s, 200, "{b}");
+    }
+
+    /// A room created by the user of `token`.
+    async fn create_room(&self, token: &str, name: &str) -> Value {
+        let (s, room) = self
+            .user(
+                token,
+                Method::POST,
+                "/v1/apps/app-id/rooms",
+                Some(json!({ "name": name })),
+            )
+            .await;
+        assert_eq!(s, 200, "{room}");
+        room
     }
 
     /// A fresh session token of `user` with `grants`.
@@ -674,15 +695,7 @@ async fn a_room_lives_from_create_through_join_and_leave_to_a_purged_channel() {
         e.register(id, name).await;
     }
     let alice = e.session("alice", &[]).await;
-    let (s, room) = e
-        .user(
-            &alice,
-            Method::POST,
-            "/v1/apps/app-id/rooms",
-            Some(json!({"name": "Lounge"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{room}");
+    let room = e.create_room(&alice, "Lounge").await;
     let id = room["id"].as_str().unwrap().to_owned();
     let code = room["code"].as_str().unwrap().to_owned();
     let channel = room["channel"].as_str().unwrap().to_owned();
@@ -1314,15 +1327,7 @@ async fn bad_input_in_every_new_field_is_a_json_400_with_nothing_internal() {
 
     // SQL metacharacters where they are valid are stored as written.
     let name = "Robert'); DROP TABLE rooms; --";
-    let (s, b) = e
-        .user(
-            &alice,
-            Method::POST,
-            "/v1/apps/app-id/rooms",
-            Some(json!({ "name": name })),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    let b = e.create_room(&alice, name).await;
     assert_eq!(b["name"], name);
     let (s, b) = e
         .user(&alice, Method::GET, "/v1/apps/app-id/rooms", None)
@@ -1349,20 +1354,8 @@ async fn browsers_may_call_the_bearer_routes_cross_origin_but_not_the_app_creden
         "/v1/apps/app-id/rooms",
         "/v1/apps/app-id/channel-tokens",
     ] {
-        let resp = e
-            .http
-            .request(Method::OPTIONS, e.url(path))
-            .header("origin", "https://chat.example")
-            .header("access-control-request-method", "POST")
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type",
-            )
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        let h = resp.headers();
+        let (status, h) = herald_tests::cors_preflight(&e.http, e.url(path), "POST").await;
+        assert!(status.is_success(), "{path}: {status}");
         assert_eq!(h["access-control-allow-origin"], "*", "{path}");
         let allowed = h["access-control-allow-headers"].to_str().unwrap();
         assert!(allowed.contains("authorization"), "{path}: {allowed}");
@@ -1465,15 +1458,7 @@ async fn the_gateway_accepts_what_pusher_auth_signs_and_delivers_membership_even
     let _presence = e.stack.presence().await;
     let gateway = e.stack.gateway().await;
     let alice = e.session("alice", &[]).await;
-    let (s, room) = e
-        .user(
-            &alice,
-            Method::POST,
-            "/v1/apps/app-id/rooms",
-            Some(json!({"name": "Lounge"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{room}");
+    let room = e.create_room(&alice, "Lounge").await;
     let channel = room["channel"].as_str().unwrap();
     let mut socket = herald_tests::PusherSocket::connect(gateway.port, KEY)
         .await
@@ -1575,30 +1560,12 @@ async fn room_routes_refuse_missing_and_wrong_credentials() {
 
 #[tokio::test]
 async fn a_user_guessing_room_codes_is_held_to_the_configured_joins_per_minute() {
-    let stack = Stack::with_apps(AppRegistry::single(dev_app()));
-    let db = TestDatabase::create().await.unwrap();
-    let mut config = stack.auth_config(&db);
-    config.room_joins_per_minute = 3;
-    let auth = stack.auth_with(config).await;
-    let e = Env {
-        stack,
-        db,
-        auth,
-        http: reqwest::Client::new(),
-    };
+    let e = env_with(|config| config.room_joins_per_minute = 3).await;
     for (id, name) in [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")] {
         e.register(id, name).await;
     }
     let alice = e.session("alice", &[]).await;
-    let (s, room) = e
-        .user(
-            &alice,
-            Method::POST,
-            "/v1/apps/app-id/rooms",
-            Some(json!({"name": "Vault"})),
-        )
-        .await;
-    assert_eq!(s, 200, "{room}");
+    let room = e.create_room(&alice, "Vault").await;
     let code = room["code"].as_str().unwrap().to_owned();
     let join = |token: String, code: String| {
         let e = &e;
@@ -1643,15 +1610,7 @@ async fn a_users_rooms_and_dms_come_a_page_at_a_time_oldest_first_with_no_repeat
     let alice = e.session("alice", &[]).await;
     let mut created = Vec::new();
     for i in 0..5 {
-        let (s, room) = e
-            .user(
-                &alice,
-                Method::POST,
-                "/v1/apps/app-id/rooms",
-                Some(json!({ "name": format!("room {i}") })),
-            )
-            .await;
-        assert_eq!(s, 200, "{room}");
+        let room = e.create_room(&alice, &format!("room {i}")).await;
         created.push(room["id"].as_str().unwrap().to_owned());
     }
     let mut dm_peers = Vec::new();

@@ -369,27 +369,14 @@ async fn row_writes(db: &TestDatabase) -> i64 {
         .unwrap()
 }
 
-/// Store `members` member_joined events on `channel` (as the auth service
-/// would), pipelined.
-async fn join_many(stack: &Stack, channel: &str, members: usize) {
+/// Store `envelopes` on their channels' subjects as they are, pipelined
+/// (acks awaited a thousand at a time).
+async fn store_all(stack: &Stack, envelopes: impl IntoIterator<Item = Envelope>) {
     let js = async_nats::jetstream::new(stack.nats.client().await.unwrap());
-    let app = AppId::parse("app-id").unwrap();
-    let ch = ChannelName::parse(channel).unwrap();
     let mut acks = Vec::new();
-    for i in 0..members {
-        let user = format!("u{i}");
-        let env = Envelope::new(
-            EventKind::MemberJoined,
-            "app-id",
-            channel,
-            event_names::MEMBER_JOINED,
-            Membership {
-                user_id: user.clone(),
-                room_id: None,
-            }
-            .to_data(),
-            Some(user),
-        );
+    for env in envelopes {
+        let app = AppId::parse(&env.app).unwrap();
+        let ch = ChannelName::parse(&env.channel).unwrap();
         let ack = herald_stream::publish_envelope(
             &js,
             &stack.subjects,
@@ -411,6 +398,30 @@ async fn join_many(stack: &Stack, channel: &str, members: usize) {
     for ack in acks {
         ack.await.unwrap();
     }
+}
+
+/// Store `members` member_joined events on `channel` (as the auth service
+/// would), pipelined.
+async fn join_many(stack: &Stack, channel: &str, members: usize) {
+    store_all(
+        stack,
+        (0..members).map(|i| {
+            let user = format!("u{i}");
+            Envelope::new(
+                EventKind::MemberJoined,
+                "app-id",
+                channel,
+                event_names::MEMBER_JOINED,
+                Membership {
+                    user_id: user.clone(),
+                    room_id: None,
+                }
+                .to_data(),
+                Some(user),
+            )
+        }),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -905,42 +916,23 @@ async fn a_rebuild_whose_nats_server_restarts_mid_replay_reads_on_and_holds_ever
         .await;
     // 60,000 messages over 6 channels: six batches of the replay.
     const MESSAGES: usize = 60_000;
-    let app = AppId::parse("app-id").unwrap();
     let channels: Vec<ChannelName> = (0..6)
         .map(|c| ChannelName::parse(&format!("private-replay-{c}")).unwrap())
         .collect();
-    let mut pending = Vec::new();
-    for i in 0..MESSAGES {
-        let channel = &channels[i % channels.len()];
-        let env = Envelope::new(
-            EventKind::Message,
-            "app-id",
-            channel.as_str(),
-            "m",
-            format!("{{\"n\":{i}}}"),
-            Some("u1".into()),
-        );
-        let ack = herald_stream::publish_envelope(
-            &js,
-            &stack.subjects,
-            &app,
-            channel,
-            &env,
-            &env.id,
-            &PublishOptions::default(),
-        )
-        .await
-        .unwrap();
-        pending.push(ack);
-        if pending.len() == 1000 {
-            for ack in pending.drain(..) {
-                ack.await.unwrap();
-            }
-        }
-    }
-    for ack in pending.drain(..) {
-        ack.await.unwrap();
-    }
+    store_all(
+        &stack,
+        (0..MESSAGES).map(|i| {
+            Envelope::new(
+                EventKind::Message,
+                "app-id",
+                channels[i % channels.len()].as_str(),
+                "m",
+                format!("{{\"n\":{i}}}"),
+                Some("u1".into()),
+            )
+        }),
+    )
+    .await;
 
     let options: sqlx::postgres::PgConnectOptions = db.url().parse().unwrap();
     let subjects = stack.subjects.clone();

@@ -474,15 +474,22 @@ async fn a_restarted_presence_service_emits_no_false_leaves_or_joins() {
     next_is_added(&mut b, "c").await;
 }
 
-#[tokio::test]
-async fn typing_stops_by_itself_when_the_typist_goes_quiet() {
+/// Client events on, a 300 ms typing timeout: the presence service and a
+/// gateway (the stack keeps them alive).
+async fn typing_stack() -> (Stack, herald_tests::Running, herald_tests::Running) {
     let mut app = AppConfig::new("app-id", "app-key", "app-secret");
     app.limits.enable_client_messages = true;
     let stack = Stack::with_apps(AppRegistry::single(app));
     let mut config = stack.presence_config();
     config.typing_timeout = Duration::from_millis(300);
-    let _presence = stack.presence_with(config).await;
+    let presence = stack.presence_with(config).await;
     let gw = stack.gateway().await;
+    (stack, presence, gw)
+}
+
+#[tokio::test]
+async fn typing_stops_by_itself_when_the_typist_goes_quiet() {
+    let (_stack, _presence, gw) = typing_stack().await;
     let mut typist = PusherSocket::connect(gw.port, "app-key").await.unwrap();
     let mut reader = PusherSocket::connect(gw.port, "app-key").await.unwrap();
     join(&mut typist, "presence-chat", "typist").await;
@@ -503,13 +510,7 @@ async fn typing_stops_by_itself_when_the_typist_goes_quiet() {
 
 #[tokio::test]
 async fn typing_stopped_on_a_private_channel_names_the_signed_in_typist() {
-    let mut app = AppConfig::new("app-id", "app-key", "app-secret");
-    app.limits.enable_client_messages = true;
-    let stack = Stack::with_apps(AppRegistry::single(app));
-    let mut config = stack.presence_config();
-    config.typing_timeout = Duration::from_millis(300);
-    let _presence = stack.presence_with(config).await;
-    let gw = stack.gateway().await;
+    let (_stack, _presence, gw) = typing_stack().await;
     // A direct message: a private channel, both sides signed in.
     let channel = "private-dm-ann-bo";
     let mut ann = PusherSocket::connect(gw.port, "app-key").await.unwrap();

@@ -276,20 +276,8 @@ async fn a_browser_page_on_another_origin_may_read_history_and_presence_with_a_s
     ];
     for (service, path, method) in routes {
         // The preflight a browser sends before a call with `Authorization`.
-        let resp = e
-            .http
-            .request(reqwest::Method::OPTIONS, service.url(path))
-            .header("origin", "https://chat.example")
-            .header("access-control-request-method", method)
-            .header(
-                "access-control-request-headers",
-                "authorization,content-type",
-            )
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        let h = resp.headers();
+        let (status, h) = herald_tests::cors_preflight(&e.http, service.url(path), method).await;
+        assert!(status.is_success(), "{path}: {status}");
         assert_eq!(h["access-control-allow-origin"], "*", "{path}");
         let methods = h["access-control-allow-methods"].to_str().unwrap();
         assert!(methods.contains(method), "{path}: {methods}");

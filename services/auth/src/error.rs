@@ -76,34 +76,42 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::InvalidToken(message) => {
-                let mut resp = herald_server::http::error_response(
+                return with_header(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     message,
-                );
-                resp.headers_mut().insert(
                     axum::http::header::WWW_AUTHENTICATE,
                     axum::http::HeaderValue::from_static("Bearer realm=\"herald\""),
-                );
-                return resp;
+                )
             }
             ApiError::TooManyRequests {
                 message,
                 retry_after_secs,
             } => {
-                let mut resp = herald_server::http::error_response(
+                return with_header(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
                     message,
-                );
-                resp.headers_mut().insert(
                     axum::http::header::RETRY_AFTER,
                     axum::http::HeaderValue::from(*retry_after_secs),
-                );
-                return resp;
+                )
             }
             ApiError::Internal(err) => return herald_server::http::internal_error_response(err),
         };
         herald_server::http::error_response(status, code, &self.to_string())
     }
+}
+
+/// The JSON error answer with one more header (a 401's scheme, a 429's
+/// `Retry-After`); set, not appended, so it replaces any default.
+fn with_header(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    name: axum::http::HeaderName,
+    value: axum::http::HeaderValue,
+) -> Response {
+    let mut resp = herald_server::http::error_response(status, code, message);
+    resp.headers_mut().insert(name, value);
+    resp
 }

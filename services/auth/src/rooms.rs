@@ -140,28 +140,28 @@ fn list_bounds(query: &ListQuery) -> Result<ListCursor, ApiError> {
             (Some(micros), id.to_owned())
         }
     };
-    let limit = match query.limit.as_deref() {
-        None => MAX_ROOMS_LISTED,
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_ROOMS_LISTED).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit must be an integer 1-{MAX_ROOMS_LISTED}"))
-            })?,
-    };
+    let limit =
+        crate::users::page_limit(query.limit.as_deref(), MAX_ROOMS_LISTED, MAX_ROOMS_LISTED)?;
     Ok(ListCursor { micros, id, limit })
 }
 
-/// A row of a list with its position; one more than the page size is
-/// fetched to tell whether a next page exists.
-fn page<T>(mut rows: Vec<(T, i64, String)>, limit: i64) -> (Vec<T>, Option<String>) {
+/// Cut a list fetched with one row more than the page size (to tell
+/// whether a next page exists) to the page, and the `next` of its last row.
+fn page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    position: impl Fn(&T) -> (i64, &str),
+) -> (Vec<T>, Option<String>) {
     let more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
-    let next = more
-        .then(|| rows.last().map(|(_, micros, id)| format!("{micros}.{id}")))
-        .flatten();
-    (rows.into_iter().map(|(item, _, _)| item).collect(), next)
+    let next = match rows.last() {
+        Some(row) if more => {
+            let (micros, id) = position(row);
+            Some(format!("{micros}.{id}"))
+        }
+        _ => None,
+    };
+    (rows, next)
 }
 
 /// `?as_user=&after=&limit=` of member lists.
@@ -190,16 +190,7 @@ fn page_bounds(after: Option<&str>, limit: Option<&str>) -> Result<(String, i64)
             .to_owned(),
         None => String::new(),
     };
-    let limit = match limit {
-        None => MAX_MEMBERS_PAGE,
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_MEMBERS_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit must be an integer 1-{MAX_MEMBERS_PAGE}"))
-            })?,
-    };
+    let limit = crate::users::page_limit(limit, MAX_MEMBERS_PAGE, MAX_MEMBERS_PAGE)?;
     Ok((after, limit))
 }
 
@@ -697,14 +688,8 @@ pub(crate) async fn my_rooms(
     .bind(cursor.limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let rows = rows
-        .into_iter()
-        .map(|r| {
-            let id = r.room.id.clone();
-            (r.room, r.micros, id)
-        })
-        .collect();
-    let (rooms, next) = page(rows, cursor.limit);
+    let (rows, next) = page(rows, cursor.limit, |r| (r.micros, &r.room.id));
+    let rooms = rows.into_iter().map(|r| r.room).collect();
     Ok(Json(RoomList { rooms, next }))
 }
 
@@ -846,14 +831,8 @@ pub(crate) async fn my_dms(
     .bind(cursor.limit + 1)
     .fetch_all(&state.db)
     .await?;
-    let rows = rows
-        .into_iter()
-        .map(|r| {
-            let id = r.dm.channel.clone();
-            (r.dm, r.micros, id)
-        })
-        .collect();
-    let (dms, next) = page(rows, cursor.limit);
+    let (rows, next) = page(rows, cursor.limit, |r| (r.micros, &r.dm.channel));
+    let dms = rows.into_iter().map(|r| r.dm).collect();
     Ok(Json(DmList { dms, next }))
 }
 

@@ -92,6 +92,18 @@ impl User {
     }
 }
 
+/// A `?limit=` page size: `default` when absent, else an integer 1-`max`.
+pub(crate) fn page_limit(raw: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be an integer 1-{max}"))),
+    }
+}
+
 pub(crate) fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| ApiError::BadRequest(format!("user_id: {e}")))
 }
@@ -420,16 +432,7 @@ pub(crate) async fn search(
             "prefix must not contain NUL (\\u0000)".into(),
         ));
     }
-    let limit = match query.limit.as_deref() {
-        None => DEFAULT_LIMIT,
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_LIMIT).contains(n))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!("limit must be an integer 1-{MAX_LIMIT}"))
-            })?,
-    };
+    let limit = page_limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
     let (after_name, after_id) = match query.after.as_deref() {
         Some(c) => decode_cursor(c)?,
         None => (String::new(), String::new()),
