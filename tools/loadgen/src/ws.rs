@@ -84,13 +84,23 @@ pub fn parse(text: &str) -> Option<Frame<'_>> {
 /// Open a WebSocket to the target and wait for `pusher:connection_established`.
 /// Returns the socket and its `socket_id`.
 pub async fn connect(target: &Target, timeout: Duration) -> anyhow::Result<(Ws, String)> {
+    connect_with(target, timeout, ws_config()).await
+}
+
+/// [`connect`] with another WebSocket configuration (e.g. a write buffer,
+/// for a client that sends several frames per flush).
+pub async fn connect_with(
+    target: &Target,
+    timeout: Duration,
+    config: WebSocketConfig,
+) -> anyhow::Result<(Ws, String)> {
     tokio::time::timeout(timeout, async {
         let tcp = TcpStream::connect(target.addr)
             .await
             .context("TCP connect")?;
         tcp.set_nodelay(true)?;
         let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(target.ws_url(), tcp, Some(ws_config()))
+            tokio_tungstenite::client_async_with_config(target.ws_url(), tcp, Some(config))
                 .await
                 .context("WebSocket handshake")?;
         loop {

@@ -27,7 +27,7 @@ use crate::target::Target;
 use crate::util::{secs, Clock, FirstError, Payload};
 use crate::ws::{self, Ws};
 use clap::{Args, ValueEnum};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -114,10 +114,39 @@ pub(crate) enum Answer {
     Other,
 }
 
+/// `data` of a well-formed `herald:ack`, read without building a JSON tree
+/// (the load generator reads one per publish).
+#[derive(serde::Deserialize)]
+struct WellFormedAck<'a> {
+    #[serde(borrow)]
+    client_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    channel: std::borrow::Cow<'a, str>,
+    #[serde(borrow, rename = "id")]
+    _id: std::borrow::Cow<'a, str>,
+    seq: u64,
+    #[serde(rename = "ts")]
+    _ts: f64,
+}
+
 pub(crate) fn classify(text: &str) -> Answer {
     let Some(frame) = ws::parse(text) else {
         return Answer::Other;
     };
+    if frame.event == "herald:ack" {
+        if let Some(Ok(ack)) = frame
+            .data
+            .as_deref()
+            .map(serde_json::from_str::<WellFormedAck<'_>>)
+        {
+            return Answer::Ack {
+                client_id: ack.client_id.into_owned(),
+                channel: ack.channel.into_owned(),
+                seq: Some(ack.seq),
+                well_formed: true,
+            };
+        }
+    }
     let event = frame.event.to_string();
     match event.as_str() {
         "herald:ack" | "herald:nack" | "pusher:error" => {}
@@ -157,11 +186,28 @@ pub(crate) fn classify(text: &str) -> Answer {
 
 /// A `herald:publish` frame.
 pub(crate) fn publish_frame(channel: &str, event: &str, data: &str, client_id: &str) -> String {
-    serde_json::json!({
-        "event": "herald:publish",
-        "data": { "channel": channel, "event": event, "data": data, "client_id": client_id },
+    #[derive(serde::Serialize)]
+    struct Publish<'a> {
+        event: &'static str,
+        data: Fields<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Fields<'a> {
+        channel: &'a str,
+        event: &'a str,
+        data: &'a str,
+        client_id: &'a str,
+    }
+    serde_json::to_string(&Publish {
+        event: "herald:publish",
+        data: Fields {
+            channel,
+            event,
+            data,
+            client_id,
+        },
     })
-    .to_string()
+    .expect("strings serialize")
 }
 
 /// Connect and (unless `subscribe` is false) subscribe to `channel`, signed
@@ -172,7 +218,8 @@ pub(crate) async fn open(
     subscribe: bool,
     timeout: Duration,
 ) -> anyhow::Result<Ws> {
-    let (mut socket, socket_id) = ws::connect(target, timeout).await?;
+    let config = ws::ws_config().write_buffer_size(WRITE_BUFFER);
+    let (mut socket, socket_id) = ws::connect_with(target, timeout, config).await?;
     if subscribe {
         ws::subscribe_signed(&mut socket, target, &socket_id, channel, timeout).await?;
     }
@@ -449,82 +496,53 @@ pub async fn run(ctx: Ctx, args: DurableArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-async fn client(
+/// Bytes a durable client buffers before writing: a whole window of
+/// publishes goes out in one write, as a pipelining client (and the
+/// JetStream ceiling's NATS client) sends them.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// What one publishing client keeps while it runs.
+struct Client<'a> {
     index: usize,
     channel: String,
-    mut socket: Ws,
-    shared: Arc<Shared>,
-    args: DurableArgs,
-    end: Instant,
-) {
-    let mut recorder = shared.latencies.recorder(index);
-    // client_id → send time (µs on the run clock).
-    let mut in_flight: HashMap<String, u64> = HashMap::new();
-    // The seqs this client's publishes were stored at: two publishes
-    // acknowledged with one seq mean one of them was not stored.
-    let mut seqs: HashSet<u64> = HashSet::new();
-    let mut n = 0u64;
-    let ack_timeout = secs(args.ack_timeout);
-    let mut last_progress = Instant::now();
-    loop {
-        // Fill the window while there is time and messages left.
-        while in_flight.len() < args.window.max(1) && Instant::now() < end {
-            if shared.tickets.fetch_add(1, Ordering::SeqCst) >= args.messages {
-                break;
-            }
-            let t_us = shared.clock.now_us();
-            let data = Payload {
-                run: shared.run,
-                chan: index as u32,
-                seq: n,
-                t_us,
-            }
-            .encode(args.size);
-            let client_id = format!("{:08x}-{index}-{n}", shared.run);
-            n += 1;
-            let frame = publish_frame(&channel, &args.event, &data, &client_id);
-            if let Err(e) = socket.send(Message::text(frame)).await {
-                shared.first_error.set(format!("send: {e}"));
-                shared.failed_clients.fetch_add(1, Ordering::SeqCst);
-                shared
-                    .timeouts
-                    .fetch_add(in_flight.len() as u64, Ordering::SeqCst);
-                return;
-            }
-            shared.sent.fetch_add(1, Ordering::SeqCst);
-            in_flight.insert(client_id, t_us);
-        }
-        if in_flight.is_empty() {
-            break;
-        }
-        let wait = ack_timeout.saturating_sub(last_progress.elapsed());
-        let msg =
-            match tokio::time::timeout(wait.max(Duration::from_millis(1)), socket.next()).await {
-                Err(_) => {
-                    shared
-                        .timeouts
-                        .fetch_add(in_flight.len() as u64, Ordering::SeqCst);
-                    shared.first_error.set(format!(
-                        "no herald:ack or herald:nack within {} s",
-                        ack_timeout.as_secs_f64()
-                    ));
-                    break;
-                }
-                Ok(msg) => msg,
-            };
+    shared: &'a Shared,
+    recorder: crate::stats::Recorder<'a>,
+    /// client_id → send time (µs on the run clock).
+    in_flight: HashMap<String, u64>,
+    /// The seqs this client's publishes were stored at: two publishes
+    /// acknowledged with one seq mean one of them was not stored.
+    seqs: HashSet<u64>,
+    last_progress: Instant,
+}
+
+/// Whether a client goes on after a message.
+enum Flow {
+    Go,
+    /// The connection is gone: the publishes in flight are lost.
+    Lost,
+}
+
+impl Client<'_> {
+    /// Handle one message from the server.
+    async fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        socket: &mut Ws,
+    ) -> Flow {
+        let shared = self.shared;
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 shared
                     .timeouts
-                    .fetch_add(in_flight.len() as u64, Ordering::SeqCst);
+                    .fetch_add(self.in_flight.len() as u64, Ordering::SeqCst);
                 shared
                     .first_error
                     .set("connection closed with publishes in flight");
                 shared.failed_clients.fetch_add(1, Ordering::SeqCst);
-                return;
+                return Flow::Lost;
             }
-            Some(Ok(_)) => continue,
+            Some(Ok(_)) => return Flow::Go,
         };
         match classify(text.as_str()) {
             Answer::Ack {
@@ -532,18 +550,19 @@ async fn client(
                 channel: acked_channel,
                 seq,
                 well_formed,
-            } => match in_flight.remove(&client_id) {
+            } => match self.in_flight.remove(&client_id) {
                 Some(t_us) => {
                     let now = shared.clock.now_us();
-                    recorder.record(now.saturating_sub(t_us));
+                    self.recorder.record(now.saturating_sub(t_us));
                     shared.acked.fetch_add(1, Ordering::SeqCst);
                     shared.last_ack_us.fetch_max(now, Ordering::SeqCst);
                     match seq {
-                        Some(seq) if well_formed && acked_channel == channel => {
-                            if !seqs.insert(seq) {
+                        Some(seq) if well_formed && acked_channel == self.channel => {
+                            if !self.seqs.insert(seq) {
                                 shared.duplicate_seqs.fetch_add(1, Ordering::SeqCst);
                                 shared.first_error.set(format!(
-                                    "two publishes of {channel} acknowledged with seq {seq}"
+                                    "two publishes of {} acknowledged with seq {seq}",
+                                    self.channel
                                 ));
                             }
                         }
@@ -552,7 +571,7 @@ async fn client(
                             shared.first_malformed.set(text.as_str().to_owned());
                         }
                     }
-                    last_progress = Instant::now();
+                    self.last_progress = Instant::now();
                 }
                 None => {
                     shared.unexpected.fetch_add(1, Ordering::SeqCst);
@@ -567,7 +586,7 @@ async fn client(
                 code,
                 message,
             } => {
-                if in_flight.remove(&client_id).is_some() {
+                if self.in_flight.remove(&client_id).is_some() {
                     shared.nacked.fetch_add(1, Ordering::SeqCst);
                     *shared
                         .nack_codes
@@ -576,7 +595,7 @@ async fn client(
                         .entry(code)
                         .or_default() += 1;
                     shared.first_nack.set(message);
-                    last_progress = Instant::now();
+                    self.last_progress = Instant::now();
                 } else {
                     shared.unexpected.fetch_add(1, Ordering::SeqCst);
                     shared
@@ -590,14 +609,111 @@ async fn client(
             }
             Answer::Other => {
                 if ws::parse(text.as_str()).is_some_and(|f| f.event == "pusher:ping") {
-                    let _ = ws::pong(&mut socket).await;
+                    let _ = ws::pong(socket).await;
                 }
             }
         }
+        Flow::Go
     }
-    recorder.flush();
-    drop(recorder);
+}
+
+async fn client(
+    index: usize,
+    channel: String,
+    mut socket: Ws,
+    shared: Arc<Shared>,
+    args: DurableArgs,
+    end: Instant,
+) {
+    let mut client = Client {
+        index,
+        channel,
+        recorder: shared.latencies.recorder(index),
+        shared: &shared,
+        in_flight: HashMap::new(),
+        seqs: HashSet::new(),
+        last_progress: Instant::now(),
+    };
+    let mut n = 0u64;
+    let ack_timeout = secs(args.ack_timeout);
+    let window = args.window.max(1);
+    loop {
+        // Fill the window while there is time and messages left, then send
+        // all of it in one write.
+        let mut fed = false;
+        while client.in_flight.len() < window && Instant::now() < end {
+            let shared = client.shared;
+            if shared.tickets.fetch_add(1, Ordering::SeqCst) >= args.messages {
+                break;
+            }
+            let t_us = shared.clock.now_us();
+            let data = Payload {
+                run: shared.run,
+                chan: client.index as u32,
+                seq: n,
+                t_us,
+            }
+            .encode(args.size);
+            let client_id = format!("{:08x}-{}-{n}", shared.run, client.index);
+            n += 1;
+            let frame = publish_frame(&client.channel, &args.event, &data, &client_id);
+            if let Err(e) = socket.feed(Message::text(frame)).await {
+                client.lose_connection(format!("send: {e}"));
+                return;
+            }
+            shared.sent.fetch_add(1, Ordering::SeqCst);
+            client.in_flight.insert(client_id, t_us);
+            fed = true;
+        }
+        if fed {
+            if let Err(e) = socket.flush().await {
+                client.lose_connection(format!("send: {e}"));
+                return;
+            }
+        }
+        if client.in_flight.is_empty() {
+            break;
+        }
+        let wait = ack_timeout.saturating_sub(client.last_progress.elapsed());
+        let msg =
+            match tokio::time::timeout(wait.max(Duration::from_millis(1)), socket.next()).await {
+                Err(_) => {
+                    client
+                        .shared
+                        .timeouts
+                        .fetch_add(client.in_flight.len() as u64, Ordering::SeqCst);
+                    client.shared.first_error.set(format!(
+                        "no herald:ack or herald:nack within {} s",
+                        ack_timeout.as_secs_f64()
+                    ));
+                    break;
+                }
+                Ok(msg) => msg,
+            };
+        if let Flow::Lost = client.on_message(msg, &mut socket).await {
+            return;
+        }
+        // Every answer already received, before the window is refilled.
+        while let Some(msg) = socket.next().now_or_never() {
+            if let Flow::Lost = client.on_message(msg, &mut socket).await {
+                return;
+            }
+        }
+    }
+    client.recorder.flush();
+    drop(client);
     ws::close(socket, secs(1.0)).await;
+}
+
+impl Client<'_> {
+    /// A send failed: the client stops, its publishes in flight unanswered.
+    fn lose_connection(&self, error: String) {
+        self.shared.first_error.set(error);
+        self.shared.failed_clients.fetch_add(1, Ordering::SeqCst);
+        self.shared
+            .timeouts
+            .fetch_add(self.in_flight.len() as u64, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]
@@ -622,6 +738,12 @@ mod tests {
                 ..
             }
         ));
+        // An id that is not a string is malformed, even with a good seq.
+        let bad_id = r#"{"event":"herald:ack","data":"{\"channel\":\"private-c\",\"client_id\":\"c4\",\"id\":5,\"seq\":4,\"ts\":1}"}"#;
+        assert!(matches!(
+            classify(bad_id),
+            Answer::Ack { ref client_id, seq: Some(4), well_formed: false, .. } if client_id == "c4"
+        ));
         let nack = r#"{"event":"herald:nack","data":"{\"client_id\":\"c3\",\"code\":\"not_allowed\",\"message\":\"no\"}"}"#;
         assert!(matches!(
             classify(nack),
@@ -630,6 +752,19 @@ mod tests {
         let err = r#"{"event":"pusher:error","data":{"code":null,"message":"Unsupported event \"herald:publish\""}}"#;
         assert!(matches!(classify(err), Answer::Error(ref m) if m.contains("Unsupported")));
         assert!(matches!(classify(r#"{"event":"x"}"#), Answer::Other));
+    }
+
+    #[test]
+    fn publish_frames_carry_the_four_fields() {
+        let frame: serde_json::Value =
+            serde_json::from_str(&publish_frame("private-c", "e", "d\"1", "id-1")).unwrap();
+        assert_eq!(
+            frame,
+            serde_json::json!({
+                "event": "herald:publish",
+                "data": {"channel": "private-c", "event": "e", "data": "d\"1", "client_id": "id-1"},
+            })
+        );
     }
 
     #[test]
