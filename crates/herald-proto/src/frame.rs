@@ -283,6 +283,12 @@ impl<'a> Wire<'a> {
         self
     }
 
+    fn data_ser(mut self, value: &impl Serialize) -> Self {
+        let text = serde_json::to_string(value).expect("frame data always serializes");
+        self.data = Some(Data::Text(text.into()));
+        self
+    }
+
     fn data_text(mut self, text: &'a str) -> Self {
         self.data = Some(Data::Text(text.into()));
         self
@@ -381,9 +387,26 @@ impl ServerFrame<'_> {
                 id,
                 seq,
                 ts,
-            } => Wire::new(event).channel(channel).data_json(json!({
-                "client_id": client_id, "channel": channel, "id": id, "seq": seq, "ts": ts
-            })),
+            } => {
+                // One per client publish: serialized from a struct, without
+                // building a JSON tree first (keys in the order `json!`
+                // would give them).
+                #[derive(Serialize)]
+                struct AckData<'a> {
+                    channel: &'a str,
+                    client_id: &'a str,
+                    id: &'a str,
+                    seq: u64,
+                    ts: i64,
+                }
+                Wire::new(event).channel(channel).data_ser(&AckData {
+                    channel,
+                    client_id,
+                    id,
+                    seq,
+                    ts,
+                })
+            }
             ServerFrame::Nack {
                 client_id,
                 code,
@@ -484,10 +507,10 @@ mod tests {
             seq: 8,
             ts: 1,
         });
-        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(v["channel"], "private-c");
         assert_eq!(
-            (data["client_id"].as_str(), data["seq"].as_u64()),
-            (Some("m1"), Some(8))
+            v["data"],
+            r#"{"channel":"private-c","client_id":"m1","id":"id","seq":8,"ts":1}"#
         );
 
         let members = BTreeMap::from([("u1".to_owned(), json!({"n": 1}))]);

@@ -6,19 +6,22 @@ use async_nats::header::HeaderMap;
 use herald_proto::envelope::{HEADER_LAST_SEQUENCE, HEADER_SEQUENCE};
 use herald_proto::Envelope;
 
-/// A durable event as it arrives on a live (republished) subject.
-#[derive(Debug, Clone)]
-pub struct LiveEvent {
+/// A durable event as it arrives on a live (republished) subject: what its
+/// headers say, read at once, and its envelope, decoded only when asked for
+/// ([`LiveEvent::envelope`]): a gateway with no subscriber to give an event
+/// to (its publisher excluded, say) never decodes it.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveEvent<'a> {
     /// Stream sequence.
     pub seq: u64,
     /// Previous sequence on the same channel (0 for the first).
     pub last_seq: u64,
     /// Socket to skip, if the publisher asked for one.
-    pub exclude_socket: Option<String>,
+    pub exclude_socket: Option<&'a str>,
     /// De-duplication group, if the publisher asked for one.
-    pub dedupe_group: Option<String>,
-    /// The decoded envelope.
-    pub envelope: Envelope,
+    pub dedupe_group: Option<&'a str>,
+    /// The encoded envelope.
+    pub payload: &'a [u8],
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &'static str) -> Result<u64, StreamError> {
@@ -28,20 +31,25 @@ fn header_u64(headers: Option<&HeaderMap>, name: &'static str) -> Result<u64, St
         .ok_or(StreamError::MissingHeader(name))
 }
 
-impl LiveEvent {
-    /// Decode a message received on a live subject.
-    pub fn from_message(msg: &async_nats::Message) -> Result<Self, StreamError> {
+impl<'a> LiveEvent<'a> {
+    /// Read the headers of a message received on a live subject.
+    pub fn from_message(msg: &'a async_nats::Message) -> Result<Self, StreamError> {
         let headers = msg.headers.as_ref();
         Ok(Self {
             seq: header_u64(headers, HEADER_SEQUENCE)?,
             last_seq: header_u64(headers, HEADER_LAST_SEQUENCE).unwrap_or(0),
             exclude_socket: headers
                 .and_then(|h| h.get(HEADER_EXCLUDE_SOCKET))
-                .map(|v| v.as_str().to_owned()),
+                .map(|v| v.as_str()),
             dedupe_group: headers
                 .and_then(|h| h.get(HEADER_DEDUPE))
-                .map(|v| v.as_str().to_owned()),
-            envelope: Envelope::decode(&msg.payload)?,
+                .map(|v| v.as_str()),
+            payload: &msg.payload,
         })
+    }
+
+    /// Decode the envelope (any stored version, upcast).
+    pub fn envelope(&self) -> Result<Envelope, StreamError> {
+        Ok(Envelope::decode(self.payload)?)
     }
 }

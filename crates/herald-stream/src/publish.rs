@@ -166,8 +166,8 @@ mod tests {
         let event = LiveEvent::from_message(&msg).unwrap();
         assert_eq!(event.seq, first.sequence);
         assert_eq!(event.last_seq, 0);
-        assert_eq!(event.exclude_socket.as_deref(), Some("1.2"));
-        assert_eq!(event.envelope, env);
+        assert_eq!(event.exclude_socket, Some("1.2"));
+        assert_eq!(event.envelope().unwrap(), env);
 
         let env2 = Envelope::new(EventKind::Trigger, "a", "room.1", "e", "{}".into(), None);
         let second = publish_envelope(

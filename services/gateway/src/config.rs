@@ -97,9 +97,14 @@ pub struct Cli {
     pub trusted_proxies: Vec<IpRange>,
     /// Worker threads of the delivery runtime that writes to the sockets,
     /// apart from the one serving the HTTP API, NATS and client frames
-    /// (default: one per CPU; 0 writes on that same runtime).
+    /// (default: half the CPUs, at least one; 0 writes on that same
+    /// runtime).
     #[arg(long, env = "HERALD_DELIVERY_THREADS")]
     pub delivery_threads: Option<usize>,
+    /// Worker threads of the runtime serving the HTTP API, NATS and client
+    /// frames (default: one per CPU).
+    #[arg(long, env = "HERALD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// This gateway's id in presence keys (random when not given). Letters,
     /// digits and '-'.
     #[arg(long, env = "HERALD_GATEWAY_ID")]
@@ -146,6 +151,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpRange>,
     /// Writer threads (0: writers share the main runtime).
     pub delivery_threads: usize,
+    /// Threads of the main runtime, for a binary that builds it
+    /// ([`Config::threads`] chooses both counts).
+    pub worker_threads: usize,
     pub gateway_id: String,
     pub heartbeat_interval: Duration,
     /// `HERALD_PRESENCE_TTL_SECS`: a peer silent this long is gone.
@@ -182,6 +190,7 @@ impl Config {
             max_connections_per_ip: 0,
             trusted_proxies: Vec::new(),
             delivery_threads: 1,
+            worker_threads: 1,
             gateway_id: random_gateway_id(),
             heartbeat_interval: Duration::from_secs(DEFAULT_HEARTBEAT_SECS),
             gateway_ttl: Duration::from_secs(DEFAULT_PRESENCE_TTL_SECS),
@@ -190,6 +199,22 @@ impl Config {
             auth_jwks_url: None,
         }
     }
+}
+
+/// The delivery runtime's and the main runtime's thread counts on `cpus`
+/// CPUs, where not given: half the CPUs (at least one) for the writers, one
+/// per CPU for the main runtime. The main runtime does the work of
+/// publishing (client frames, NATS), so it may use every core; with it on
+/// one thread of two, durable publishes left a fifth of the machine idle.
+/// The writers need their own threads only to keep the main runtime prompt
+/// through a fan-out burst; one per CPU there too (the old default) put
+/// twice as many busy threads as cores under load, and the context
+/// switches cost ~15 % of the gateway's CPU per acknowledged publish
+/// (BENCHMARKS.md).
+fn thread_counts(cpus: usize, delivery: Option<usize>, workers: Option<usize>) -> (usize, usize) {
+    let delivery = delivery.unwrap_or((cpus / 2).max(1));
+    let workers = workers.unwrap_or(cpus.max(1));
+    (delivery, workers)
 }
 
 impl TryFrom<Cli> for Config {
@@ -201,6 +226,14 @@ impl TryFrom<Cli> for Config {
                 "activity and pong timeouts must be positive".into(),
             ));
         }
+        if cli.worker_threads == Some(0) {
+            return Err(ConfigError::Invalid(
+                "HERALD_WORKER_THREADS must be positive".into(),
+            ));
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (delivery_threads, worker_threads) =
+            thread_counts(cpus, cli.delivery_threads, cli.worker_threads);
         if cli.write_timeout_secs == 0
             || cli.header_read_timeout_secs == 0
             || cli.handshake_timeout_secs == 0
@@ -244,9 +277,8 @@ impl TryFrom<Cli> for Config {
             },
             max_connections_per_ip: cli.max_connections_per_ip,
             trusted_proxies: cli.trusted_proxies,
-            delivery_threads: cli
-                .delivery_threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            delivery_threads,
+            worker_threads,
             gateway_id,
             heartbeat_interval: Duration::from_secs(cli.heartbeat_secs),
             gateway_ttl: Duration::from_secs(ttl_secs),
@@ -316,6 +348,19 @@ impl std::str::FromStr for IpRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runtimes_thread_counts_follow_the_cpus_unless_given() {
+        assert_eq!(thread_counts(1, None, None), (1, 1));
+        assert_eq!(thread_counts(2, None, None), (1, 2));
+        assert_eq!(thread_counts(3, None, None), (1, 3));
+        assert_eq!(thread_counts(8, None, None), (4, 8));
+        assert_eq!(thread_counts(8, Some(0), None), (0, 8));
+        assert_eq!(thread_counts(8, None, Some(2)), (4, 2));
+        assert_eq!(thread_counts(2, Some(2), Some(1)), (2, 1));
+        let zero = Cli::try_parse_from(["herald-gateway", "--dev", "--worker-threads", "0"]);
+        assert!(Config::try_from(zero.unwrap()).is_err());
+    }
 
     #[test]
     fn the_command_line_defaults_are_the_config_defaults() {

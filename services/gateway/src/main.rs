@@ -9,9 +9,14 @@ use herald_gateway::{Application, Cli, Config};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     herald_server::init_tracing();
     let config = Config::try_from(Cli::parse())?;
-    herald_server::run_main(Application::build(config)).await
+    // Built here rather than by `#[tokio::main]`: its thread count is
+    // configured (`HERALD_WORKER_THREADS`), next to the delivery runtime's.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
+        .enable_all()
+        .build()?
+        .block_on(herald_server::run_main(Application::build(config)))
 }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use herald_proto::control::EphemeralEvent;
 use herald_proto::presence::PresenceEvent;
 use herald_proto::AppId;
-use herald_proto::{ChannelName, ServerFrame, UserId};
+use herald_proto::{ChannelName, Envelope, ServerFrame, UserId};
 use herald_stream::replay::{self, RangeReader};
 use herald_stream::LiveEvent;
 use std::sync::{Arc, Weak};
@@ -53,7 +53,17 @@ struct Durable<'a> {
     prev_seq: Option<u64>,
     exclude_socket: Option<&'a str>,
     dedupe_group: Option<&'a str>,
-    envelope: &'a herald_proto::Envelope,
+    body: Body<'a>,
+}
+
+/// A durable event's envelope: decoded already (read from the stream), or
+/// as it came on the live subject, decoded only once a subscriber here is
+/// to get it (a publisher's own event, excluded from its socket, often has
+/// no one else on its gateway).
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    Decoded(&'a Envelope),
+    Encoded(&'a [u8]),
 }
 
 #[derive(Clone, Copy)]
@@ -121,7 +131,7 @@ impl Repairer {
         &mut self,
         entry: &ChannelEntry,
         channel: &ChannelName,
-        event: &LiveEvent,
+        event: &LiveEvent<'_>,
         dedupe: &Dedupe,
     ) {
         if let Some(last) = self.last_seq {
@@ -139,9 +149,9 @@ impl Repairer {
             &Durable {
                 seq: event.seq,
                 prev_seq: Some(event.last_seq),
-                exclude_socket: event.exclude_socket.as_deref(),
-                dedupe_group: event.dedupe_group.as_deref(),
-                envelope: &event.envelope,
+                exclude_socket: event.exclude_socket,
+                dedupe_group: event.dedupe_group,
+                body: Body::Encoded(event.payload),
             },
             dedupe,
         );
@@ -278,7 +288,7 @@ impl Repairer {
                             prev_seq: Some(event.prev_seq),
                             exclude_socket: event.exclude_socket.as_deref(),
                             dedupe_group: event.dedupe_group.as_deref(),
-                            envelope: &event.envelope,
+                            body: Body::Decoded(&event.envelope),
                         },
                         dedupe,
                     );
@@ -297,28 +307,18 @@ impl Repairer {
 
 /// The frame of a stored event, as every subscriber gets it.
 pub(crate) fn stored_frame(channel: &ChannelName, event: &replay::StoredEvent) -> Utf8Bytes {
-    render(
-        channel,
-        &Durable {
-            seq: event.seq,
-            prev_seq: Some(event.prev_seq),
-            exclude_socket: None,
-            dedupe_group: None,
-            envelope: &event.envelope,
-        },
-    )
+    render(channel, event.seq, Some(event.prev_seq), &event.envelope)
 }
 
-fn render(channel: &ChannelName, event: &Durable<'_>) -> Utf8Bytes {
-    let env = event.envelope;
+fn render(channel: &ChannelName, seq: u64, prev_seq: Option<u64>, env: &Envelope) -> Utf8Bytes {
     Utf8Bytes::from(
         ServerFrame::Stored {
             event: &env.event,
             channel: channel.as_str(),
             data: &env.data,
             id: &env.id,
-            seq: event.seq,
-            prev_seq: event.prev_seq,
+            seq,
+            prev_seq,
             ts: env.at,
             user_id: env.author.as_deref(),
         }
@@ -326,9 +326,30 @@ fn render(channel: &ChannelName, event: &Durable<'_>) -> Utf8Bytes {
     )
 }
 
+/// The frame of `event`, decoding its envelope if need be (`None`, logged,
+/// for an envelope that cannot be read).
+fn render_durable(channel: &ChannelName, event: &Durable<'_>) -> Option<Utf8Bytes> {
+    let decoded;
+    let env = match event.body {
+        Body::Decoded(env) => env,
+        Body::Encoded(payload) => match Envelope::decode(payload) {
+            Ok(env) => {
+                decoded = env;
+                &decoded
+            }
+            Err(err) => {
+                tracing::warn!(%err, %channel, seq = event.seq, "dropping unreadable live event");
+                return None;
+            }
+        },
+    };
+    Some(render(channel, event.seq, event.prev_seq, env))
+}
+
 fn stored(entry: &ChannelEntry, channel: &ChannelName, event: &Durable<'_>, dedupe: &Dedupe) {
-    // Serialize once per channel; every connection shares these bytes.
-    let frame = render(channel, event);
+    // Rendered once per channel, when the first subscriber to get it is
+    // found; every connection shares these bytes.
+    let mut frame: Option<Utf8Bytes> = None;
     let mut subs = entry.subscribers.write().expect("subscribers lock");
     let mut delivered = 0u64;
     for sub in subs.values_mut() {
@@ -340,7 +361,14 @@ fn stored(entry: &ChannelEntry, channel: &ChannelName, event: &Durable<'_>, dedu
                 continue;
             }
         }
-        sub.offer(None, Some(event.seq), None, &frame);
+        let frame = match &frame {
+            Some(frame) => frame,
+            None => match render_durable(channel, event) {
+                Some(rendered) => frame.insert(rendered),
+                None => return,
+            },
+        };
+        sub.offer(None, Some(event.seq), None, frame);
         delivered += 1;
     }
     metrics::counter!("herald_gateway_deliveries_total").increment(delivered);
