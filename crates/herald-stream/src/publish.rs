@@ -183,7 +183,8 @@ mod tests {
         .unwrap()
         .await
         .unwrap();
-        let event = LiveEvent::from_message(&live.next().await.unwrap()).unwrap();
+        let msg = live.next().await.unwrap();
+        let event = LiveEvent::from_message(&msg).unwrap();
         assert_eq!(event.seq, second.sequence);
         assert_eq!(event.last_seq, first.sequence);
     }
