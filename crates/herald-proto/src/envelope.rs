@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 /// The version this build writes.
 pub const CURRENT_VERSION: u32 = 1;
 
-/// Header carrying the event kind, so consumers can filter without decoding.
-pub const HEADER_KIND: &str = "Herald-Kind";
 /// JetStream's de-duplication header.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
 /// A `Nats-Msg-Id` derived from `parts` (what makes a publish "the same
@@ -67,7 +65,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    /// The wire name, as used in the `Herald-Kind` header.
+    /// The wire name, as in the envelope's `kind`.
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Trigger => "trigger",

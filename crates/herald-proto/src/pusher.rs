@@ -10,6 +10,7 @@ use md5::{Digest, Md5};
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
+use std::borrow::Cow;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -63,12 +64,13 @@ pub struct ClientFrame {
 
 impl ClientFrame {
     /// `data` as an object, accepting both an object and a JSON-encoded string
-    /// (some Pusher clients double-encode).
-    pub fn data_object(&self) -> Option<serde_json::Map<String, Value>> {
+    /// (some Pusher clients double-encode). An object is borrowed, not copied:
+    /// every `herald:publish` reads its fields here.
+    pub fn data_object(&self) -> Option<Cow<'_, serde_json::Map<String, Value>>> {
         match &self.data {
-            Value::Object(map) => Some(map.clone()),
+            Value::Object(map) => Some(Cow::Borrowed(map)),
             Value::String(s) => serde_json::from_str::<Value>(s).ok().and_then(|v| match v {
-                Value::Object(map) => Some(map),
+                Value::Object(map) => Some(Cow::Owned(map)),
                 _ => None,
             }),
             _ => None,

@@ -1,8 +1,9 @@
 //! Reading a durable event back as it arrives on a live (republished)
 //! subject, with JetStream's sequence headers and Herald's delivery options.
 
-use crate::{StreamError, HEADER_DEDUPE, HEADER_EXCLUDE_SOCKET};
-use async_nats::header::HeaderMap;
+use crate::publish::{DEDUPE, EXCLUDE_SOCKET};
+use crate::StreamError;
+use async_nats::header::{HeaderMap, HeaderName};
 use herald_proto::envelope::{HEADER_LAST_SEQUENCE, HEADER_SEQUENCE};
 use herald_proto::Envelope;
 
@@ -24,11 +25,20 @@ pub struct LiveEvent<'a> {
     pub payload: &'a [u8],
 }
 
-fn header_u64(headers: Option<&HeaderMap>, name: &'static str) -> Result<u64, StreamError> {
+/// `Nats-Sequence` and `Nats-Last-Sequence` as async-nats values (see
+/// [`EXCLUDE_SOCKET`]).
+const SEQUENCE: HeaderName = HeaderName::from_static(HEADER_SEQUENCE);
+const LAST_SEQUENCE: HeaderName = HeaderName::from_static(HEADER_LAST_SEQUENCE);
+
+fn header_u64(
+    headers: Option<&HeaderMap>,
+    name: HeaderName,
+    label: &'static str,
+) -> Result<u64, StreamError> {
     headers
         .and_then(|h| h.get(name))
         .and_then(|v| v.as_str().parse().ok())
-        .ok_or(StreamError::MissingHeader(name))
+        .ok_or(StreamError::MissingHeader(label))
 }
 
 impl<'a> LiveEvent<'a> {
@@ -36,14 +46,12 @@ impl<'a> LiveEvent<'a> {
     pub fn from_message(msg: &'a async_nats::Message) -> Result<Self, StreamError> {
         let headers = msg.headers.as_ref();
         Ok(Self {
-            seq: header_u64(headers, HEADER_SEQUENCE)?,
-            last_seq: header_u64(headers, HEADER_LAST_SEQUENCE).unwrap_or(0),
+            seq: header_u64(headers, SEQUENCE, HEADER_SEQUENCE)?,
+            last_seq: header_u64(headers, LAST_SEQUENCE, HEADER_LAST_SEQUENCE).unwrap_or(0),
             exclude_socket: headers
-                .and_then(|h| h.get(HEADER_EXCLUDE_SOCKET))
+                .and_then(|h| h.get(EXCLUDE_SOCKET))
                 .map(|v| v.as_str()),
-            dedupe_group: headers
-                .and_then(|h| h.get(HEADER_DEDUPE))
-                .map(|v| v.as_str()),
+            dedupe_group: headers.and_then(|h| h.get(DEDUPE)).map(|v| v.as_str()),
             payload: &msg.payload,
         })
     }

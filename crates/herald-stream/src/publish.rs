@@ -2,10 +2,9 @@
 //! that carry delivery-only options beside it.
 
 use crate::StreamError;
-use async_nats::header::HeaderMap;
+use async_nats::header::{HeaderMap, HeaderName};
 use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
-use herald_proto::envelope::HEADER_KIND;
 use herald_proto::{AppId, ChannelName, Envelope, Subjects};
 
 /// Header grouping the per-channel copies of one multi-channel publish whose
@@ -15,6 +14,12 @@ pub const HEADER_DEDUPE: &str = "Herald-Dedupe";
 /// Header naming a socket that must not receive the event (Pusher's
 /// `socket_id` exclusion on publish).
 pub const HEADER_EXCLUDE_SOCKET: &str = "Herald-Exclude-Socket";
+
+/// The header names above as async-nats values, made at compile time: a
+/// header looked up or inserted by `&str` is validated, compared with the
+/// standard names and copied each time, twice per event on the live path.
+pub(crate) const DEDUPE: HeaderName = HeaderName::from_static(HEADER_DEDUPE);
+pub(crate) const EXCLUDE_SOCKET: HeaderName = HeaderName::from_static(HEADER_EXCLUDE_SOCKET);
 
 /// Delivery options carried as headers next to the envelope.
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,12 +44,11 @@ pub async fn publish_envelope(
     options: &PublishOptions<'_>,
 ) -> Result<jetstream::context::PublishAckFuture, StreamError> {
     let mut headers = HeaderMap::new();
-    headers.insert(HEADER_KIND, envelope.kind.as_str());
     if let Some(socket) = options.exclude_socket {
-        headers.insert(HEADER_EXCLUDE_SOCKET, socket);
+        headers.insert(EXCLUDE_SOCKET, socket);
     }
     if let Some(group) = options.dedupe_group {
-        headers.insert(HEADER_DEDUPE, group);
+        headers.insert(DEDUPE, group);
     }
     let publish = PublishMessage::build()
         .payload(Bytes::from(envelope.encode()))

@@ -18,11 +18,14 @@ use anyhow::Context;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage, stream};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
+use futures::StreamExt;
 use herald_ceilings::{loopback_ip, median, NatsServer};
 use herald_proto::{AppId, ChannelName, Subjects};
 use herald_stream::{channels_stream_config, StreamArgs, StreamSettings};
 use serde_json::json;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +64,15 @@ struct Cli {
     /// Publishes in flight in pipelined mode.
     #[arg(long, default_value_t = 1000)]
     window: usize,
+    /// Channel subjects published on, round robin (Herald's durable
+    /// benchmark publishes on one channel per client).
+    #[arg(long, default_value_t = 1)]
+    subjects: usize,
+    /// Also subscribe to the `herald` stream's live (republished) subjects
+    /// on a second connection, as every gateway does, and count that every
+    /// republished message arrived.
+    #[arg(long)]
+    live_subscriber: bool,
     /// Runs per combination (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -96,6 +108,7 @@ fn stream_config(
 /// One run: returns (messages acked, seconds).
 async fn one_run(
     js: &jetstream::Context,
+    live: Option<&async_nats::Client>,
     kind: StreamKind,
     mode: Mode,
     cli: &Cli,
@@ -108,7 +121,31 @@ async fn one_run(
     js.create_stream(stream_config(kind, &subjects, &cli.stream_args.settings()))
         .await
         .context("create stream")?;
-    let subject = subjects.channel(&AppId::parse("ceil")?, &ChannelName::parse("c0")?);
+    let app = AppId::parse("ceil")?;
+    let channels = (0..cli.subjects.max(1))
+        .map(|i| ChannelName::parse(&format!("c{i}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let targets: Vec<String> = channels.iter().map(|c| subjects.channel(&app, c)).collect();
+    // The live subscriber counts on its own task what reaches it.
+    let live = match (live, kind) {
+        (Some(client), StreamKind::Herald) => {
+            let mut subs = Vec::with_capacity(channels.len());
+            for c in &channels {
+                subs.push(client.subscribe(subjects.live(&app, c)).await?);
+            }
+            client.flush().await?;
+            let mut all = futures::stream::select_all(subs);
+            let count = Arc::new(AtomicU64::new(0));
+            let counted = count.clone();
+            let task = tokio::spawn(async move {
+                while all.next().await.is_some() {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            Some((count, task))
+        }
+        _ => None,
+    };
     let payload = Bytes::from(vec![b'x'; cli.size]);
     let limit = cli.messages;
     let window = if mode == Mode::Sync {
@@ -126,7 +163,8 @@ async fn one_run(
         if kind == StreamKind::Herald {
             publish = publish.message_id(format!("{run}-{sent}"));
         }
-        pending.push_back(js.send_publish(subject.clone(), publish).await?);
+        let subject = targets[(sent % targets.len() as u64) as usize].clone();
+        pending.push_back(js.send_publish(subject, publish).await?);
         sent += 1;
         if pending.len() >= window {
             if let Some(ack) = pending.pop_front() {
@@ -140,6 +178,19 @@ async fn one_run(
         acked += 1;
     }
     let secs = started.elapsed().as_secs_f64();
+    if let Some((count, task)) = live {
+        // Every stored message is republished; wait (bounded) for the last.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while count.load(Ordering::Relaxed) < acked && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+        let got = count.load(Ordering::Relaxed);
+        anyhow::ensure!(
+            got >= acked,
+            "the live subscriber got {got} of {acked} republished messages"
+        );
+    }
     js.delete_stream(&name).await.ok();
     Ok((acked, secs))
 }
@@ -170,6 +221,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = async_nats::connect(&url).await?;
     let js = jetstream::new(client);
+    let live = if cli.live_subscriber {
+        Some(async_nats::connect(&url).await?)
+    } else {
+        None
+    };
     let kinds = match cli.stream {
         StreamKind::Both => vec![StreamKind::Plain, StreamKind::Herald],
         k => vec![k],
@@ -189,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
             let mut rates = Vec::with_capacity(cli.runs);
             for _ in 0..cli.runs.max(1) {
                 run_no += 1;
-                let (acked, secs) = one_run(&js, kind, mode, &cli, run_no).await?;
+                let (acked, secs) = one_run(&js, live.as_ref(), kind, mode, &cli, run_no).await?;
                 rates.push(acked as f64 / secs.max(1e-9));
             }
             let med = median(&rates);
