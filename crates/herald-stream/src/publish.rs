@@ -74,21 +74,27 @@ pub struct Stored {
     pub ts: i64,
 }
 
-/// Wait (at most `timeout`) for JetStream to store `envelope`, published
-/// with [`publish_envelope`], and say what was stored: the envelope itself,
-/// or, for a retry JetStream recognised by its `Nats-Msg-Id`, the original
+/// Wait for JetStream to store `envelope`, published with
+/// [`publish_envelope`], and say what was stored: the envelope itself, or,
+/// for a retry JetStream recognised by its `Nats-Msg-Id`, the original
 /// (whose id and time are read back from the stream at the sequence the ack
 /// names), so that every retry is answered like the first publish.
+///
+/// The wait is bounded by async-nats itself: every publish ack future times
+/// out after the JetStream context's timeout, 5 s unless the context sets
+/// another ([`STORE_TIMEOUT`]), and that is answered as
+/// [`StreamError::AckTimeout`]. A timer of our own around it would be a
+/// second timer per publish for the same bound.
 pub async fn await_stored(
     js: &jetstream::Context,
     subjects: &Subjects,
     envelope: &Envelope,
     ack: jetstream::context::PublishAckFuture,
-    timeout: std::time::Duration,
 ) -> Result<Stored, StreamError> {
-    let ack = tokio::time::timeout(timeout, ack)
-        .await
-        .map_err(|_| StreamError::AckTimeout)??;
+    let ack = ack.await.map_err(|err| match err.kind() {
+        jetstream::context::PublishErrorKind::TimedOut => StreamError::AckTimeout,
+        _ => StreamError::Publish(err),
+    })?;
     if !ack.duplicate {
         return Ok(Stored {
             id: envelope.id.clone(),

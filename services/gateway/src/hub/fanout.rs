@@ -85,9 +85,12 @@ pub(super) async fn run(
     stop: CancellationToken,
 ) {
     repairer.reconnects.borrow_and_update();
+    // Made once: a wait made per message registers and drops itself each time.
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let (msg, source) = tokio::select! {
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
             Ok(()) = repairer.reconnects.changed() => {
                 let Some(entry) = entry.upgrade() else { break };
                 repairer.after_reconnect(&entry, &channel, &dedupe).await;

@@ -378,10 +378,23 @@ impl Connection {
     ) -> CloseReason {
         let activity = self.state.config.activity_timeout;
         let pong_timeout = self.state.config.pong_timeout;
-        let mut deadline = Instant::now() + activity;
         let mut awaiting_pong = false;
         let shutdown = self.state.shutdown.clone();
         let slow = self.handle.slow.clone();
+        // The waits below are made once, not per turn of the loop: each
+        // turn would otherwise register and drop three cancellation waits
+        // and a timer, on every frame of a busy socket. The activity timer
+        // is moved lazily: a frame only notes the time, and when the timer
+        // fires early it is set again from the last frame's time.
+        let mut last_activity = Instant::now();
+        let timer = tokio::time::sleep_until(last_activity + activity);
+        tokio::pin!(timer);
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(shutting_down);
+        let too_slow = slow.cancelled();
+        tokio::pin!(too_slow);
+        let writer_stopped = writer_gone.cancelled();
+        tokio::pin!(writer_stopped);
         // Publishes and receipts sent to JetStream, awaiting its answer. A
         // local, not a field: the futures are `Send` but not `Sync`, and
         // handlers hold `&self` across awaits.
@@ -389,17 +402,23 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return (codes::GENERIC_RECONNECT, "Server shutting down"),
-                _ = slow.cancelled() => return (codes::GENERIC_RECONNECT, "Slow consumer: reconnect and resume"),
+                _ = &mut shutting_down => return (codes::GENERIC_RECONNECT, "Server shutting down"),
+                _ = &mut too_slow => return (codes::GENERIC_RECONNECT, "Slow consumer: reconnect and resume"),
                 // The socket broke under the writer: the client is gone.
-                _ = writer_gone.cancelled() => return (1000, ""),
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut writer_stopped => return (1000, ""),
+                _ = &mut timer => {
                     if awaiting_pong {
                         return (codes::PONG_NOT_RECEIVED, "Pong reply not received");
                     }
+                    let idle_until = last_activity + activity;
+                    if idle_until > Instant::now() {
+                        // A frame came since the timer was set.
+                        timer.as_mut().reset(idle_until);
+                        continue;
+                    }
                     awaiting_pong = true;
                     self.send(ServerFrame::Ping).await;
-                    deadline = Instant::now() + pong_timeout;
+                    timer.as_mut().reset(Instant::now() + pong_timeout);
                 }
                 Some(request) = ctl.recv() => {
                     if let Some(close) = self.on_control(request).await {
@@ -419,7 +438,7 @@ impl Connection {
                         None => return (1000, ""),
                     };
                     awaiting_pong = false;
-                    deadline = Instant::now() + activity;
+                    last_activity = Instant::now();
                     let outcome = match msg {
                         Message::Text(text) => self.on_text(text.as_str(), &mut in_flight).await,
                         Message::Binary(_) => {

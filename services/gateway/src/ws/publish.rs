@@ -462,15 +462,9 @@ impl Connection {
         .await
         .map_err(|e| unavailable(&channel, &e))?;
         Ok(Box::pin(async move {
-            herald_stream::await_stored(
-                &state.js,
-                &state.subjects,
-                &envelope,
-                ack,
-                herald_stream::STORE_TIMEOUT,
-            )
-            .await
-            .map_err(|e| unavailable(&channel, &e))
+            herald_stream::await_stored(&state.js, &state.subjects, &envelope, ack)
+                .await
+                .map_err(|e| unavailable(&channel, &e))
         }))
     }
 }

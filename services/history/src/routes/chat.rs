@@ -151,15 +151,9 @@ async fn store(
     )
     .await
     .map_err(|e| unavailable(&e))?;
-    let stored = herald_stream::await_stored(
-        &state.js,
-        &state.subjects,
-        envelope,
-        ack,
-        herald_stream::STORE_TIMEOUT,
-    )
-    .await
-    .map_err(|e| unavailable(&e))?;
+    let stored = herald_stream::await_stored(&state.js, &state.subjects, envelope, ack)
+        .await
+        .map_err(|e| unavailable(&e))?;
     Ok(Stored {
         id: stored.id,
         seq: stored.seq,
