@@ -102,7 +102,8 @@ pub struct Cli {
     #[arg(long, env = "HERALD_DELIVERY_THREADS")]
     pub delivery_threads: Option<usize>,
     /// Worker threads of the runtime serving the HTTP API, NATS and client
-    /// frames (default: one per CPU).
+    /// frames (default: the CPUs the writers leave, at least one; every CPU
+    /// when the writers are off).
     #[arg(long, env = "HERALD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
     /// This gateway's id in presence keys (random when not given). Letters,
@@ -202,18 +203,17 @@ impl Config {
 }
 
 /// The delivery runtime's and the main runtime's thread counts on `cpus`
-/// CPUs, where not given: half the CPUs (at least one) for the writers, one
-/// per CPU for the main runtime. The main runtime does the work of
-/// publishing (client frames, NATS), so it may use every core; with it on
-/// one thread of two, durable publishes left a fifth of the machine idle.
-/// The writers need their own threads only to keep the main runtime prompt
-/// through a fan-out burst; one per CPU there too (the old default) put
-/// twice as many busy threads as cores under load, and the context
-/// switches cost ~15 % of the gateway's CPU per acknowledged publish
-/// (BENCHMARKS.md).
+/// CPUs, where not given: one thread per CPU in all, half of them (at least
+/// one) writing to the sockets and the rest (at least one) for the main
+/// runtime; with the writers off (`0`), every CPU for the main runtime.
+/// More busy threads than cores cost context switches on every wake-up:
+/// with one main thread per CPU next to the writers, 2 + 1 threads on two
+/// cores, the gateway spent ~14 µs of CPU per acknowledged publish where
+/// 1 + 1 spent ~11, and fanned out no faster (BENCHMARKS.md, 2026-12-03).
 fn thread_counts(cpus: usize, delivery: Option<usize>, workers: Option<usize>) -> (usize, usize) {
+    let cpus = cpus.max(1);
     let delivery = delivery.unwrap_or((cpus / 2).max(1));
-    let workers = workers.unwrap_or(cpus.max(1));
+    let workers = workers.unwrap_or(cpus.saturating_sub(delivery).max(1));
     (delivery, workers)
 }
 
@@ -352,10 +352,12 @@ mod tests {
     #[test]
     fn the_runtimes_thread_counts_follow_the_cpus_unless_given() {
         assert_eq!(thread_counts(1, None, None), (1, 1));
-        assert_eq!(thread_counts(2, None, None), (1, 2));
-        assert_eq!(thread_counts(3, None, None), (1, 3));
-        assert_eq!(thread_counts(8, None, None), (4, 8));
+        assert_eq!(thread_counts(2, None, None), (1, 1));
+        assert_eq!(thread_counts(3, None, None), (1, 2));
+        assert_eq!(thread_counts(8, None, None), (4, 4));
         assert_eq!(thread_counts(8, Some(0), None), (0, 8));
+        assert_eq!(thread_counts(8, Some(6), None), (6, 2));
+        assert_eq!(thread_counts(8, Some(8), None), (8, 1));
         assert_eq!(thread_counts(8, None, Some(2)), (4, 2));
         assert_eq!(thread_counts(2, Some(2), Some(1)), (2, 1));
         let zero = Cli::try_parse_from(["herald-gateway", "--dev", "--worker-threads", "0"]);

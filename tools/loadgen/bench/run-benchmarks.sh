@@ -193,13 +193,17 @@ for r in $(seq "$runs"); do
     start_ceiling; sleep 1; measure connections-10000-ceiling ceiling "${conn_args[@]}"; stop_ceiling
   fi
   if want durable; then
-    # herald:publish on private channels, acks awaited: clients x window in flight.
-    start_herald
+    # herald:publish on private channels, acks awaited: clients x window in
+    # flight. Each configuration on fresh processes and a fresh stream, as
+    # each JetStream ceiling run is: the duplicate window's message ids of
+    # the runs before (600,000 and more in 2 minutes) cost NATS up to a
+    # third more per publish (BENCHMARKS.md, 2026-12-03).
     for cw in $durable_configs; do
       c=${cw%x*} w=${cw#*x}
+      start_herald
       measure "durable-c$c-w$w-herald" herald durable --clients "$c" --window "$w" --messages 10000000 --duration 5
+      stop_herald
     done
-    stop_herald
   fi
   if want jetstream; then
     # One run per round, next to the durable runs: the ceiling they are read against.
