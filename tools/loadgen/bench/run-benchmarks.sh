@@ -146,7 +146,7 @@ measure() {
     line='{}'
   fi
   echo "$line" | jq -c --arg name "$label" --argjson code "$code" --arg server "${pids[1]}" \
-    '. + {bench: $name, exit: $code, server_pid: $server}' >>"$results"
+    --argjson round "$r" '. + {bench: $name, exit: $code, server_pid: $server, round: $round}' >>"$results"
   grep -E '^  ' "$logf" | grep -E 'deliveries per sec|latency  |lost|duplicated  |bytes per connection|opened|acked per sec|ack latency|nacked|replayed events|complete sockets|problems|cpu|ok' >&2 || true
 }
 
@@ -210,11 +210,11 @@ for r in $(seq "$runs"); do
     wait_quiet
     log "jetstream ceiling: 1 run per mode (round $r)"
     "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 --size 128 | tee "$out/jetstream.$r.log" >&2
-    grep '^RESULT ' "$out/jetstream.$r.log" | cut -c8- | jq -c '. + {bench: "jetstream"}' >>"$results"
+    grep '^RESULT ' "$out/jetstream.$r.log" | cut -c8- | jq -c --argjson round "$r" '. + {bench: "jetstream", round: $round}' >>"$results"
     # The same with Herald's stream settings at 64 in flight.
     "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 --size 128 --stream herald --mode pipelined --window 64 \
       | tee "$out/jetstream-w64.$r.log" >&2
-    grep '^RESULT ' "$out/jetstream-w64.$r.log" | cut -c8- | jq -c '. + {bench: "jetstream-w64"}' >>"$results"
+    grep '^RESULT ' "$out/jetstream-w64.$r.log" | cut -c8- | jq -c --argjson round "$r" '. + {bench: "jetstream-w64", round: $round}' >>"$results"
   fi
   if want resume; then
     # Replay of 10,000 stored events (HERALD_RESUME_MAX_EVENTS' default bound)
@@ -244,3 +244,12 @@ jq -s -r '
   else
     "\($l): \($g | map(del(.bench)) | tostring)"
   end' "$results" | tee "$out/summary.txt"
+# Durable publishes as a ratio of the JetStream ceiling measured in the same
+# round (interleaved, so that a slow spell of the machine lowers both).
+jq -s -r '
+  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
+  (map(select(.bench == "jetstream" and .round != null)) | map({key: (.round | tostring), value: .herald_pipelined.median_msgs_per_sec}) | from_entries) as $ceil |
+  map(select((.bench | startswith("durable")) and .round != null and $ceil[.round | tostring] != null))
+  | group_by(.bench)[]
+  | [.[] | (.acked_per_sec / $ceil[.round | tostring] * 1000 | round / 1000)] as $r
+  | "\(.[0].bench): ratio to the same round'"'"'s ceiling \($r | median), rounds \($r | tostring)"' "$results" | tee -a "$out/summary.txt"
