@@ -118,6 +118,30 @@ async fn an_idle_client_is_pinged_and_closed_with_4201_when_it_does_not_answer()
 }
 
 #[tokio::test]
+async fn a_client_that_keeps_talking_is_not_pinged_and_one_that_answers_the_ping_stays() {
+    let stack = Stack::start();
+    let mut config = stack.gateway_config();
+    config.activity_timeout = Duration::from_millis(400);
+    config.pong_timeout = Duration::from_millis(400);
+    let gw = stack.gateway_with(config).await;
+    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    // Over three activity timeouts of traffic: every answer is the pong,
+    // never a ping (the timer is moved by each frame, lazily).
+    for _ in 0..12 {
+        s.send_event("pusher:ping", json!({})).await.unwrap();
+        assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:pong");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Quiet now: pinged; answered, so pinged again after the next quiet
+    // spell rather than closed.
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:ping");
+    s.send_event("pusher:pong", json!({})).await.unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:ping");
+    s.send_event("pusher:pong", json!({})).await.unwrap();
+    assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:ping");
+}
+
+#[tokio::test]
 async fn an_unknown_app_key_gets_error_4001_and_is_closed() {
     let stack = Stack::start();
     let gw = stack.gateway().await;
