@@ -238,7 +238,21 @@ impl Connection {
         Ok(Some(member))
     }
 
+    /// [`Self::subscribe_now`], on the heap. Its future (authorization, the
+    /// presence join, a replay of up to `HERALD_RESUME_MAX_EVENTS`) is
+    /// ~10 KB; inline, every connection's task would be that big for its
+    /// whole life for the moments it subscribes (idle connections cost
+    /// ~20 KB each instead of ~11 KB; BENCHMARKS.md, 2026-12-03).
     async fn subscribe(
+        &mut self,
+        channel: &ChannelName,
+        authority: Authority<'_>,
+        resume: Option<u64>,
+    ) -> Result<(), Refusal> {
+        Box::pin(self.subscribe_now(channel, authority, resume)).await
+    }
+
+    async fn subscribe_now(
         &mut self,
         channel: &ChannelName,
         authority: Authority<'_>,
