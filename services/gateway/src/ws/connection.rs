@@ -598,4 +598,22 @@ mod tests {
         assert_eq!(check_protocol(Some("4")).unwrap_err().0, 4007);
         assert!(check_protocol(Some("7")).is_ok());
     }
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, C, D, E, R>(_f: impl FnOnce(A, B, C, D, E) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_connections_task_stays_small_because_rare_large_futures_are_boxed() {
+        // Every connection's task is this one future, as big as the largest
+        // state any of its awaits reaches, for the connection's whole life:
+        // with the subscribe inlined it was 12,552 bytes and an idle
+        // connection cost 20 KB instead of 12 (BENCHMARKS.md, 2026-12-03).
+        let size = future_size(serve);
+        assert!(
+            size <= 6 * 1024,
+            "a connection's task is {size} bytes: box the large futures it awaits rarely"
+        );
+    }
 }
