@@ -220,7 +220,8 @@ async fn serve(
         receipts: HashMap::new(),
     };
     let refused = match token {
-        Some(token) => conn.sign_in_with_token(&token).await,
+        // Boxed like the subscribe: awaited once, and large.
+        Some(token) => Box::pin(conn.sign_in_with_token(&token)).await,
         None => None,
     };
     let close = match refused {
@@ -544,7 +545,8 @@ impl Connection {
             "pusher:pong" => {}
             "pusher:subscribe" => self.on_subscribe(&frame).await,
             "pusher:unsubscribe" => self.on_unsubscribe(&frame).await,
-            "pusher:signin" => return self.on_signin(&frame).await,
+            // Boxed like the subscribe (a rare, large future).
+            "pusher:signin" => return Box::pin(self.on_signin(&frame)).await,
             "herald:publish" => self.on_publish(&frame, in_flight).await,
             herald_proto::envelope::event_names::DELIVERED => {
                 self.on_receipt(&frame, herald_proto::EventKind::Delivered, in_flight)

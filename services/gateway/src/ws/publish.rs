@@ -450,7 +450,11 @@ impl Connection {
             exclude_socket: exclude_self.then_some(&*self.handle.socket_id),
             dedupe_group: None,
         };
-        let ack = herald_stream::publish_envelope(
+        // On the heap: async-nats' publish future is ~1.8 KB, and inline it
+        // would be part of every connection's task for the connection's
+        // whole life (see `a_connections_task_stays_small...`), publishing
+        // or not; one allocation per publish is the cheaper side.
+        let ack = Box::pin(herald_stream::publish_envelope(
             &state.js,
             &state.subjects,
             &self.app.id,
@@ -458,7 +462,7 @@ impl Connection {
             &envelope,
             msg_id,
             &options,
-        )
+        ))
         .await
         .map_err(|e| unavailable(&channel, &e))?;
         Ok(Box::pin(async move {

@@ -651,7 +651,14 @@ impl Connection {
     }
 
     /// Leave a channel; returns whether the socket was in it.
+    /// [`Self::leave_now`], on the heap, like [`Self::subscribe`]: the
+    /// presence leave's future would otherwise be part of every
+    /// connection's task.
     pub(super) async fn leave(&mut self, channel: &ChannelName) -> bool {
+        Box::pin(self.leave_now(channel)).await
+    }
+
+    async fn leave_now(&mut self, channel: &ChannelName) -> bool {
         let Some(membership) = self.channels.remove(channel) else {
             return false;
         };
