@@ -614,7 +614,7 @@ mod tests {
         // connection cost 20 KB instead of 12 (BENCHMARKS.md, 2026-12-03).
         let size = future_size(serve);
         assert!(
-            size <= 6 * 1024,
+            size <= 4 * 1024,
             "a connection's task is {size} bytes: box the large futures it awaits rarely"
         );
     }
