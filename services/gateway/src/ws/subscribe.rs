@@ -650,9 +650,9 @@ impl Connection {
         }
     }
 
-    /// Leave a channel; returns whether the socket was in it.
-    /// [`Self::leave_now`], on the heap, like [`Self::subscribe`]: the
-    /// presence leave's future would otherwise be part of every
+    /// Leave a channel; returns whether the socket was in it. The work
+    /// ([`Self::leave_now`]) is on the heap, like [`Self::subscribe`]'s:
+    /// the presence leave's future would otherwise be part of every
     /// connection's task.
     pub(super) async fn leave(&mut self, channel: &ChannelName) -> bool {
         Box::pin(self.leave_now(channel)).await
