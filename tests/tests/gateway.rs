@@ -5,7 +5,7 @@ use futures::{SinkExt, StreamExt};
 use herald_config::{AppConfig, AppRegistry};
 use herald_proto::pusher;
 use herald_testkit::FRAME_TIMEOUT;
-use herald_tests::{data_of, metric, Closed, PusherSocket, Stack, SECRET};
+use herald_tests::{data_of, metric, Closed, PusherSocket, Running, Stack, SECRET};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
@@ -102,14 +102,21 @@ async fn ping_gets_pong() {
     assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:pong");
 }
 
+/// A socket on a gateway of `stack` that pings after `idle` of silence and
+/// waits as long again for the pong (the gateway must be kept alive).
+async fn socket_pinged_after(stack: &Stack, idle: Duration) -> (Running, PusherSocket) {
+    let mut config = stack.gateway_config();
+    config.activity_timeout = idle;
+    config.pong_timeout = idle;
+    let gw = stack.gateway_with(config).await;
+    let socket = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    (gw, socket)
+}
+
 #[tokio::test]
 async fn an_idle_client_is_pinged_and_closed_with_4201_when_it_does_not_answer() {
     let stack = Stack::start();
-    let mut config = stack.gateway_config();
-    config.activity_timeout = Duration::from_millis(300);
-    config.pong_timeout = Duration::from_millis(300);
-    let gw = stack.gateway_with(config).await;
-    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let (_gw, mut s) = socket_pinged_after(&stack, Duration::from_millis(300)).await;
     assert_eq!(s.next_frame().await.unwrap()["event"], "pusher:ping");
     assert_eq!(
         s.closed().await.unwrap(),
@@ -120,11 +127,7 @@ async fn an_idle_client_is_pinged_and_closed_with_4201_when_it_does_not_answer()
 #[tokio::test]
 async fn a_client_that_keeps_talking_is_not_pinged_and_one_that_answers_the_ping_stays() {
     let stack = Stack::start();
-    let mut config = stack.gateway_config();
-    config.activity_timeout = Duration::from_millis(400);
-    config.pong_timeout = Duration::from_millis(400);
-    let gw = stack.gateway_with(config).await;
-    let mut s = PusherSocket::connect(gw.port, "app-key").await.unwrap();
+    let (_gw, mut s) = socket_pinged_after(&stack, Duration::from_millis(400)).await;
     // Over three activity timeouts of traffic: every answer is the pong,
     // never a ping (the timer is moved by each frame, lazily).
     for _ in 0..12 {

@@ -17,7 +17,8 @@ pub const HEADER_EXCLUDE_SOCKET: &str = "Herald-Exclude-Socket";
 
 /// The header names above as async-nats values, made at compile time: a
 /// header looked up or inserted by `&str` is validated, compared with the
-/// standard names and copied each time, twice per event on the live path.
+/// standard names and copied each time, twice per event on the live and
+/// replay paths.
 pub(crate) const DEDUPE: HeaderName = HeaderName::from_static(HEADER_DEDUPE);
 pub(crate) const EXCLUDE_SOCKET: HeaderName = HeaderName::from_static(HEADER_EXCLUDE_SOCKET);
 

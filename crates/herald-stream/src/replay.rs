@@ -267,7 +267,7 @@ impl RangeReader {
             let prev = std::mem::replace(&mut self.prev, seq);
             match Envelope::decode(&msg.payload) {
                 Ok(envelope) => {
-                    let header = |name: &str| {
+                    let header = |name: async_nats::HeaderName| {
                         msg.headers
                             .as_ref()
                             .and_then(|h| h.get(name))
@@ -276,8 +276,8 @@ impl RangeReader {
                     return Ok(Some(StoredEvent {
                         seq,
                         prev_seq: prev,
-                        exclude_socket: header(crate::HEADER_EXCLUDE_SOCKET),
-                        dedupe_group: header(crate::HEADER_DEDUPE),
+                        exclude_socket: header(crate::publish::EXCLUDE_SOCKET),
+                        dedupe_group: header(crate::publish::DEDUPE),
                         envelope,
                     }));
                 }

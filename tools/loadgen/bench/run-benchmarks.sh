@@ -227,9 +227,9 @@ for r in $(seq "$runs"); do
 done
 
 # Medians per label.
+jq_median='def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;'
 log "medians over $runs runs (results in $results)"
-jq -s -r '
-  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
+jq -s -r "$jq_median"'
   group_by(.bench)[] | . as $g | $g[0].bench as $l |
   if ($l | startswith("fanout")) or ($l | startswith("window")) or ($l | startswith("latency")) or ($l | startswith("publish")) then
     "\($l): deliveries/s \([$g[].deliveries_per_sec] | median), p50 \([$g[].latency.p50_ms] | median) ms, p99 \([$g[].latency.p99_ms] | median) ms, p99.9 \([$g[].latency.p999_ms] | median) ms, publish rate \([$g[].publish_rate] | median)/s, publish p50 \([$g[].publish_latency.p50_ms] | median) ms, lost \([$g[].lost] | add), duplicated \([$g[].duplicated] | add), disconnected \([$g[].disconnected_subscribers] | add), machine busy \([$g[].cpu.machine_busy_pct] | median)%"
@@ -246,8 +246,7 @@ jq -s -r '
   end' "$results" | tee "$out/summary.txt"
 # Durable publishes as a ratio of the JetStream ceiling measured in the same
 # round (interleaved, so that a slow spell of the machine lowers both).
-jq -s -r '
-  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end;
+jq -s -r "$jq_median"'
   (map(select(.bench == "jetstream" and .round != null)) | map({key: (.round | tostring), value: .herald_pipelined.median_msgs_per_sec}) | from_entries) as $ceil |
   map(select((.bench | startswith("durable")) and .round != null and $ceil[.round | tostring] != null))
   | group_by(.bench)[]
