@@ -147,7 +147,19 @@ impl ChannelName {
 
     /// The NATS subject token for this channel (see the module docs).
     pub fn to_token(&self) -> String {
-        self.0.replace('.', "~")
+        let mut token = String::with_capacity(self.0.len());
+        self.push_token_to(&mut token);
+        token
+    }
+
+    /// Append [`ChannelName::to_token`] to `out`.
+    pub(crate) fn push_token_to(&self, out: &mut String) {
+        for (i, part) in self.0.split('.').enumerate() {
+            if i > 0 {
+                out.push(DOT_ESCAPE);
+            }
+            out.push_str(part);
+        }
     }
 
     /// Reverse [`ChannelName::to_token`]. Fails on anything `to_token` could

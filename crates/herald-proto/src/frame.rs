@@ -284,7 +284,7 @@ impl<'a> Wire<'a> {
     }
 
     fn data_ser(mut self, value: &impl Serialize) -> Self {
-        let text = serde_json::to_string(value).expect("frame data always serializes");
+        let text = crate::json_string(value, 192);
         self.data = Some(Data::Text(text.into()));
         self
     }
@@ -449,7 +449,18 @@ impl ServerFrame<'_> {
                     .data_json(json!({ "events": [{ "name": name, "user_ids": user_ids }] }))
             }
         };
-        serde_json::to_string(&wire).expect("a frame always serializes")
+        let capacity = wire.event.len()
+            + wire.channel.as_ref().map_or(0, |c| c.len())
+            + wire.user_id.map_or(0, str::len)
+            + wire.id.map_or(0, str::len)
+            + match &wire.data {
+                // Text is escaped: its quotes, when it is JSON, double.
+                Some(Data::Text(text)) => text.len() + text.len() / 4,
+                Some(Data::Verbatim(_)) => 128,
+                None => 0,
+            }
+            + 128;
+        crate::json_string(&wire, capacity)
     }
 }
 

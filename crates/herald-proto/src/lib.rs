@@ -33,6 +33,25 @@ pub use frame::{ServerFrame, SubscriptionErrorKind};
 pub use id::{EventName, SocketId, UserId, MAX_USER_ID_LEN, USER_ID_PATTERN};
 pub use subject::{ControlVerb, Subjects};
 
+/// `value` as JSON in a buffer of `capacity` bytes: serde_json's own
+/// `to_vec` starts at 128 bytes and grows, which costs envelopes and frames
+/// (a few hundred bytes each, one per publish) two reallocations.
+pub(crate) fn json_vec<T: serde::Serialize + ?Sized>(value: &T, capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(capacity);
+    // Writing Herald's own types (strings, integers, maps with string keys)
+    // into a Vec cannot fail.
+    if serde_json::to_writer(&mut out, value).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// [`json_vec`] as a `String`.
+pub(crate) fn json_string<T: serde::Serialize + ?Sized>(value: &T, capacity: usize) -> String {
+    // serde_json writes UTF-8 only; the check is one pass over ASCII.
+    String::from_utf8(json_vec(value, capacity)).unwrap_or_default()
+}
+
 /// Milliseconds since the Unix epoch, the unit of every Herald timestamp.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

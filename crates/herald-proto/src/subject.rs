@@ -90,7 +90,7 @@ impl Subjects {
 
     /// The stream subject of one channel.
     pub fn channel(&self, app: &AppId, channel: &ChannelName) -> String {
-        format!("{}.ch.{}.{}", self.prefix, app, channel.to_token())
+        self.channel_subject("ch", app, channel)
     }
 
     /// Every stored channel subject of one app (a consumer filter).
@@ -100,7 +100,22 @@ impl Subjects {
 
     /// The live subject the stream republishes one channel's events to.
     pub fn live(&self, app: &AppId, channel: &ChannelName) -> String {
-        format!("{}.live.{}.{}", self.prefix, app, channel.to_token())
+        self.channel_subject("live", app, channel)
+    }
+
+    /// `<prefix>.<kind>.<app>.<channel-token>`, built in one allocation
+    /// without the formatting machinery: the stored subject is made for
+    /// every publish.
+    fn channel_subject(&self, kind: &str, app: &AppId, channel: &ChannelName) -> String {
+        let app = app.as_str();
+        let mut subject = String::with_capacity(
+            self.prefix.len() + kind.len() + app.len() + channel.as_str().len() + 3,
+        );
+        for part in [self.prefix.as_str(), ".", kind, ".", app, "."] {
+            subject.push_str(part);
+        }
+        channel.push_token_to(&mut subject);
+        subject
     }
 
     /// The `RePublish` destination template matching [`Subjects::live`].

@@ -19,6 +19,10 @@ pub enum StreamError {
     /// Sending a publish failed before an ack could be awaited.
     #[error("publish failed: {0}")]
     Publish(#[from] context::PublishError),
+    /// A publish through [`crate::AckRouter`] could not be sent, or its
+    /// answer was a refusal or unreadable (what, in words).
+    #[error("publish failed: {0}")]
+    AckRoute(String),
     /// JetStream did not acknowledge a publish in time.
     #[error("the stream did not acknowledge the publish in time")]
     AckTimeout,

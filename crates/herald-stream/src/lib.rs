@@ -6,6 +6,8 @@
 //! * [`ensure_bucket`] — the one get-or-create of every KV bucket;
 //! * [`TokenBindings`] — single-use session tokens bound to one socket;
 //! * [`publish_envelope`] — publishing an [`Envelope`] with its headers;
+//!   [`AckRouter`] does it with the acks routed by one subscription (the
+//!   gateway's client publishes);
 //! * [`LiveEvent`] — reading a live (republished) message back;
 //! * [`last_event`] — a channel's last stored event;
 //! * [`ensure_webhook_streams`] and [`publish_webhook`] — the webhook
@@ -15,6 +17,7 @@
 //!
 //! [`Envelope`]: herald_proto::Envelope
 
+mod acks;
 mod barrier;
 mod bindings;
 mod bucket;
@@ -27,6 +30,7 @@ pub mod replay;
 mod settings;
 mod webhooks;
 
+pub use acks::{AckRouter, AckWait, ACK_TIMEOUT, MAX_WAITING};
 pub use barrier::server_barrier;
 pub use bindings::{BindOutcome, TokenBindings};
 pub use bucket::{ensure_bucket, ensure_presence_bucket, BucketSpec};

@@ -44,20 +44,26 @@ pub async fn publish_envelope(
     msg_id: &str,
     options: &PublishOptions<'_>,
 ) -> Result<jetstream::context::PublishAckFuture, StreamError> {
+    let publish = PublishMessage::build()
+        .payload(Bytes::from(envelope.encode()))
+        .headers(envelope_headers(msg_id, options));
+    Ok(js
+        .send_publish(subjects.channel(app, channel), publish)
+        .await?)
+}
+
+/// The headers an envelope is published with: `msg_id` as `Nats-Msg-Id`
+/// (the de-duplication key) and the [`PublishOptions`].
+pub(crate) fn envelope_headers(msg_id: &str, options: &PublishOptions<'_>) -> HeaderMap {
     let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     if let Some(socket) = options.exclude_socket {
         headers.insert(EXCLUDE_SOCKET, socket);
     }
     if let Some(group) = options.dedupe_group {
         headers.insert(DEDUPE, group);
     }
-    let publish = PublishMessage::build()
-        .payload(Bytes::from(envelope.encode()))
-        .headers(headers)
-        .message_id(msg_id);
-    Ok(js
-        .send_publish(subjects.channel(app, channel), publish)
-        .await?)
+    headers
 }
 
 /// How long a publisher waits for JetStream to acknowledge a store before
@@ -96,17 +102,29 @@ pub async fn await_stored(
         jetstream::context::PublishErrorKind::TimedOut => StreamError::AckTimeout,
         _ => StreamError::Publish(err),
     })?;
-    if !ack.duplicate {
+    settle(js, subjects, envelope, ack.sequence, ack.duplicate).await
+}
+
+/// What an ack of `envelope` at `seq` means: the envelope itself, or, for a
+/// duplicate, the original stored at `seq` (read back for its id and time).
+pub(crate) async fn settle(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    envelope: &Envelope,
+    seq: u64,
+    duplicate: bool,
+) -> Result<Stored, StreamError> {
+    if !duplicate {
         return Ok(Stored {
             id: envelope.id.clone(),
-            seq: ack.sequence,
+            seq,
             ts: envelope.at,
         });
     }
-    let original = crate::stored_event(js, subjects, ack.sequence).await?;
+    let original = crate::stored_event(js, subjects, seq).await?;
     Ok(Stored {
         id: original.id,
-        seq: ack.sequence,
+        seq,
         ts: original.at,
     })
 }

@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     pub subjects: Subjects,
     pub nats: async_nats::Client,
     pub js: async_nats::jetstream::Context,
+    /// Clients' publishes and receipts go through it (their acks are
+    /// routed by one subscription, see `herald_stream::AckRouter`).
+    pub acks: herald_stream::AckRouter,
     pub presence: Arc<presence::PresenceClient>,
     pub hub: hub::Hub,
     /// The runtime the connections' writer tasks run on.
@@ -97,6 +100,7 @@ impl Application {
             .auth_jwks_url
             .as_deref()
             .map(herald_server::token::Verifier::new);
+        let acks = herald_stream::AckRouter::start(nats.clone()).await?;
         let (listener, port) = herald_server::bind(&config.host, config.port).await?;
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared {
@@ -117,6 +121,7 @@ impl Application {
             ip_connections: Default::default(),
             nats: nats.clone(),
             js,
+            acks,
             presence,
             shutdown: shutdown.clone(),
             config,

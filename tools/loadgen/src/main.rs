@@ -21,6 +21,13 @@ mod util;
 mod ws;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc, as the gateway uses: the load generator shares the machine
+/// with the server it measures, so every cycle it spends in glibc's
+/// allocator (a sixth of its instructions in a `durable` run) is one the
+/// server does not get.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 use target::{Target, TargetArgs};
 

@@ -45,12 +45,17 @@ pub struct Payload {
 impl Payload {
     /// `hl|run|chan|seq|t_us|xxxx…`, at least `size` bytes long.
     pub fn encode(&self, size: usize) -> String {
-        let mut s = format!(
+        use std::fmt::Write;
+        let mut s = String::with_capacity(size.max(64));
+        // Writing to a String cannot fail.
+        let _ = write!(
+            s,
             "hl|{:08x}|{}|{}|{}|",
             self.run, self.chan, self.seq, self.t_us
         );
-        if s.len() < size {
-            s.extend(std::iter::repeat_n('x', size - s.len()));
+        while s.len() < size {
+            const PAD: &str = "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+            s.push_str(&PAD[..PAD.len().min(size - s.len())]);
         }
         s
     }

@@ -450,12 +450,11 @@ impl Connection {
             exclude_socket: exclude_self.then_some(&*self.handle.socket_id),
             dedupe_group: None,
         };
-        // On the heap: async-nats' publish future is ~1.8 KB, and inline it
+        // On the heap: async-nats' publish future is large, and inline it
         // would be part of every connection's task for the connection's
         // whole life (see `a_connections_task_stays_small...`), publishing
         // or not; one allocation per publish is the cheaper side.
-        let ack = Box::pin(herald_stream::publish_envelope(
-            &state.js,
+        let ack = Box::pin(state.acks.publish_envelope(
             &state.subjects,
             &self.app.id,
             &channel,
@@ -466,7 +465,7 @@ impl Connection {
         .await
         .map_err(|e| unavailable(&channel, &e))?;
         Ok(Box::pin(async move {
-            herald_stream::await_stored(&state.js, &state.subjects, &envelope, ack)
+            ack.stored(&state.js, &state.subjects, &envelope)
                 .await
                 .map_err(|e| unavailable(&channel, &e))
         }))

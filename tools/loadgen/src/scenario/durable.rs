@@ -198,16 +198,23 @@ pub(crate) fn publish_frame(channel: &str, event: &str, data: &str, client_id: &
         data: &'a str,
         client_id: &'a str,
     }
-    serde_json::to_string(&Publish {
-        event: "herald:publish",
-        data: Fields {
-            channel,
-            event,
-            data,
-            client_id,
+    // Sized up front: serde_json's `to_string` starts small and grows.
+    let mut out =
+        Vec::with_capacity(96 + channel.len() + event.len() + data.len() + client_id.len());
+    serde_json::to_writer(
+        &mut out,
+        &Publish {
+            event: "herald:publish",
+            data: Fields {
+                channel,
+                event,
+                data,
+                client_id,
+            },
         },
-    })
-    .expect("strings serialize")
+    )
+    .expect("strings serialize");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// Connect and (unless `subscribe` is false) subscribe to `channel`, signed
