@@ -9,14 +9,18 @@
 //! for every client at once, so [`AckRouter`] does the same job with less:
 //! one wildcard subscription on an inbox of its own, replies numbered
 //! `<inbox>.<n>`, a map from `n` to the waiting publisher, a typed parse
-//! of the ack, and one sweep a second instead of a timer per publish.
+//! of the ack, and one sweep every half second instead of a timer per
+//! publish.
 //!
 //! The bound is the same as async-nats' own: a publish whose ack has not
 //! come after [`ACK_TIMEOUT`] (give or take one sweep) is answered
 //! [`StreamError::AckTimeout`]; it may have been stored, and a retry with
 //! the same `Nats-Msg-Id` is stored once. The subscription survives NATS
 //! reconnects (the client resubscribes); acks lost with a connection time
-//! out like any other.
+//! out like any other. When the subscription ends for good (the client was
+//! closed or drained), every wait still open is answered at once, and every
+//! later publish is refused: with the routing task gone nothing would ever
+//! answer or expire them.
 
 use crate::publish::{envelope_headers, settle, PublishOptions, Stored};
 use crate::StreamError;
@@ -60,6 +64,10 @@ struct Waiting {
     senders: HashMap<u64, oneshot::Sender<Message>, rustc_hash::FxBuildHasher>,
     /// `(when, the next number at that time)`, one per sweep.
     marks: VecDeque<(Instant, u64)>,
+    /// The routing task has ended: nothing will answer a new wait. Kept
+    /// under the same lock as `senders`, so no wait can be registered after
+    /// the task's last clear-out.
+    closed: bool,
 }
 
 /// Publishes to JetStream and routes their acks (see the module docs).
@@ -123,6 +131,11 @@ impl AckRouter {
         // Registered before the publish goes out: the ack may come first.
         {
             let mut waiting = lock(&self.shared.waiting);
+            if waiting.closed {
+                return Err(StreamError::AckRoute(
+                    "the connection to NATS is closed".to_owned(),
+                ));
+            }
             if waiting.senders.len() >= MAX_WAITING {
                 return Err(StreamError::AckRoute(format!(
                     "{MAX_WAITING} publishes are already waiting for their ack"
@@ -235,7 +248,7 @@ fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
 /// The router's task: hand each ack to its publisher, and expire the
 /// waits that outlived [`ACK_TIMEOUT`]. Ends when the router is dropped or
 /// the subscription ends (the client closed); the waits left are dropped,
-/// which their publishers see as a timeout.
+/// which their publishers see as a timeout, and later publishes refused.
 async fn route(mut subscriber: async_nats::Subscriber, prefix: String, shared: Weak<Shared>) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,6 +288,11 @@ async fn route(mut subscriber: async_nats::Subscriber, prefix: String, shared: W
                 }
             }
         }
+    }
+    if let Some(shared) = shared.upgrade() {
+        let mut w = lock(&shared.waiting);
+        w.closed = true;
+        w.senders.clear();
     }
     subscriber.unsubscribe().await.ok();
 }
@@ -442,6 +460,58 @@ mod tests {
         let result = wait.stored(&s.js, &s.subjects, &env).await;
         assert!(matches!(result, Err(StreamError::AckTimeout)), "{result:?}");
         assert_eq!(s.router.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_publish_still_waiting_when_the_client_is_drained_is_answered_not_left_hanging() {
+        let s = setup().await;
+        // No stream takes the subject, but a silent subscriber does: the
+        // publish is delivered and nobody answers it.
+        s.js.delete_stream(s.subjects.channels_stream())
+            .await
+            .unwrap();
+        let other = s.nats.client().await.unwrap();
+        let _silent = other
+            .subscribe(s.subjects.channel(&s.app, &s.channel))
+            .await
+            .unwrap();
+        other.flush().await.unwrap();
+        let env = envelope("x");
+        let wait = s
+            .router
+            .publish_envelope(
+                &s.subjects,
+                &s.app,
+                &s.channel,
+                &env,
+                "k",
+                &PublishOptions::default(),
+            )
+            .await
+            .unwrap();
+        s.client.drain().await.unwrap();
+        // Far beyond ACK_TIMEOUT: only a wait nobody will ever answer or
+        // expire takes this long.
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            wait.stored(&s.js, &s.subjects, &env),
+        )
+        .await
+        .expect("the wait was left hanging");
+        assert!(matches!(result, Err(StreamError::AckTimeout)), "{result:?}");
+        assert_eq!(s.router.waiting(), 0);
+        let later = s
+            .router
+            .publish_envelope(
+                &s.subjects,
+                &s.app,
+                &s.channel,
+                &env,
+                "k2",
+                &PublishOptions::default(),
+            )
+            .await;
+        assert!(matches!(later, Err(StreamError::AckRoute(_))), "{later:?}");
     }
 
     fn reply(payload: &'static str) -> Message {
