@@ -31,7 +31,7 @@ pub use envelope::{Envelope, EventKind};
 pub use error::{Error, ErrorKind};
 pub use frame::{ServerFrame, SubscriptionErrorKind};
 pub use id::{EventName, SocketId, UserId, MAX_USER_ID_LEN, USER_ID_PATTERN};
-pub use subject::{ControlVerb, Subjects};
+pub use subject::{ControlVerb, NumberedReplies, Subjects};
 
 /// `value` as JSON in a buffer of `capacity` bytes: serde_json's own
 /// `to_vec` starts at 128 bytes and grows, which costs envelopes and frames

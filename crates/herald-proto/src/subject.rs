@@ -9,6 +9,7 @@
 //! | live (republished) copy | `<prefix>.live.<app>.<channel-token>` |
 //! | ephemeral client events | `<prefix>.eph.<app>.<channel-token>` |
 //! | presence buckets, keys and subjects | in [`crate::presence`] |
+//! | numbered replies to one inbox | `<inbox>.<n>`, subscribed as `<inbox>.*` ([`NumberedReplies`]) |
 
 use crate::channel::{AppId, ChannelName};
 use crate::error::{Error, ErrorKind};
@@ -236,6 +237,51 @@ impl Subjects {
     }
 }
 
+/// Reply subjects numbered under one inbox, so that one wildcard
+/// subscription receives the replies of many requests and the number says
+/// whose each is: `<inbox>.<n>` per request, `<inbox>.*` to subscribe.
+#[derive(Debug, Clone)]
+pub struct NumberedReplies {
+    /// `<inbox>.`
+    prefix: String,
+}
+
+impl NumberedReplies {
+    /// Replies under `inbox` (a client's fresh inbox subject).
+    pub fn new(inbox: &str) -> Self {
+        let mut prefix = String::with_capacity(inbox.len() + 1);
+        prefix.push_str(inbox);
+        prefix.push('.');
+        Self { prefix }
+    }
+
+    /// The subject to subscribe to: every numbered reply.
+    pub fn wildcard(&self) -> String {
+        let mut subject = String::with_capacity(self.prefix.len() + 1);
+        subject.push_str(&self.prefix);
+        subject.push('*');
+        subject
+    }
+
+    /// The reply subject of request `n`.
+    pub fn reply(&self, n: u64) -> String {
+        let mut subject = String::with_capacity(self.prefix.len() + 20);
+        subject.push_str(&self.prefix);
+        subject.push_str(itoa::Buffer::new().format(n));
+        subject
+    }
+
+    /// The request number a reply came to, if `subject` is one of these.
+    pub fn number(&self, subject: &str) -> Option<u64> {
+        let n = subject.strip_prefix(self.prefix.as_str())?;
+        // `u64::from_str` takes a leading `+`; a reply subject never has one.
+        if n.starts_with('+') {
+            return None;
+        }
+        n.parse().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +366,27 @@ mod tests {
         assert!(Subjects::new("herald").is_ok());
         for bad in ["", "a.b", "A", "a*", &"x".repeat(33)] {
             assert!(Subjects::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn numbered_replies_round_trip_and_refuse_other_subjects() {
+        let r = NumberedReplies::new("_INBOX.abc");
+        assert_eq!(r.wildcard(), "_INBOX.abc.*");
+        assert_eq!(r.reply(0), "_INBOX.abc.0");
+        assert_eq!(r.reply(u64::MAX), format!("_INBOX.abc.{}", u64::MAX));
+        for n in [0, 7, u64::MAX] {
+            assert_eq!(r.number(&r.reply(n)), Some(n));
+        }
+        for other in [
+            "_INBOX.abc",
+            "_INBOX.abc.",
+            "_INBOX.abc.x",
+            "_INBOX.abd.1",
+            "_INBOX.abc.+1",
+            "_INBOX.abc.1.2",
+        ] {
+            assert_eq!(r.number(other), None, "{other}");
         }
     }
 }

@@ -28,7 +28,7 @@ use async_nats::jetstream;
 use async_nats::{Client, Message, StatusCode};
 use bytes::Bytes;
 use futures::StreamExt;
-use herald_proto::{AppId, ChannelName, Envelope, Subjects};
+use herald_proto::{AppId, ChannelName, Envelope, NumberedReplies, Subjects};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -75,15 +75,15 @@ struct Waiting {
 /// client closes.
 pub struct AckRouter {
     client: Client,
-    /// `<inbox>.`: a reply subject is this and the publish's number.
-    reply_prefix: String,
+    /// The publishes' reply subjects, numbered.
+    replies: NumberedReplies,
     shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for AckRouter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AckRouter")
-            .field("reply_prefix", &self.reply_prefix)
+            .field("replies", &self.replies)
             .finish_non_exhaustive()
     }
 }
@@ -94,21 +94,16 @@ impl AckRouter {
     /// goes out on the same connection after it, so its ack cannot arrive
     /// before the server knows the subscription.
     pub async fn start(client: Client) -> Result<Self, StreamError> {
-        let inbox = client.new_inbox();
+        let replies = NumberedReplies::new(&client.new_inbox());
         let subscriber = client
-            .subscribe(format!("{inbox}.*"))
+            .subscribe(replies.wildcard())
             .await
             .map_err(|e| StreamError::AckRoute(e.to_string()))?;
         let shared = Arc::new(Shared::default());
-        let reply_prefix = format!("{inbox}.");
-        tokio::spawn(route(
-            subscriber,
-            reply_prefix.clone(),
-            Arc::downgrade(&shared),
-        ));
+        tokio::spawn(route(subscriber, replies.clone(), Arc::downgrade(&shared)));
         Ok(Self {
             client,
-            reply_prefix,
+            replies,
             shared,
         })
     }
@@ -143,9 +138,7 @@ impl AckRouter {
             }
             waiting.senders.insert(n, tx);
         }
-        let mut reply = String::with_capacity(self.reply_prefix.len() + 20);
-        reply.push_str(&self.reply_prefix);
-        reply.push_str(itoa::Buffer::new().format(n));
+        let reply = self.replies.reply(n);
         let sent = self
             .client
             .publish_with_reply_and_headers(
@@ -249,7 +242,11 @@ fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
 /// waits that outlived [`ACK_TIMEOUT`]. Ends when the router is dropped or
 /// the subscription ends (the client closed); the waits left are dropped,
 /// which their publishers see as a timeout, and later publishes refused.
-async fn route(mut subscriber: async_nats::Subscriber, prefix: String, shared: Weak<Shared>) {
+async fn route(
+    mut subscriber: async_nats::Subscriber,
+    replies: NumberedReplies,
+    shared: Weak<Shared>,
+) {
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -257,11 +254,7 @@ async fn route(mut subscriber: async_nats::Subscriber, prefix: String, shared: W
             message = subscriber.next() => {
                 let Some(message) = message else { break };
                 let Some(shared) = shared.upgrade() else { break };
-                let n = message
-                    .subject
-                    .as_str()
-                    .strip_prefix(prefix.as_str())
-                    .and_then(|n| n.parse::<u64>().ok());
+                let n = replies.number(message.subject.as_str());
                 let sender = n.and_then(|n| lock(&shared.waiting).senders.remove(&n));
                 match sender {
                     // A publisher that stopped waiting has dropped its end.
