@@ -459,16 +459,18 @@ mod tests {
     async fn a_publish_still_waiting_when_the_client_is_drained_is_answered_not_left_hanging() {
         let s = setup().await;
         // No stream takes the subject, but a silent subscriber does: the
-        // publish is delivered and nobody answers it.
+        // publish is delivered and nobody answers it. On the same
+        // connection as the publish, so the server has the subscription
+        // before the publish (`flush` on another connection only writes, it
+        // does not wait for the server).
         s.js.delete_stream(s.subjects.channels_stream())
             .await
             .unwrap();
-        let other = s.nats.client().await.unwrap();
-        let _silent = other
+        let _silent = s
+            .client
             .subscribe(s.subjects.channel(&s.app, &s.channel))
             .await
             .unwrap();
-        other.flush().await.unwrap();
         let env = envelope("x");
         let wait = s
             .router

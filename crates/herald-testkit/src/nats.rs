@@ -16,9 +16,18 @@ fn binary() -> String {
     std::env::var("HERALD_NATS_SERVER").unwrap_or_else(|_| "nats-server".into())
 }
 
-fn spawn(bin: &str, port: u16, store: &std::path::Path) -> anyhow::Result<Child> {
+fn spawn(bin: &str, name: &str, port: u16, store: &std::path::Path) -> anyhow::Result<Child> {
     Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .args([
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-n",
+            name,
+            "-p",
+            &port.to_string(),
+            "-sd",
+        ])
         .arg(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -28,12 +37,40 @@ fn spawn(bin: &str, port: u16, store: &std::path::Path) -> anyhow::Result<Child>
         })
 }
 
-/// Wait until `port` accepts connections; `false` if the child exited or
-/// the wait ran out.
-fn wait_listening(child: &mut Child, port: u16) -> anyhow::Result<bool> {
+/// A server name no other test's server has.
+fn unique_name() -> String {
+    format!("herald-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Whether the server answering on `port` is the one named `name`: a port
+/// probed free can be taken by another test's server before ours binds it,
+/// and a test that then talks to that server fails when its owner stops it.
+fn answers_as(port: u16, name: &str) -> bool {
+    use std::io::{BufRead, BufReader};
+    let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut info = String::new();
+    if BufReader::new(stream).read_line(&mut info).is_err() {
+        return false;
+    }
+    info.strip_prefix("INFO ")
+        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+        .is_some_and(|info| info["server_name"] == name)
+}
+
+/// Wait until the server named `name` accepts connections on `port`;
+/// `false` if the child exited or the wait ran out.
+fn wait_listening(child: &mut Child, name: &str, port: u16) -> anyhow::Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if answers_as(port, name) {
             return Ok(true);
         }
         if child.try_wait()?.is_some() {
@@ -51,9 +88,10 @@ impl NatsServer {
         for _ in 0..5 {
             let store = tempfile::tempdir()?;
             let port = free_port()?;
-            let mut child = spawn(&bin, port, store.path())?;
+            let name = unique_name();
+            let mut child = spawn(&bin, &name, port, store.path())?;
             // A child that exited lost the port between probe and bind: try another.
-            if wait_listening(&mut child, port)? {
+            if wait_listening(&mut child, &name, port)? {
                 return Ok(Self { child, port, store });
             }
             let _ = child.kill();
@@ -81,8 +119,9 @@ impl NatsServer {
         // The port may linger briefly after the kill; retry for a while.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let mut child = spawn(&binary(), self.port, self.store.path())?;
-            if wait_listening(&mut child, self.port)? {
+            let name = unique_name();
+            let mut child = spawn(&binary(), &name, self.port, self.store.path())?;
+            if wait_listening(&mut child, &name, self.port)? {
                 self.child = child;
                 return Ok(());
             }
