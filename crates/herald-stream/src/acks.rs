@@ -327,6 +327,23 @@ mod tests {
         }
     }
 
+    impl Setup {
+        /// Publish `env` on the setup's channel with key `key` and no
+        /// options.
+        async fn publish(&self, env: &Envelope, key: &str) -> Result<AckWait, StreamError> {
+            self.router
+                .publish_envelope(
+                    &self.subjects,
+                    &self.app,
+                    &self.channel,
+                    env,
+                    key,
+                    &PublishOptions::default(),
+                )
+                .await
+        }
+    }
+
     fn envelope(data: &str) -> Envelope {
         Envelope::new(
             EventKind::Message,
@@ -411,15 +428,7 @@ mod tests {
             .unwrap();
         let env = envelope("x");
         let result = s
-            .router
-            .publish_envelope(
-                &s.subjects,
-                &s.app,
-                &s.channel,
-                &env,
-                "k",
-                &PublishOptions::default(),
-            )
+            .publish(&env, "k")
             .await
             .unwrap()
             .stored(&s.js, &s.subjects, &env)
@@ -437,18 +446,7 @@ mod tests {
         s.nats.stop();
         let env = envelope("x");
         // The client buffers the publish while it reconnects; no ack comes.
-        let wait = s
-            .router
-            .publish_envelope(
-                &s.subjects,
-                &s.app,
-                &s.channel,
-                &env,
-                "k",
-                &PublishOptions::default(),
-            )
-            .await
-            .unwrap();
+        let wait = s.publish(&env, "k").await.unwrap();
         assert_eq!(s.router.waiting(), 1);
         let result = wait.stored(&s.js, &s.subjects, &env).await;
         assert!(matches!(result, Err(StreamError::AckTimeout)), "{result:?}");
@@ -472,18 +470,7 @@ mod tests {
             .await
             .unwrap();
         let env = envelope("x");
-        let wait = s
-            .router
-            .publish_envelope(
-                &s.subjects,
-                &s.app,
-                &s.channel,
-                &env,
-                "k",
-                &PublishOptions::default(),
-            )
-            .await
-            .unwrap();
+        let wait = s.publish(&env, "k").await.unwrap();
         s.client.drain().await.unwrap();
         // Far beyond ACK_TIMEOUT: only a wait nobody will ever answer or
         // expire takes this long.
@@ -495,17 +482,7 @@ mod tests {
         .expect("the wait was left hanging");
         assert!(matches!(result, Err(StreamError::AckTimeout)), "{result:?}");
         assert_eq!(s.router.waiting(), 0);
-        let later = s
-            .router
-            .publish_envelope(
-                &s.subjects,
-                &s.app,
-                &s.channel,
-                &env,
-                "k2",
-                &PublishOptions::default(),
-            )
-            .await;
+        let later = s.publish(&env, "k2").await;
         assert!(matches!(later, Err(StreamError::AckRoute(_))), "{later:?}");
     }
 
