@@ -167,6 +167,60 @@ async fn publishes_sent_back_to_back_are_stored_and_acked_in_the_order_sent_even
 }
 
 #[tokio::test]
+async fn a_publish_is_stored_byte_for_byte_with_escapes_unicode_or_data_sent_as_a_string() {
+    let stack = publishing_stack();
+    let gateway = stack.gateway().await;
+    let channel = "private-escapes";
+    let mut alice = signed_in_member(gateway.port, "alice", channel).await;
+    let mut bob = signed_in_member(gateway.port, "bob", channel).await;
+    // (the frame as sent, its client_id, the data stored)
+    let cases = [
+        // The usual Pusher payload: JSON carried as a string, so escaped.
+        (
+            json!({ "event": "herald:publish", "data": { "channel": channel, "event": "message",
+                "data": "{\"text\":\"line\nbreak \\\"quoted\\\" ✓\"}", "client_id": "m-1" } })
+            .to_string(),
+            "m-1",
+            "{\"text\":\"line\nbreak \\\"quoted\\\" ✓\"}",
+        ),
+        // An escape in the client_id.
+        (
+            format!(
+                r#"{{"event":"herald:publish","data":{{"channel":"{channel}","event":"message","data":"plain","client_id":"m-\u00e9"}}}}"#
+            ),
+            "m-é",
+            "plain",
+        ),
+        // The whole of `data` JSON-encoded, as some Pusher clients send it.
+        (
+            json!({ "event": "herald:publish", "data": json!({ "channel": channel,
+                "event": "message", "data": "as a string", "client_id": "m-3" }).to_string() })
+            .to_string(),
+            "m-3",
+            "as a string",
+        ),
+        // A control character and non-ASCII in an otherwise plain payload.
+        (
+            json!({ "event": "herald:publish", "data": { "channel": channel, "event": "message",
+                "data": "tab\there, ünïcode, \u{1}", "client_id": "m-4" } })
+            .to_string(),
+            "m-4",
+            "tab\there, ünïcode, \u{1}",
+        ),
+    ];
+    for (frame, client_id, stored) in cases {
+        alice.send_text(frame.clone()).await.unwrap();
+        let (kind, ack) = answer(&mut alice).await;
+        assert_eq!(kind, "herald:ack", "{frame}: {ack}");
+        assert_eq!(ack["client_id"], client_id, "{frame}");
+        let event = bob.next_event_of(&["message"]).await.unwrap();
+        assert_eq!(event["data"], stored, "{frame}");
+        assert_eq!(event["seq"], ack["seq"], "{frame}");
+    }
+    assert_eq!(stored_count(&stack, channel).await, 4);
+}
+
+#[tokio::test]
 async fn every_refused_publish_is_a_nack_with_its_documented_code() {
     let stack = publishing_stack();
     let gateway = stack.gateway().await;
@@ -205,12 +259,27 @@ async fn every_refused_publish_is_a_nack_with_its_documented_code() {
             json!({ "channel": channel, "event": "m", "data": "x".repeat(10 * 1024 + 1), "client_id": "f" }),
             "too_large",
         ),
+        // Fields of the wrong type: read through the slower path, refused
+        // the same way.
+        (
+            json!({ "channel": 5, "event": "m", "data": "x", "client_id": "g" }),
+            "invalid",
+        ),
+        (
+            json!({ "channel": channel, "event": ["m"], "data": "x", "client_id": "h" }),
+            "invalid",
+        ),
     ];
     for (fields, code) in cases {
         publish(&mut alice, fields.clone()).await;
         let (kind, data) = answer(&mut alice).await;
         assert_eq!(kind, "herald:nack", "{fields}");
         assert_eq!(data["code"], code, "{fields}: {data}");
+        assert_eq!(
+            data["client_id"],
+            fields.get("client_id").cloned().unwrap_or(json!("")),
+            "the nack names the publish: {fields}"
+        );
         assert!(data["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     assert_eq!(

@@ -236,7 +236,40 @@ impl Envelope {
             + self.data.len()
             + self.author.as_ref().map_or(0, String::len)
             + self.client_id.as_ref().map_or(0, String::len);
-        crate::json_vec(self, strings + strings / 8 + 160)
+        let mut out = Vec::with_capacity(strings + strings / 8 + 160);
+        // Written field by field rather than through the derived
+        // `Serialize` (one envelope per publish; see `push_json_str`). The
+        // bytes are the derived ones: the same fields, in declaration
+        // order, `author` as `null` when absent, `client_id` left out when
+        // absent (a test compares the two).
+        use crate::{push_json_int, push_json_str};
+        out.extend_from_slice(b"{\"v\":");
+        push_json_int(&mut out, self.v);
+        out.extend_from_slice(b",\"id\":");
+        push_json_str(&mut out, &self.id);
+        out.extend_from_slice(b",\"kind\":");
+        push_json_str(&mut out, self.kind.as_str());
+        out.extend_from_slice(b",\"app\":");
+        push_json_str(&mut out, &self.app);
+        out.extend_from_slice(b",\"channel\":");
+        push_json_str(&mut out, &self.channel);
+        out.extend_from_slice(b",\"event\":");
+        push_json_str(&mut out, &self.event);
+        out.extend_from_slice(b",\"author\":");
+        match &self.author {
+            Some(author) => push_json_str(&mut out, author),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"at\":");
+        push_json_int(&mut out, self.at);
+        out.extend_from_slice(b",\"data\":");
+        push_json_str(&mut out, &self.data);
+        if let Some(client_id) = &self.client_id {
+            out.extend_from_slice(b",\"client_id\":");
+            push_json_str(&mut out, client_id);
+        }
+        out.push(b'}');
+        out
     }
 
     /// Decode any stored version and upcast it to the current shape.
@@ -268,6 +301,43 @@ mod tests {
     use super::*;
 
     const V1_FIXTURE: &str = include_str!("../tests/fixtures/envelope_v1.json");
+
+    #[test]
+    fn an_envelope_encodes_to_the_bytes_of_its_derived_serialization() {
+        let kinds = [
+            EventKind::Trigger,
+            EventKind::Message,
+            EventKind::Delivered,
+            EventKind::Read,
+            EventKind::Edited,
+            EventKind::Deleted,
+            EventKind::MemberJoined,
+            EventKind::MemberLeft,
+            EventKind::ChannelPurged,
+            EventKind::Unknown,
+        ];
+        let strings = crate::tests::awkward_strings();
+        for (i, s) in strings.iter().enumerate() {
+            let mut env = Envelope::new(kinds[i % kinds.len()], s, s, s, s.clone(), None);
+            env.at = -(i as i64) * 1_000_000_007;
+            env.id = s.clone();
+            for (author, client_id) in [
+                (None, None),
+                (Some(s.clone()), None),
+                (None, Some(s.clone())),
+                (Some("u1".to_owned()), Some("c1".to_owned())),
+            ] {
+                env.author = author;
+                env.client_id = client_id;
+                assert_eq!(
+                    String::from_utf8(env.encode()).unwrap(),
+                    serde_json::to_string(&env).unwrap(),
+                    "for {env:?}"
+                );
+                assert_eq!(Envelope::decode(&env.encode()).unwrap(), env);
+            }
+        }
+    }
 
     #[test]
     fn a_stored_v1_envelope_decodes() {

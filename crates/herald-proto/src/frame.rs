@@ -283,12 +283,6 @@ impl<'a> Wire<'a> {
         self
     }
 
-    fn data_ser(mut self, value: &impl Serialize) -> Self {
-        let text = crate::json_string(value, 192);
-        self.data = Some(Data::Text(text.into()));
-        self
-    }
-
     fn data_text(mut self, text: &'a str) -> Self {
         self.data = Some(Data::Text(text.into()));
         self
@@ -387,26 +381,7 @@ impl ServerFrame<'_> {
                 id,
                 seq,
                 ts,
-            } => {
-                // One per client publish: serialized from a struct, without
-                // building a JSON tree first (keys in the order `json!`
-                // would give them).
-                #[derive(Serialize)]
-                struct AckData<'a> {
-                    channel: &'a str,
-                    client_id: &'a str,
-                    id: &'a str,
-                    seq: u64,
-                    ts: i64,
-                }
-                Wire::new(event).channel(channel).data_ser(&AckData {
-                    channel,
-                    client_id,
-                    id,
-                    seq,
-                    ts,
-                })
-            }
+            } => return ack_json(client_id, channel, id, seq, ts),
             ServerFrame::Nack {
                 client_id,
                 code,
@@ -462,6 +437,30 @@ impl ServerFrame<'_> {
             + 128;
         crate::json_string(&wire, capacity)
     }
+}
+
+/// A `herald:ack` frame, written directly: there is one per client
+/// publish, and through the generic path its `data` is serialized and then
+/// escaped again as a string (see [`crate::push_json_str`]). Keys in the
+/// order `json!` gives them: the other frames' `data` is built that way.
+fn ack_json(client_id: &str, channel: &str, id: &str, seq: u64, ts: i64) -> String {
+    use crate::{push_json_int, push_json_str, push_json_str_in_str};
+    let mut out = Vec::with_capacity(96 + 2 * channel.len() + client_id.len() + id.len());
+    out.extend_from_slice(br#"{"event":"herald:ack","channel":"#);
+    push_json_str(&mut out, channel);
+    out.extend_from_slice(br#","data":"{\"channel\":"#);
+    push_json_str_in_str(&mut out, channel);
+    out.extend_from_slice(br#",\"client_id\":"#);
+    push_json_str_in_str(&mut out, client_id);
+    out.extend_from_slice(br#",\"id\":"#);
+    push_json_str_in_str(&mut out, id);
+    out.extend_from_slice(br#",\"seq\":"#);
+    push_json_int(&mut out, seq);
+    out.extend_from_slice(br#",\"ts\":"#);
+    push_json_int(&mut out, ts);
+    out.extend_from_slice(br#"}"}"#);
+    // Only ASCII punctuation was added to UTF-8 strings.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -538,6 +537,51 @@ mod tests {
             user_id: "u1",
         });
         assert_eq!(v["data"], "{\"user_id\":\"u1\"}");
+    }
+
+    #[test]
+    fn an_ack_is_written_as_its_fields_serialized_would_be() {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            event: &'a str,
+            channel: &'a str,
+            data: String,
+        }
+        #[derive(Serialize)]
+        struct AckData<'a> {
+            channel: &'a str,
+            client_id: &'a str,
+            id: &'a str,
+            seq: u64,
+            ts: i64,
+        }
+        for s in crate::tests::awkward_strings() {
+            for (channel, client_id, id) in [(&*s, "m1", "id"), ("c", &*s, "id"), ("c", "m1", &*s)]
+            {
+                let (seq, ts) = (s.len() as u64 * 977, 1 - s.len() as i64);
+                let expected = serde_json::to_string(&Wire {
+                    event: "herald:ack",
+                    channel,
+                    data: serde_json::to_string(&AckData {
+                        channel,
+                        client_id,
+                        id,
+                        seq,
+                        ts,
+                    })
+                    .unwrap(),
+                })
+                .unwrap();
+                let frame = ServerFrame::Ack {
+                    client_id,
+                    channel,
+                    id,
+                    seq,
+                    ts,
+                };
+                assert_eq!(frame.to_json(), expected);
+            }
+        }
     }
 
     #[test]

@@ -52,10 +52,112 @@ pub(crate) fn json_string<T: serde::Serialize + ?Sized>(value: &T, capacity: usi
     String::from_utf8(json_vec(value, capacity)).unwrap_or_default()
 }
 
+/// Append `s` to `out` as a JSON string literal, quotes included, byte for
+/// byte as serde_json writes it.
+///
+/// Why not serde_json alone: it escapes one byte at a time, and the strings
+/// of a publish (ids, channel and event names, the payload) are written
+/// twice per acknowledged publish. Most need no escape at all: one pass
+/// without an early exit (so the compiler vectorizes it) finds that out and
+/// the bytes are copied. A string that does need escaping goes through
+/// serde_json, so the output never differs from it.
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if is_plain(s) {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, s);
+    }
+}
+
+/// Append `s` as the JSON string literal it would be inside JSON that is
+/// itself carried as a string (Pusher's `data`): the literal, escaped again,
+/// without the outer quotes. `abc` becomes `\"abc\"`.
+pub(crate) fn push_json_str_in_str(out: &mut Vec<u8>, s: &str) {
+    if is_plain(s) {
+        out.reserve(s.len() + 4);
+        out.extend_from_slice(br#"\""#);
+        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(br#"\""#);
+    } else {
+        let literal = serde_json::to_string(s).unwrap_or_default();
+        let escaped = serde_json::to_string(&literal).unwrap_or_default();
+        // Between the quotes the second encoding added.
+        out.extend_from_slice(&escaped.as_bytes()[1..escaped.len() - 1]);
+    }
+}
+
+/// Whether JSON needs no escape inside `s`: no quote, backslash or control
+/// character (the bytes serde_json escapes; everything else, non-ASCII
+/// included, it writes as is).
+fn is_plain(s: &str) -> bool {
+    !s.bytes().fold(false, |bad, b| {
+        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+/// Append an integer as JSON.
+pub(crate) fn push_json_int(out: &mut Vec<u8>, n: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// Milliseconds since the Unix epoch, the unit of every Herald timestamp.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Strings that need no escape, and each kind that does.
+    pub(crate) fn awkward_strings() -> Vec<String> {
+        let mut strings: Vec<String> = (0u8..=0x7f).map(|b| char::from(b).to_string()).collect();
+        strings.extend(
+            [
+                "",
+                "plain text, 0-9 and punctuation !#$%&'()*+,-./:;<=>?@[]^_`{|}~",
+                "a \"quoted\" word",
+                r"back\slash",
+                "line\nbreak\tand tab",
+                "\u{7f}delete and \u{1f}unit separator",
+                "héllo wörld ✓ 🚀",
+                "\u{2028}line separator\u{2029}",
+                "{\"json\":[1,2,{\"x\":\"y\\\\z\"}]}",
+            ]
+            .map(str::to_owned),
+        );
+        strings.push("x".repeat(1000) + "\"" + &"y".repeat(33));
+        strings
+    }
+
+    #[test]
+    fn a_json_string_is_written_as_serde_json_writes_it() {
+        for s in awkward_strings() {
+            let mut out = b"prefix".to_vec();
+            push_json_str(&mut out, &s);
+            let expected = format!("prefix{}", serde_json::to_string(&s).unwrap());
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "for {s:?}");
+        }
+    }
+
+    #[test]
+    fn a_json_string_inside_a_string_is_the_literal_escaped_again() {
+        for s in awkward_strings() {
+            let mut out = Vec::new();
+            push_json_str_in_str(&mut out, &s);
+            let twice = serde_json::to_string(&serde_json::to_string(&s).unwrap()).unwrap();
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                twice[1..twice.len() - 1],
+                "for {s:?}"
+            );
+        }
+    }
 }

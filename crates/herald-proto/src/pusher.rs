@@ -8,6 +8,7 @@
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use sha2::Sha256;
 use std::borrow::Cow;
@@ -74,6 +75,93 @@ impl ClientFrame {
                 _ => None,
             }),
             _ => None,
+        }
+    }
+}
+
+/// A client frame read without building a tree of its `data`: the event
+/// name, the channel and `data` as raw JSON text, borrowed from the
+/// message. The gateway reads `herald:publish` (one per publish, the one
+/// frame read at volume) straight from it, as [`PublishFields`]; every
+/// other frame becomes a [`ClientFrame`]. It accepts exactly the messages
+/// [`ClientFrame`] accepts.
+#[derive(Debug, Deserialize)]
+pub struct RawClientFrame<'a> {
+    /// The event name.
+    #[serde(borrow)]
+    pub event: Cow<'a, str>,
+    /// The payload's JSON text; `None` when absent or `null`.
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+    /// The channel, for client events.
+    #[serde(default)]
+    pub channel: Option<String>,
+}
+
+impl<'a> RawClientFrame<'a> {
+    /// Read a message as a frame.
+    pub fn parse(text: &'a str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+
+    /// `data` as the fields of a `herald:publish`, when it is an object
+    /// whose fields have the types they should. `None` otherwise (a field
+    /// of another type or with an escape, a repeated key, `data` sent as
+    /// a string): such a frame is read through [`ClientFrame`], whose
+    /// reading says which field is wrong.
+    pub fn publish_fields(&self) -> Option<PublishFields<'a>> {
+        let data = self.data?;
+        serde_json::from_str(data.get()).ok()
+    }
+
+    /// The frame with its `data` parsed.
+    pub fn into_frame(self) -> Result<ClientFrame, serde_json::Error> {
+        Ok(ClientFrame {
+            event: self.event.into_owned(),
+            data: match self.data {
+                Some(raw) => serde_json::from_str(raw.get())?,
+                None => Value::Null,
+            },
+            channel: self.channel,
+        })
+    }
+}
+
+/// The fields of a `herald:publish`'s `data`, borrowed from the frame.
+/// Names and ids are read only when they hold no escape (they never
+/// normally do; one that does sends the frame through [`ClientFrame`]).
+#[derive(Debug, Deserialize)]
+pub struct PublishFields<'a> {
+    /// The channel to publish on.
+    #[serde(default)]
+    pub channel: Option<&'a str>,
+    /// The event name.
+    #[serde(default)]
+    pub event: Option<&'a str>,
+    /// The payload's JSON text (a string, normally).
+    #[serde(default)]
+    pub data: Option<&'a RawValue>,
+    /// The publisher's idempotency key.
+    #[serde(default)]
+    pub client_id: Option<&'a str>,
+}
+
+impl<'a> PublishFields<'a> {
+    /// The payload as stored: a string as is, any other JSON value as its
+    /// compact text (as [`ClientFrame`]'s reading gives it); `None` when
+    /// absent or `null`.
+    pub fn data(&self) -> Option<Cow<'a, str>> {
+        let raw = self.data?.get();
+        if raw.starts_with('"') {
+            // Borrowed unless the string holds escapes.
+            serde_json::from_str::<&str>(raw)
+                .map(Cow::Borrowed)
+                .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
+                .ok()
+        } else {
+            serde_json::from_str::<Value>(raw)
+                .ok()
+                .map(|v| Cow::Owned(v.to_string()))
         }
     }
 }
@@ -192,6 +280,85 @@ pub fn user_signature(secret: &str, socket_id: &str, user_data: &str) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Messages a client may send, good and bad.
+    const MESSAGES: [&str; 16] = [
+        r#"{"event":"pusher:ping","data":{}}"#,
+        r#"{"event":"pusher:ping"}"#,
+        r#"{"event":"pusher:subscribe","data":{"channel":"private-a","auth":"k:s"}}"#,
+        r#"{"event":"client-x","channel":"private-a","data":{"n":[1,2.5,"\u00e9"]}}"#,
+        r#"{"event":"client-x","channel":"private-a","data":"text"}"#,
+        r#"{"event":"client-x","channel":"private-a","data":null}"#,
+        r#"{"event":"herald:publish","data":{"channel":"private-a","event":"e","data":"d","client_id":"c"}}"#,
+        r#"{"data":{"client_id":"c"},"event":"herald:publish"}"#,
+        r#"{"event":"herald:publish","data":"{\"channel\":\"private-a\"}"}"#,
+        r#"{"event":5}"#,
+        r#"{"event":"client-x","channel":5}"#,
+        r#"{"data":{}}"#,
+        r#"{"event":"e","event":"f"}"#,
+        r#"["event"]"#,
+        r#"{"event":"e"} trailing"#,
+        r#"{"event":"e\n","data":{"a":1},"extra":true}"#,
+    ];
+
+    #[test]
+    fn a_raw_frame_accepts_what_a_client_frame_accepts_and_reads_the_same() {
+        for text in MESSAGES {
+            let frame = serde_json::from_str::<ClientFrame>(text);
+            let raw = RawClientFrame::parse(text);
+            assert_eq!(frame.is_ok(), raw.is_ok(), "for {text}");
+            if let (Ok(frame), Ok(raw)) = (frame, raw) {
+                let read = raw.into_frame().unwrap();
+                assert_eq!(
+                    (read.event, read.data, read.channel),
+                    (frame.event, frame.data, frame.channel),
+                    "for {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn publish_fields_are_read_when_they_have_their_types_and_left_to_the_frame_otherwise() {
+        let fields = |data: &str| {
+            let text = format!(r#"{{"event":"herald:publish","data":{data}}}"#);
+            let raw = RawClientFrame::parse(&text).unwrap();
+            raw.publish_fields().map(|f| {
+                (
+                    f.channel.map(str::to_owned),
+                    f.event.map(str::to_owned),
+                    f.data().map(Cow::into_owned),
+                    f.client_id.map(str::to_owned),
+                )
+            })
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            fields(
+                r#"{"channel":"private-a","event":"e","data":"d \"q\" \u00e9","client_id":"c"}"#
+            ),
+            Some((some("private-a"), some("e"), some("d \"q\" é"), some("c")))
+        );
+        // Data that is not a string is stored as its compact JSON text.
+        assert_eq!(
+            fields(r#"{"data":{ "b" : [1, 2] },"extra":1}"#),
+            Some((None, None, some(r#"{"b":[1,2]}"#), None))
+        );
+        assert_eq!(fields(r#"{"data":null}"#), Some((None, None, None, None)));
+        assert_eq!(fields(r#"{"data":7}"#), Some((None, None, some("7"), None)));
+        // Left to the Value-based reading, which names the bad field.
+        for bad in [
+            r#"{"channel":5}"#,
+            r#"{"client_id":["c"]}"#,
+            r#"{"event":"e\u00e9"}"#,
+            r#"{"channel":"a","channel":"b"}"#,
+            r#""{\"channel\":\"private-a\"}""#,
+            r#"[1]"#,
+            r#"null"#,
+        ] {
+            assert_eq!(fields(bad), None, "for {bad}");
+        }
+    }
 
     #[test]
     fn api_signatures_match_pushers_documented_example() {

@@ -22,7 +22,7 @@ use crate::AppState;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::{SinkExt, StreamExt};
 use herald_config::AppConfig;
-use herald_proto::pusher::{self, codes, ClientFrame};
+use herald_proto::pusher::{self, codes, ClientFrame, RawClientFrame};
 use herald_proto::ChannelName;
 use herald_proto::{ServerFrame, SocketId, UserId};
 use std::collections::HashMap;
@@ -529,16 +529,27 @@ impl Connection {
             .await;
             return None;
         }
-        let frame: ClientFrame = match serde_json::from_str(text) {
-            Ok(frame) => frame,
-            Err(_) => {
-                self.send(ServerFrame::Error {
-                    code: None,
-                    message: "Invalid message: expected a JSON object with an \"event\" string",
-                })
-                .await;
-                return None;
+        // Read without a tree of `data` first: a publish (the frame that
+        // comes by the thousand) is read from it directly.
+        let frame = match RawClientFrame::parse(text) {
+            Ok(raw) => {
+                if raw.event == "herald:publish" {
+                    if let Some(fields) = raw.publish_fields() {
+                        self.on_publish_fields(&fields, in_flight).await;
+                        return None;
+                    }
+                }
+                raw.into_frame()
             }
+            Err(e) => Err(e),
+        };
+        let Ok(frame) = frame else {
+            self.send(ServerFrame::Error {
+                code: None,
+                message: "Invalid message: expected a JSON object with an \"event\" string",
+            })
+            .await;
+            return None;
         };
         match frame.event.as_str() {
             "pusher:ping" => self.send(ServerFrame::Pong).await,

@@ -29,10 +29,11 @@ use futures::stream::FuturesOrdered;
 use governor::{Quota, RateLimiter};
 use herald_proto::envelope::{publish_msg_id, receipt_msg_id, to_data, Receipt, MAX_CLIENT_ID_LEN};
 use herald_proto::frame::nack;
-use herald_proto::pusher::ClientFrame;
+use herald_proto::pusher::{ClientFrame, PublishFields};
 use herald_proto::{ChannelKind, ChannelName, Envelope, EventKind, EventName, ServerFrame};
 use herald_stream::{PublishOptions, Stored};
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::num::NonZeroU32;
 
 /// Most publishes and receipts of one connection awaiting JetStream's
@@ -79,6 +80,45 @@ pub(super) struct ReceiptState {
     waiting: Option<u64>,
 }
 
+/// The fields of one `herald:publish`, however they were read.
+struct PublishRequest<'a> {
+    channel: Option<&'a str>,
+    event: Option<&'a str>,
+    /// The payload as stored; `None` when absent or `null`.
+    data: Option<Cow<'a, str>>,
+    client_id: &'a str,
+}
+
+impl<'a> PublishRequest<'a> {
+    /// From fields read without a JSON tree.
+    fn from_fields(fields: &PublishFields<'a>) -> Self {
+        Self {
+            channel: fields.channel,
+            event: fields.event,
+            data: fields.data(),
+            client_id: fields.client_id.unwrap_or_default(),
+        }
+    }
+
+    /// From `data` read as a JSON object; a field of another type counts
+    /// as absent.
+    fn from_map(fields: &'a Map<String, Value>) -> Self {
+        Self {
+            channel: fields.get("channel").and_then(Value::as_str),
+            event: fields.get("event").and_then(Value::as_str),
+            data: match fields.get("data") {
+                Some(Value::String(s)) => Some(Cow::Borrowed(s)),
+                None | Some(Value::Null) => None,
+                Some(other) => Some(Cow::Owned(other.to_string())),
+            },
+            client_id: fields
+                .get("client_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// A refusal: a `herald:nack` code and message.
 type Nack = (&'static str, String);
 
@@ -87,23 +127,41 @@ fn nack_of(code: &'static str, message: impl Into<String>) -> Nack {
 }
 
 impl Connection {
-    /// `herald:publish {channel, event, data, client_id}`: refused at once,
-    /// or sent to JetStream with its answer left in flight.
+    /// `herald:publish {channel, event, data, client_id}` whose fields were
+    /// read without a JSON tree (see
+    /// [`herald_proto::pusher::RawClientFrame::publish_fields`]).
+    pub(super) async fn on_publish_fields(
+        &mut self,
+        fields: &PublishFields<'_>,
+        in_flight: &mut InFlight,
+    ) {
+        self.submit(PublishRequest::from_fields(fields), in_flight)
+            .await
+    }
+
+    /// `herald:publish` read as a [`ClientFrame`]: `data` sent as a
+    /// string, or with fields of the wrong type (refused by `publish`).
     pub(super) async fn on_publish(&mut self, frame: &ClientFrame, in_flight: &mut InFlight) {
         let fields = frame.data_object().unwrap_or_default();
-        let client_id = fields
-            .get("client_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        match self.publish(&fields, &client_id).await {
-            Ok((channel, stored)) => in_flight.push_back(Box::pin(async move {
-                Settled {
-                    what: Pending::Publish { client_id, channel },
-                    result: stored.await,
-                }
-            })),
-            Err(nack) => self.nack_publish(&client_id, nack).await,
+        self.submit(PublishRequest::from_map(&fields), in_flight)
+            .await
+    }
+
+    /// A publish refused at once, or sent to JetStream with its answer
+    /// left in flight.
+    async fn submit(&mut self, request: PublishRequest<'_>, in_flight: &mut InFlight) {
+        let client_id = request.client_id;
+        match self.publish(request).await {
+            Ok((channel, stored)) => {
+                let client_id = client_id.to_owned();
+                in_flight.push_back(Box::pin(async move {
+                    Settled {
+                        what: Pending::Publish { client_id, channel },
+                        result: stored.await,
+                    }
+                }))
+            }
+            Err(nack) => self.nack_publish(client_id, nack).await,
         }
     }
 
@@ -224,11 +282,8 @@ impl Connection {
     }
 
     /// A channel this socket may publish on, or why not.
-    fn publishable_channel(&self, fields: &Map<String, Value>) -> Result<ChannelName, Nack> {
-        let name = fields
-            .get("channel")
-            .and_then(Value::as_str)
-            .ok_or_else(|| nack_of(nack::INVALID, "channel (a string) is required"))?;
+    fn publishable_channel(&self, name: Option<&str>) -> Result<ChannelName, Nack> {
+        let name = name.ok_or_else(|| nack_of(nack::INVALID, "channel (a string) is required"))?;
         let channel = ChannelName::parse(name).map_err(|e| nack_of(nack::INVALID, e.message()))?;
         if !self.app.limits.enable_client_publish {
             return Err(nack_of(
@@ -278,19 +333,18 @@ impl Connection {
 
     async fn publish(
         &mut self,
-        fields: &Map<String, Value>,
-        client_id: &str,
+        request: PublishRequest<'_>,
     ) -> Result<(ChannelName, BoxFuture<'static, Result<Stored, Nack>>), Nack> {
+        let client_id = request.client_id;
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
             return Err(nack_of(
                 nack::INVALID,
                 format!("client_id must be a string of 1-{MAX_CLIENT_ID_LEN} characters"),
             ));
         }
-        let channel = self.publishable_channel(fields)?;
-        let event = fields
-            .get("event")
-            .and_then(Value::as_str)
+        let channel = self.publishable_channel(request.channel)?;
+        let event = request
+            .event
             .ok_or_else(|| nack_of(nack::INVALID, "event (a string) is required"))?;
         let event = EventName::parse(event).map_err(|e| nack_of(nack::INVALID, e.message()))?;
         if ["pusher:", "pusher_internal:", "herald:", "client-"]
@@ -302,12 +356,8 @@ impl Connection {
                 "event names starting with pusher:, pusher_internal:, herald: or client- are reserved",
             ));
         }
-        let data = match fields.get("data") {
-            Some(Value::String(s)) => s.clone(),
-            None | Some(Value::Null) => {
-                return Err(nack_of(nack::INVALID, "data is required"));
-            }
-            Some(other) => other.to_string(),
+        let Some(data) = request.data else {
+            return Err(nack_of(nack::INVALID, "data is required"));
         };
         let limit = self.app.limits.max_message_bytes;
         if data.len() > limit {
@@ -329,7 +379,7 @@ impl Connection {
             self.app.id.as_str(),
             channel.as_str(),
             event.as_str(),
-            data,
+            data.into_owned(),
             author,
         );
         envelope.client_id = Some(client_id.to_owned());
@@ -344,7 +394,7 @@ impl Connection {
         kind: EventKind,
         in_flight: &mut InFlight,
     ) -> Result<(), Nack> {
-        let channel = self.publishable_channel(fields)?;
+        let channel = self.publishable_channel(fields.get("channel").and_then(Value::as_str))?;
         let seq = fields
             .get("seq")
             .and_then(Value::as_u64)
