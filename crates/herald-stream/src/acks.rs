@@ -169,15 +169,19 @@ pub struct AckWait {
 
 impl AckWait {
     /// Wait for JetStream's ack and say what was stored, as
-    /// [`crate::await_stored`] does for async-nats' ack futures.
+    /// [`crate::await_stored`] does for async-nats' ack futures. Of the
+    /// envelope published, only its `id` and time `at` are needed: the
+    /// caller need not keep the rest of it (payload and names) for the
+    /// whole round trip.
     pub async fn stored(
         self,
         js: &jetstream::Context,
         subjects: &Subjects,
-        envelope: &Envelope,
+        id: String,
+        at: i64,
     ) -> Result<Stored, StreamError> {
         let ack = self.ack().await?;
-        settle(js, subjects, envelope, ack.seq, ack.duplicate).await
+        settle(js, subjects, id, at, ack.seq, ack.duplicate).await
     }
 
     async fn ack(self) -> Result<PubAck, StreamError> {
@@ -392,7 +396,10 @@ mod tests {
         }
         let mut seqs = Vec::new();
         for (env, wait) in waits.into_iter().rev() {
-            let stored = wait.stored(&s.js, &s.subjects, &env).await.unwrap();
+            let stored = wait
+                .stored(&s.js, &s.subjects, env.id.clone(), env.at)
+                .await
+                .unwrap();
             assert_eq!(stored.id, env.id);
             seqs.push(stored.seq);
         }
@@ -408,7 +415,7 @@ mod tests {
             .publish_envelope(&s.subjects, &s.app, &s.channel, &retry, "k0", &options)
             .await
             .unwrap()
-            .stored(&s.js, &s.subjects, &retry)
+            .stored(&s.js, &s.subjects, retry.id.clone(), retry.at)
             .await
             .unwrap();
         assert_eq!((again.id.as_str(), again.seq), (first.id.as_str(), seqs[0]));
@@ -431,7 +438,7 @@ mod tests {
             .publish(&env, "k")
             .await
             .unwrap()
-            .stored(&s.js, &s.subjects, &env)
+            .stored(&s.js, &s.subjects, env.id.clone(), env.at)
             .await;
         assert!(
             matches!(result, Err(StreamError::AckRoute(_))),
@@ -448,7 +455,9 @@ mod tests {
         // The client buffers the publish while it reconnects; no ack comes.
         let wait = s.publish(&env, "k").await.unwrap();
         assert_eq!(s.router.waiting(), 1);
-        let result = wait.stored(&s.js, &s.subjects, &env).await;
+        let result = wait
+            .stored(&s.js, &s.subjects, env.id.clone(), env.at)
+            .await;
         assert!(matches!(result, Err(StreamError::AckTimeout)), "{result:?}");
         assert_eq!(s.router.waiting(), 0);
     }
@@ -476,7 +485,7 @@ mod tests {
         // expire takes this long.
         let result = tokio::time::timeout(
             Duration::from_secs(30),
-            wait.stored(&s.js, &s.subjects, &env),
+            wait.stored(&s.js, &s.subjects, env.id.clone(), env.at),
         )
         .await
         .expect("the wait was left hanging");

@@ -102,24 +102,30 @@ pub async fn await_stored(
         jetstream::context::PublishErrorKind::TimedOut => StreamError::AckTimeout,
         _ => StreamError::Publish(err),
     })?;
-    settle(js, subjects, envelope, ack.sequence, ack.duplicate).await
+    settle(
+        js,
+        subjects,
+        envelope.id.clone(),
+        envelope.at,
+        ack.sequence,
+        ack.duplicate,
+    )
+    .await
 }
 
-/// What an ack of `envelope` at `seq` means: the envelope itself, or, for a
-/// duplicate, the original stored at `seq` (read back for its id and time).
+/// What an ack at `seq` of the envelope with `id` and time `at` means: that
+/// envelope, or, for a duplicate, the original stored at `seq` (read back
+/// for its id and time).
 pub(crate) async fn settle(
     js: &jetstream::Context,
     subjects: &Subjects,
-    envelope: &Envelope,
+    id: String,
+    at: i64,
     seq: u64,
     duplicate: bool,
 ) -> Result<Stored, StreamError> {
     if !duplicate {
-        return Ok(Stored {
-            id: envelope.id.clone(),
-            seq,
-            ts: envelope.at,
-        });
+        return Ok(Stored { id, seq, ts: at });
     }
     let original = crate::stored_event(js, subjects, seq).await?;
     Ok(Stored {

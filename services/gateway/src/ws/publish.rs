@@ -514,8 +514,11 @@ impl Connection {
         ))
         .await
         .map_err(|e| unavailable(&channel, &e))?;
+        // Only the id and time wait for the ack; the rest of the envelope
+        // (payload, names) is freed now, not held for the round trip.
+        let Envelope { id, at, .. } = envelope;
         Ok(Box::pin(async move {
-            ack.stored(&state.js, &state.subjects, &envelope)
+            ack.stored(&state.js, &state.subjects, id, at)
                 .await
                 .map_err(|e| unavailable(&channel, &e))
         }))
