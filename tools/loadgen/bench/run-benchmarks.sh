@@ -37,6 +37,10 @@ durable_configs=${BENCH_DURABLE:-1x1 1x16 16x4 64x4 128x8}
 bench_apps='[{"id":"app-id","key":"app-key","secret":"app-secret","enable_client_messages":true,"enable_client_publish":true,"client_publishes_per_second":1000000}]'
 
 results="$out/results.jsonl"
+# A fresh file per run: the medians and the per-round ratios read all of it,
+# and rows left by an earlier run in the same OUTDIR would be mixed in (its
+# round numbers repeat).
+: >"$results"
 rel=target/release
 
 want() { [[ " $only " == *" $1 "* ]]; }
