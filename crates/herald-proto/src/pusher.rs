@@ -110,8 +110,28 @@ impl<'a> RawClientFrame<'a> {
     /// a string): such a frame is read through [`ClientFrame`], whose
     /// reading says which field is wrong.
     pub fn publish_fields(&self) -> Option<PublishFields<'a>> {
-        let data = self.data?;
-        serde_json::from_str(data.get()).ok()
+        #[derive(Deserialize)]
+        struct Borrowed<'a> {
+            #[serde(default)]
+            channel: Option<&'a str>,
+            #[serde(default)]
+            event: Option<&'a str>,
+            #[serde(default)]
+            data: Option<&'a RawValue>,
+            #[serde(default)]
+            client_id: Option<&'a str>,
+        }
+        let fields: Borrowed<'a> = serde_json::from_str(self.data?.get()).ok()?;
+        let data = match fields.data {
+            None => None,
+            Some(raw) => Some(stored_payload(raw.get())?),
+        };
+        Some(PublishFields {
+            channel: fields.channel,
+            event: fields.event,
+            data,
+            client_id: fields.client_id,
+        })
     }
 
     /// The frame with its `data` parsed.
@@ -127,42 +147,51 @@ impl<'a> RawClientFrame<'a> {
     }
 }
 
-/// The fields of a `herald:publish`'s `data`, borrowed from the frame.
-/// Names and ids are read only when they hold no escape (they never
-/// normally do; one that does sends the frame through [`ClientFrame`]).
-#[derive(Debug, Deserialize)]
+/// The fields of a `herald:publish`'s `data`, however they were read:
+/// borrowed from the frame ([`RawClientFrame::publish_fields`]; names and
+/// ids only when they hold no escape, which they never normally do), or
+/// from `data` parsed as an object ([`PublishFields::from_map`]).
+#[derive(Debug, Default)]
 pub struct PublishFields<'a> {
     /// The channel to publish on.
-    #[serde(default)]
     pub channel: Option<&'a str>,
     /// The event name.
-    #[serde(default)]
     pub event: Option<&'a str>,
-    /// The payload's JSON text (a string, normally).
-    #[serde(default)]
-    pub data: Option<&'a RawValue>,
+    /// The payload as stored: a string as is, any other JSON value as its
+    /// compact text; `None` when absent or `null`.
+    pub data: Option<Cow<'a, str>>,
     /// The publisher's idempotency key.
-    #[serde(default)]
     pub client_id: Option<&'a str>,
 }
 
 impl<'a> PublishFields<'a> {
-    /// The payload as stored: a string as is, any other JSON value as its
-    /// compact text (as [`ClientFrame`]'s reading gives it); `None` when
-    /// absent or `null`.
-    pub fn data(&self) -> Option<Cow<'a, str>> {
-        let raw = self.data?.get();
-        if raw.starts_with('"') {
-            // Borrowed unless the string holds escapes.
-            serde_json::from_str::<&str>(raw)
-                .map(Cow::Borrowed)
-                .or_else(|_| serde_json::from_str::<String>(raw).map(Cow::Owned))
-                .ok()
-        } else {
-            serde_json::from_str::<Value>(raw)
-                .ok()
-                .map(|v| Cow::Owned(v.to_string()))
+    /// From `data` read as a JSON object: a field of another type counts
+    /// as absent.
+    pub fn from_map(fields: &'a serde_json::Map<String, Value>) -> Self {
+        Self {
+            channel: fields.get("channel").and_then(Value::as_str),
+            event: fields.get("event").and_then(Value::as_str),
+            data: match fields.get("data") {
+                Some(Value::String(s)) => Some(Cow::Borrowed(s)),
+                None | Some(Value::Null) => None,
+                Some(other) => Some(Cow::Owned(other.to_string())),
+            },
+            client_id: fields.get("client_id").and_then(Value::as_str),
         }
+    }
+}
+
+/// A payload's raw JSON text as [`PublishFields::from_map`] stores it: a
+/// string unescaped (borrowed when it holds no escape), anything else as
+/// its compact text.
+fn stored_payload(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.starts_with('"') {
+        let value: Value = serde_json::from_str(raw).ok()?;
+        Some(Cow::Owned(value.to_string()))
+    } else if raw.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+    } else {
+        serde_json::from_str::<&str>(raw).ok().map(Cow::Borrowed)
     }
 }
 
@@ -327,7 +356,7 @@ mod tests {
                 (
                     f.channel.map(str::to_owned),
                     f.event.map(str::to_owned),
-                    f.data().map(Cow::into_owned),
+                    f.data.map(Cow::into_owned),
                     f.client_id.map(str::to_owned),
                 )
             })

@@ -535,7 +535,7 @@ impl Connection {
             Ok(raw) => {
                 if raw.event == "herald:publish" {
                     if let Some(fields) = raw.publish_fields() {
-                        self.on_publish_fields(&fields, in_flight).await;
+                        self.on_publish_fields(fields, in_flight).await;
                         return None;
                     }
                 }

@@ -33,7 +33,6 @@ use herald_proto::pusher::{ClientFrame, PublishFields};
 use herald_proto::{ChannelKind, ChannelName, Envelope, EventKind, EventName, ServerFrame};
 use herald_stream::{PublishOptions, Stored};
 use serde_json::{Map, Value};
-use std::borrow::Cow;
 use std::num::NonZeroU32;
 
 /// Most publishes and receipts of one connection awaiting JetStream's
@@ -80,45 +79,6 @@ pub(super) struct ReceiptState {
     waiting: Option<u64>,
 }
 
-/// The fields of one `herald:publish`, however they were read.
-struct PublishRequest<'a> {
-    channel: Option<&'a str>,
-    event: Option<&'a str>,
-    /// The payload as stored; `None` when absent or `null`.
-    data: Option<Cow<'a, str>>,
-    client_id: &'a str,
-}
-
-impl<'a> PublishRequest<'a> {
-    /// From fields read without a JSON tree.
-    fn from_fields(fields: &PublishFields<'a>) -> Self {
-        Self {
-            channel: fields.channel,
-            event: fields.event,
-            data: fields.data(),
-            client_id: fields.client_id.unwrap_or_default(),
-        }
-    }
-
-    /// From `data` read as a JSON object; a field of another type counts
-    /// as absent.
-    fn from_map(fields: &'a Map<String, Value>) -> Self {
-        Self {
-            channel: fields.get("channel").and_then(Value::as_str),
-            event: fields.get("event").and_then(Value::as_str),
-            data: match fields.get("data") {
-                Some(Value::String(s)) => Some(Cow::Borrowed(s)),
-                None | Some(Value::Null) => None,
-                Some(other) => Some(Cow::Owned(other.to_string())),
-            },
-            client_id: fields
-                .get("client_id")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-        }
-    }
-}
-
 /// A refusal: a `herald:nack` code and message.
 type Nack = (&'static str, String);
 
@@ -132,26 +92,25 @@ impl Connection {
     /// [`herald_proto::pusher::RawClientFrame::publish_fields`]).
     pub(super) async fn on_publish_fields(
         &mut self,
-        fields: &PublishFields<'_>,
+        fields: PublishFields<'_>,
         in_flight: &mut InFlight,
     ) {
-        self.submit(PublishRequest::from_fields(fields), in_flight)
-            .await
+        self.submit(fields, in_flight).await
     }
 
     /// `herald:publish` read as a [`ClientFrame`]: `data` sent as a
     /// string, or with fields of the wrong type (refused by `publish`).
     pub(super) async fn on_publish(&mut self, frame: &ClientFrame, in_flight: &mut InFlight) {
         let fields = frame.data_object().unwrap_or_default();
-        self.submit(PublishRequest::from_map(&fields), in_flight)
+        self.submit(PublishFields::from_map(&fields), in_flight)
             .await
     }
 
     /// A publish refused at once, or sent to JetStream with its answer
     /// left in flight.
-    async fn submit(&mut self, request: PublishRequest<'_>, in_flight: &mut InFlight) {
-        let client_id = request.client_id;
-        match self.publish(request).await {
+    async fn submit(&mut self, fields: PublishFields<'_>, in_flight: &mut InFlight) {
+        let client_id = fields.client_id.unwrap_or_default();
+        match self.publish(fields).await {
             Ok((channel, stored)) => {
                 let client_id = client_id.to_owned();
                 in_flight.push_back(Box::pin(async move {
@@ -333,17 +292,17 @@ impl Connection {
 
     async fn publish(
         &mut self,
-        request: PublishRequest<'_>,
+        fields: PublishFields<'_>,
     ) -> Result<(ChannelName, BoxFuture<'static, Result<Stored, Nack>>), Nack> {
-        let client_id = request.client_id;
+        let client_id = fields.client_id.unwrap_or_default();
         if client_id.is_empty() || client_id.chars().count() > MAX_CLIENT_ID_LEN {
             return Err(nack_of(
                 nack::INVALID,
                 format!("client_id must be a string of 1-{MAX_CLIENT_ID_LEN} characters"),
             ));
         }
-        let channel = self.publishable_channel(request.channel)?;
-        let event = request
+        let channel = self.publishable_channel(fields.channel)?;
+        let event = fields
             .event
             .ok_or_else(|| nack_of(nack::INVALID, "event (a string) is required"))?;
         let event = EventName::parse(event).map_err(|e| nack_of(nack::INVALID, e.message()))?;
@@ -356,7 +315,7 @@ impl Connection {
                 "event names starting with pusher:, pusher_internal:, herald: or client- are reserved",
             ));
         }
-        let Some(data) = request.data else {
+        let Some(data) = fields.data else {
             return Err(nack_of(nack::INVALID, "data is required"));
         };
         let limit = self.app.limits.max_message_bytes;
