@@ -73,6 +73,12 @@ struct Cli {
     /// republished message arrived.
     #[arg(long)]
     live_subscriber: bool,
+    /// Pipelined mode: flush the connection after every N publishes (and
+    /// wait for the write), so that NATS reads them in batches of at most
+    /// N, as from a gateway publishing for many sockets' small bursts.
+    /// 0: let the client batch as it will.
+    #[arg(long, default_value_t = 0)]
+    flush_every: u64,
     /// Runs per combination (the median is reported).
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -166,6 +172,9 @@ async fn one_run(
         let subject = targets[(sent % targets.len() as u64) as usize].clone();
         pending.push_back(js.send_publish(subject, publish).await?);
         sent += 1;
+        if cli.flush_every > 0 && sent % cli.flush_every == 0 {
+            js.client().flush().await?;
+        }
         if pending.len() >= window {
             if let Some(ack) = pending.pop_front() {
                 ack.await?;
