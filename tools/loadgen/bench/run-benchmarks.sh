@@ -154,6 +154,14 @@ measure() {
   grep -E '^  ' "$logf" | grep -E 'deliveries per sec|latency  |lost|duplicated  |bytes per connection|opened|acked per sec|ack latency|nacked|replayed events|complete sockets|problems|cpu|ok' >&2 || true
 }
 
+# ceiling_row LABEL ARGS...: one herald-ceiling-jetstream run of 5 s, its
+# RESULT line appended to results.jsonl with the label and the round.
+ceiling_row() {
+  local label=$1; shift
+  "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 "$@" | tee "$out/$label.$r.log" >&2
+  grep '^RESULT ' "$out/$label.$r.log" | cut -c8- | jq -c --arg name "$label" --argjson round "$r" '. + {bench: $name, round: $round}' >>"$results"
+}
+
 fanout_args=(fanout --subscribers 1000 --duration 10 --concurrency 1 --drain 10)
 fanout4_args=(fanout --subscribers 1000 --duration 10 --concurrency 4 --drain 10)
 # Flow control by delivery: at most W messages on their way to subscribers.
@@ -213,21 +221,16 @@ for r in $(seq "$runs"); do
     # One run per round, next to the durable runs: the ceiling they are read against.
     wait_quiet
     log "jetstream ceiling: 1 run per mode (round $r)"
-    "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 --size 128 | tee "$out/jetstream.$r.log" >&2
-    grep '^RESULT ' "$out/jetstream.$r.log" | cut -c8- | jq -c --argjson round "$r" '. + {bench: "jetstream", round: $round}' >>"$results"
+    ceiling_row jetstream --size 128
     # The same with Herald's stream settings at 64 in flight.
-    "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 --size 128 --stream herald --mode pipelined --window 64 \
-      | tee "$out/jetstream-w64.$r.log" >&2
-    grep '^RESULT ' "$out/jetstream-w64.$r.log" | cut -c8- | jq -c --argjson round "$r" '. + {bench: "jetstream-w64", round: $round}' >>"$results"
+    ceiling_row jetstream-w64 --size 128 --stream herald --mode pipelined --window 64
     # The ceiling for what NATS does for Herald's durable benchmark: messages
     # of the size Herald stores for 128 B of data (the envelope, ~346 B, and
     # the Nats-Msg-Id and Herald-Exclude-Socket headers, ~137 B), one
     # subject per client (128), and a live subscriber taking every
     # republished message, as the gateway does. Reported beside the ratio to
     # the plain ceiling above, which is the one the target is set against.
-    "$rel/herald-ceiling-jetstream" --runs 1 --duration 5 --size 480 --stream herald --mode pipelined \
-      --subjects 128 --live-subscriber | tee "$out/jetstream-matched.$r.log" >&2
-    grep '^RESULT ' "$out/jetstream-matched.$r.log" | cut -c8- | jq -c --argjson round "$r" '. + {bench: "jetstream-matched", round: $round}' >>"$results"
+    ceiling_row jetstream-matched --size 480 --stream herald --mode pipelined --subjects 128 --live-subscriber
   fi
   if want resume; then
     # Replay of 10,000 stored events (HERALD_RESUME_MAX_EVENTS' default bound)
@@ -257,18 +260,17 @@ jq -s -r "$jq_median"'
   else
     "\($l): \($g | map(del(.bench)) | tostring)"
   end' "$results" | tee "$out/summary.txt"
-# Durable publishes as a ratio of the JetStream ceiling measured in the same
+# Durable publishes as a ratio of a JetStream ceiling measured in the same
 # round (interleaved, so that a slow spell of the machine lowers both).
-jq -s -r "$jq_median"'
-  (map(select(.bench == "jetstream" and .round != null)) | map({key: (.round | tostring), value: .herald_pipelined.median_msgs_per_sec}) | from_entries) as $ceil |
-  map(select((.bench | startswith("durable")) and .round != null and $ceil[.round | tostring] != null))
-  | group_by(.bench)[]
-  | [.[] | (.acked_per_sec / $ceil[.round | tostring] * 1000 | round / 1000)] as $r
-  | "\(.[0].bench): ratio to the same round'"'"'s ceiling \($r | median), rounds \($r | tostring)"' "$results" | tee -a "$out/summary.txt"
+# ratio_to CEILING_LABEL DESCRIPTION
+ratio_to() {
+  jq -s -r --arg ceiling "$1" --arg what "$2" "$jq_median"'
+    (map(select(.bench == $ceiling and .round != null)) | map({key: (.round | tostring), value: .herald_pipelined.median_msgs_per_sec}) | from_entries) as $ceil |
+    map(select((.bench | startswith("durable")) and .round != null and $ceil[.round | tostring] != null))
+    | group_by(.bench)[]
+    | [.[] | (.acked_per_sec / $ceil[.round | tostring] * 1000 | round / 1000)] as $r
+    | "\(.[0].bench): ratio to the same round'"'"'s \($what) \($r | median), rounds \($r | tostring)"' "$results" | tee -a "$out/summary.txt"
+}
+ratio_to jetstream ceiling
 # The same against the ceiling with Herald's message size and topology.
-jq -s -r "$jq_median"'
-  (map(select(.bench == "jetstream-matched" and .round != null)) | map({key: (.round | tostring), value: .herald_pipelined.median_msgs_per_sec}) | from_entries) as $ceil |
-  map(select((.bench | startswith("durable")) and .round != null and $ceil[.round | tostring] != null))
-  | group_by(.bench)[]
-  | [.[] | (.acked_per_sec / $ceil[.round | tostring] * 1000 | round / 1000)] as $r
-  | "\(.[0].bench): ratio to the same round'"'"'s matched ceiling (480 B, 128 subjects, live subscriber) \($r | median), rounds \($r | tostring)"' "$results" | tee -a "$out/summary.txt"
+ratio_to jetstream-matched "matched ceiling (480 B, 128 subjects, live subscriber)"
